@@ -1,0 +1,3 @@
+from l2bn.cli import main
+
+main()

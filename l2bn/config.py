@@ -1,0 +1,178 @@
+"""What one training run is: a frozen, validated :class:`TrainConfig`.
+
+Conventions used everywhere in l2bn:
+
+* ``lr`` is η, the optimizer's learning rate, in the optimizer's own units.
+* ``weight_decay`` is λ in PyTorch's convention: the gradient gets ``+ λ·w`` (coupled L2) for
+  every optimizer except ``adamw``, where PyTorch decays ``w ← w − η·λ·w`` (decoupled).
+  The paper writes the penalty as ``λ_paper·‖w‖²``, whose gradient is ``2·λ_paper·w``: so
+  ``weight_decay = 2·λ_paper``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from l2bn.errors import ConfigError
+
+
+class OptimizerName(str, Enum):
+    sgd = "sgd"
+    momentum = "momentum"
+    nesterov = "nesterov"
+    rmsprop = "rmsprop"
+    adam = "adam"
+    adamw = "adamw"
+    normalized_sgd = "normalized-sgd"
+
+
+class Norm(str, Enum):
+    bn = "bn"  # BatchNorm2d after every conv
+    wn = "wn"  # weight normalization (torch.nn.utils.parametrizations.weight_norm)
+    ln = "ln"  # layer norm over (C, H, W) of each sample
+    none = "none"
+
+
+class Head(str, Enum):
+    linear = "linear"  # Linear(8c → classes) with bias: feels η alone, not scale-invariant
+    bn = "bn"  # bias-free Linear + BatchNorm1d on the logits: every weight is scale-invariant
+
+
+class DatasetName(str, Enum):
+    cifar10 = "cifar10"  # the official python-batches folder
+    synthetic = "synthetic"  # seeded class templates + noise, in memory, for fast tests
+    tracking = "tracking"  # scale-invariant toy with a known optimum (see l2bn.tasks)
+
+
+class DeviceName(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 autocast + channels_last where the hardware has fast bf16
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+DATA_ENV = "L2BN_DATA"
+DEFAULT_LR_DROPS: tuple[float, ...] = (0.5, 0.8)  # the paper: ÷10 after epochs 50 and 80 of 100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One experiment. Defaults are the paper's setting (van Laarhoven 2017, §5)."""
+
+    optimizer: OptimizerName = OptimizerName.nesterov
+    lr: float = 0.01  # η, initial learning rate (÷10 at each fraction in lr_drops)
+    weight_decay: float = 5e-4  # λ, PyTorch weight_decay (coupled; decoupled for adamw)
+    epochs: int = 100
+    batch_size: int = 128
+    width: int = 32  # c: the four convs have widths c, 2c, 4c, 8c
+    norm: Norm = Norm.bn
+    head: Head = Head.linear
+    dataset: DatasetName = DatasetName.cifar10
+    data_dir: Path | None = None  # None: $L2BN_DATA, then ./data
+    val_fraction: float = 0.1  # carved deterministically from the training set
+    augment: bool = True  # translation by ≤ 4 px (zero padding) and horizontal flip
+    lr_drops: tuple[float, ...] = DEFAULT_LR_DROPS  # fractions of training where η ÷= 10
+    decay_all: bool = False  # also decay normalization γ/β and biases (the paper does not)
+    device: DeviceName = DeviceName.auto
+    precision: Precision = Precision.auto
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # Accept plain strings for the enum fields (from TOML, JSON, Optuna attrs).
+        for f, enum in _ENUM_FIELDS.items():
+            value = getattr(self, f)
+            if not isinstance(value, enum):
+                try:
+                    object.__setattr__(self, f, enum(value))
+                except ValueError:
+                    choices = ", ".join(e.value for e in enum)
+                    raise ConfigError(
+                        f"{f.replace('_', '-')} {value!r} is not one of: {choices}"
+                    ) from None
+        if self.data_dir is not None and not isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        object.__setattr__(self, "lr_drops", tuple(float(x) for x in self.lr_drops))
+        self._validate()
+
+    def _validate(self) -> None:
+        _positive_finite("lr", self.lr)
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(
+                f"weight-decay must be a finite number ≥ 0, got {self.weight_decay!r}"
+            )
+        for name in ("epochs", "batch_size", "width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name.replace('_', '-')} must be an integer ≥ 1, got {value!r}")
+        if not (0.0 < self.val_fraction < 1.0):
+            raise ConfigError(f"val-fraction must be in (0, 1), got {self.val_fraction!r}")
+        if any(not (0.0 < x < 1.0) for x in self.lr_drops) or list(self.lr_drops) != sorted(
+            self.lr_drops
+        ):
+            raise ConfigError(
+                f"lr-drops must be increasing fractions in (0, 1), got {list(self.lr_drops)}"
+            )
+        if self.seed < 0:
+            raise ConfigError(f"seed must be ≥ 0, got {self.seed}")
+
+    # --- derived values -------------------------------------------------------------------
+
+    def resolved_data_dir(self) -> Path:
+        """Where the CIFAR-10 folder is looked for: --data-dir, then $L2BN_DATA, then ./data."""
+        if self.data_dir is not None:
+            return self.data_dir
+        env = os.environ.get(DATA_ENV)
+        return Path(env) if env else Path("data")
+
+    def lr_at(self, epoch: int) -> float:
+        """η during ``epoch`` (0-based): ÷10 after each drop point."""
+        drops = sum(1 for x in self.lr_drops if epoch >= round(x * self.epochs))
+        return self.lr * 0.1**drops
+
+    def with_(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for f in _ENUM_FIELDS:
+            d[f] = getattr(self, f).value
+        d["data_dir"] = None if self.data_dir is None else str(self.data_dir)
+        d["lr_drops"] = list(self.lr_drops)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**d)
+
+
+_ENUM_FIELDS: dict[str, type[Enum]] = {
+    "optimizer": OptimizerName,
+    "norm": Norm,
+    "head": Head,
+    "dataset": DatasetName,
+    "device": DeviceName,
+    "precision": Precision,
+}
+
+
+def _positive_finite(name: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
