@@ -1,0 +1,288 @@
+"""The command line: thin Typer commands that build a config and call one library function.
+
+This module alone prints errors. An :class:`~l2bn.errors.L2bnError` (or a usage error) is one
+line on stderr and exit code 2; anything else is a bug: one line and exit code 1. ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from l2bn import __version__
+from l2bn.config import (
+    DatasetName,
+    DeviceName,
+    Head,
+    Norm,
+    OptimizerName,
+    Precision,
+    TrainConfig,
+)
+from l2bn.errors import ConfigError, L2bnError
+from l2bn.records import EpochRecord, TrainResult
+
+app = typer.Typer(
+    name="l2bn",
+    help="Learning rate and L2 weight decay for normalized networks (van Laarhoven 2017).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+    ] = False,
+) -> None:
+    # --debug is read in main() (anywhere on the line); declared here so --help lists it.
+    pass
+
+
+@app.command()
+def version() -> None:
+    """Print l2bn's version."""
+    console.print(__version__)
+
+
+# --- train --------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    optimizer: Annotated[
+        OptimizerName,
+        typer.Option(
+            help="sgd | momentum | nesterov (0.9) | rmsprop | adam | adamw | normalized-sgd."
+        ),
+    ] = OptimizerName.nesterov,
+    lr: Annotated[
+        float, typer.Option(help="η, the initial learning rate (÷10 at 50 % and 80 %).")
+    ] = 0.01,
+    weight_decay: Annotated[
+        float,
+        typer.Option(
+            help="λ, PyTorch weight_decay (gradient += λw; adamw: decoupled w -= ηλw). "
+            "The paper's penalty λ‖w‖² is weight_decay 2λ."
+        ),
+    ] = 5e-4,
+    epochs: Annotated[int, typer.Option(help="Epochs (the paper: 100).")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Batch size (the paper: 128).")] = 128,
+    width: Annotated[int, typer.Option(help="c: the convs have widths c, 2c, 4c, 8c.")] = 32,
+    norm: Annotated[Norm, typer.Option(help="Normalization after each conv.")] = Norm.bn,
+    head: Annotated[
+        Head, typer.Option(help="linear, or bn: bias-free linear + BatchNorm on the logits.")
+    ] = Head.linear,
+    dataset: Annotated[
+        DatasetName, typer.Option(help="cifar10, synthetic (in memory), or tracking (toy).")
+    ] = DatasetName.cifar10,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder holding cifar-10-batches-py/ (default: $L2BN_DATA, then ./data)."
+        ),
+    ] = None,
+    download: Annotated[
+        bool, typer.Option("--download", help="Fetch CIFAR-10 into --data-dir if it is missing.")
+    ] = False,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of the training set held out for validation.")
+    ] = 0.1,
+    augment: Annotated[
+        bool, typer.Option(help="Random translation ≤ 4 px and horizontal flips.")
+    ] = True,
+    lr_drops: Annotated[
+        str,
+        typer.Option(help="Fractions of training where η ÷= 10, comma-separated, or 'none'."),
+    ] = "0.5,0.8",
+    decay_all: Annotated[
+        bool, typer.Option("--decay-all", help="Also decay normalization γ/β and biases.")
+    ] = False,
+    device: Annotated[
+        DeviceName, typer.Option(help="auto picks cuda when visible.")
+    ] = DeviceName.auto,
+    precision: Annotated[
+        Precision, typer.Option(help="auto: bf16 where the hardware has fast bf16, else fp32.")
+    ] = Precision.auto,
+    seed: Annotated[
+        int, typer.Option(help="Seed for initialization, data order, augmentation.")
+    ] = 0,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the whole record (config, per-epoch norms) here."),
+    ] = None,
+) -> None:
+    """Train one network and record every layer's weight norm each epoch."""
+    from l2bn.train import train as run_training
+
+    config = TrainConfig(
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        batch_size=batch_size,
+        width=width,
+        norm=norm,
+        head=head,
+        dataset=dataset,
+        data_dir=data_dir,
+        val_fraction=val_fraction,
+        augment=augment,
+        lr_drops=_parse_fractions(lr_drops),
+        decay_all=decay_all,
+        device=device,
+        precision=precision,
+        seed=seed,
+    )
+    if json_path is not None:
+        check_writable(json_path)
+    with _TrainProgress(config.epochs) as progress:
+        result = run_training(
+            config, on_epoch=progress.epoch, on_batch=progress.batch, download=download
+        )
+    console.print(render_result(result))
+    if json_path is not None:
+        write_json_atomic(json_path, result.to_dict())
+        console.print(f"record written to {json_path}")
+
+
+def _parse_fractions(text: str) -> tuple[float, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"lr-drops {text!r} must be comma-separated numbers or 'none'") from None
+
+
+class _TrainProgress:
+    """Epoch and batch bars fed by the training loop's callbacks."""
+
+    def __init__(self, epochs: int) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=False,
+        )
+        self.epochs = self.progress.add_task("epochs", total=epochs, info="")
+        self.batches = self.progress.add_task("batches", total=None, info="")
+
+    def __enter__(self) -> _TrainProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def batch(self, epoch: int, batch: int, total: int) -> None:
+        self.progress.update(self.batches, completed=batch, total=total)
+
+    def epoch(self, record: EpochRecord) -> None:
+        info = f"val err {record.val_error:.3f}  loss {record.train_loss:.3f}"
+        self.progress.update(self.epochs, completed=record.epoch, info=info)
+
+
+def render_result(result: TrainResult) -> Table:
+    c = result.config
+    table = Table(
+        title=f"{c.optimizer.value}  η={c.lr:g}  λ={c.weight_decay:g}  {c.dataset.value}  "
+        f"{result.device}/{result.precision}  {result.seconds:.1f} s"
+    )
+    table.add_column("layer")
+    table.add_column("‖w‖", justify="right")
+    table.add_column("mean unit ‖w‖", justify="right")
+    table.add_column("η_eff", justify="right")
+    last = result.history[-1]
+    for name, rec in last.layers.items():
+        table.add_row(name, f"{rec.norm:.4g}", f"{rec.unit_norm:.4g}", f"{rec.eff_lr:.4g}")
+    status = "[red]diverged[/red]" if result.diverged else "ok"
+    table.caption = (
+        f"{status} after {last.epoch} epochs · train loss {last.train_loss:.4f} · "
+        f"val error {result.val_error:.4f} · test error {result.test_error:.4f}"
+    )
+    return table
+
+
+# --- files ----------------------------------------------------------------------------------
+
+
+def check_writable(path: Path) -> None:
+    """Fail before hours of work, not after, when an output file cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ConfigError(f"--json {path} is a folder; give a file name")
+    if not parent.is_dir():
+        raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"cannot write {path}: folder {parent} is not writable")
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write to a temporary file beside ``path`` and rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="l2bn", standalone_mode=False)
+    except L2bnError as e:
+        _fail(str(e), 2, debug)
+    except typer.TyperException as e:  # a usage error: unknown option, bad enum value, …
+        _fail(e.format_message().replace("\n", " "), 2, debug)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("l2bn: interrupted", style="red", highlight=False)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:
+        _fail(
+            f"unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", 1, debug
+        )
+
+
+def _fail(message: str, code: int, debug: bool) -> None:
+    if debug:
+        err_console.print_exception()
+    # One line, never wrapped by the terminal width.
+    err_console.print(f"l2bn: error: {message}", style="red", highlight=False, soft_wrap=True)
+    sys.exit(code)
