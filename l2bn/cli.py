@@ -194,18 +194,136 @@ class _TrainProgress:
         self.batches = self.progress.add_task("batches", total=None, info="")
 
     def __enter__(self) -> _TrainProgress:
-        self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
     def batch(self, epoch: int, batch: int, total: int) -> None:
+        # Started on the first batch, so that an error while loading data stays one line.
+        if not self.progress.live.is_started:
+            self.progress.start()
         self.progress.update(self.batches, completed=batch, total=total)
 
     def epoch(self, record: EpochRecord) -> None:
         info = f"val err {record.val_error:.3f}  loss {record.train_loss:.3f}"
         self.progress.update(self.epochs, completed=record.epoch, info=info)
+
+
+# --- sweep ----------------------------------------------------------------------------------
+
+sweep_app = typer.Typer(
+    help="Run an η × λ grid as Optuna studies (one per optimizer), resumable, on many workers.",
+    no_args_is_help=True,
+)
+app.add_typer(sweep_app, name="sweep")
+
+SweepFile = Annotated[
+    Path, typer.Argument(help="Sweep definition (TOML), e.g. sweeps/cpu.toml.", show_default=False)
+]
+SweepOptimizers = Annotated[
+    list[OptimizerName] | None,
+    typer.Option("--optimizer", help="Run only this optimizer's study (repeatable)."),
+]
+SweepStorage = Annotated[
+    str,
+    typer.Option(
+        help="SQLAlchemy URL of the Optuna storage (sqlite:///…, postgresql+psycopg://…)."
+    ),
+]
+SweepStudy = Annotated[
+    str | None,
+    typer.Option("--study", help="Study name (default <sweep>/<optimizer>; one optimizer only)."),
+]
+
+
+def _sweep_specs(
+    path: Path,
+    optimizers: list[OptimizerName] | None,
+    storage: str,
+    study: str | None,
+    epochs: int | None = None,
+    heartbeat: int = 30,
+    threads: int | None = None,
+) -> list[Any]:
+    from l2bn.sweep import load_sweep
+    from l2bn.worker import WorkerSpec
+
+    overrides = {} if epochs is None else {"epochs": epochs}
+    chosen = load_sweep(path, overrides).select([o.value for o in optimizers or []])
+    if study is not None and len(chosen) != 1:
+        raise ConfigError("--study names one study: give exactly one --optimizer with it")
+    return [
+        WorkerSpec(
+            storage, study or s.study_name, s, heartbeat_interval=heartbeat, torch_threads=threads
+        )
+        for s in chosen
+    ]
+
+
+@sweep_app.command("run")
+def sweep_run(
+    path: SweepFile,
+    optimizer: SweepOptimizers = None,
+    storage: SweepStorage = "sqlite:///l2bn.db",
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
+    study: SweepStudy = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Override the sweep file's epochs.")
+    ] = None,
+    heartbeat: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Seconds between a running trial's heartbeats; silent 4× this = lost."
+        ),
+    ] = 30,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="Torch threads per worker (default: cores ÷ workers)."),
+    ] = None,
+) -> None:
+    """Run (or resume, or join) a sweep: every grid point is trained exactly once."""
+    import optuna
+
+    from l2bn.progress import LiveProgress, summary_line
+    from l2bn.worker import run_sweep
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    specs = _sweep_specs(path, optimizer, storage, study, epochs, heartbeat, threads)
+    incomplete = []
+    for spec in specs:
+        with LiveProgress(console) as live:
+            result = run_sweep(spec, workers=workers, on_status=live)
+        for kind, message in result.errors:
+            err_console.print(f"l2bn: worker error ({kind}): {message.strip()}", soft_wrap=True)
+        if result.interrupted:
+            err_console.print("l2bn: interrupted; run the same command again to resume")
+            raise typer.Exit(130)
+        if not result.status.complete:
+            incomplete.append(summary_line(result.status).plain)
+    if incomplete:
+        raise ConfigError(
+            "grid not complete (" + "; ".join(incomplete) + "); run the same command to resume"
+        )
+
+
+@sweep_app.command("status")
+def sweep_status(
+    path: SweepFile,
+    optimizer: SweepOptimizers = None,
+    storage: SweepStorage = "sqlite:///l2bn.db",
+    study: SweepStudy = None,
+) -> None:
+    """Print each grid point's state (done, diverged, running, failed, waiting) as a table."""
+    from l2bn.progress import status_table, summary_line
+    from l2bn.worker import status_of
+
+    for spec in _sweep_specs(path, optimizer, storage, study):
+        status = status_of(spec.storage, spec.sweep, spec.study_name)
+        console.print(status_table(status))
+        console.print(summary_line(status))
 
 
 def render_result(result: TrainResult) -> Table:

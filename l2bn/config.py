@@ -14,14 +14,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
 from l2bn.errors import ConfigError
 
 
-class OptimizerName(str, Enum):
+class OptimizerName(StrEnum):
     sgd = "sgd"
     momentum = "momentum"
     nesterov = "nesterov"
@@ -31,31 +31,31 @@ class OptimizerName(str, Enum):
     normalized_sgd = "normalized-sgd"
 
 
-class Norm(str, Enum):
+class Norm(StrEnum):
     bn = "bn"  # BatchNorm2d after every conv
     wn = "wn"  # weight normalization (torch.nn.utils.parametrizations.weight_norm)
     ln = "ln"  # layer norm over (C, H, W) of each sample
     none = "none"
 
 
-class Head(str, Enum):
+class Head(StrEnum):
     linear = "linear"  # Linear(8c → classes) with bias: feels η alone, not scale-invariant
     bn = "bn"  # bias-free Linear + BatchNorm1d on the logits: every weight is scale-invariant
 
 
-class DatasetName(str, Enum):
+class DatasetName(StrEnum):
     cifar10 = "cifar10"  # the official python-batches folder
     synthetic = "synthetic"  # seeded class templates + noise, in memory, for fast tests
     tracking = "tracking"  # scale-invariant toy with a known optimum (see l2bn.tasks)
 
 
-class DeviceName(str, Enum):
+class DeviceName(StrEnum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     auto = "auto"  # bf16 autocast + channels_last where the hardware has fast bf16
     fp32 = "fp32"
     bf16 = "bf16"

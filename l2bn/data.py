@@ -42,20 +42,26 @@ SPLIT_SEED = 0  # the validation split is the same for every run, whatever its -
 # --- reading the official python batches, safely --------------------------------------------
 
 # A pickle can run arbitrary code when it is loaded. The CIFAR-10 batches need exactly these
-# globals to rebuild their numpy arrays; anything else is refused.
+# globals to rebuild their numpy arrays (plus _codecs.encode, which Python 3 writes for bytes in
+# protocol 2 and which only turns a str into bytes); anything else is refused.
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    pass
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load global {module}.{name}")
+        raise RefusedGlobal(f"refused to load global {module}.{name}")
 
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -66,11 +72,19 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from e
     try:
         batch = _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
-    except pickle.UnpicklingError as e:
+    except RefusedGlobal as e:
         raise DataError(
             f"{path} is not a CIFAR-10 batch ({e}); replace it with the official file"
         ) from e
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+    ) as e:
         raise DataError(
             f"{path} is truncated or corrupt ({type(e).__name__}); re-download the data set"
         ) from e

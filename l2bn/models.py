@@ -21,13 +21,14 @@ NUM_CLASSES = 10
 class LayerNorm2d(nn.Module):
     """Layer norm over (C, H, W) of each sample, with a per-channel affine like BN's γ/β."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
+        self.eps = eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.layer_norm(x, x.shape[1:])
+        x = nn.functional.layer_norm(x, x.shape[1:], eps=self.eps)
         return x * self.weight[:, None, None] + self.bias[:, None, None]
 
 
@@ -36,6 +37,7 @@ class ConvNet(nn.Module):
         self, width: int = 32, norm: Norm = Norm.bn, head: Head = Head.linear, in_ch: int = 3
     ) -> None:
         super().__init__()
+        norm, head = Norm(norm), Head(head)
         self.norm_kind = norm
         self.head_kind = head
         widths = [width, 2 * width, 4 * width, 8 * width]

@@ -45,7 +45,8 @@ SPECS: dict[OptimizerName, OptimizerSpec] = {
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict[str, Any]]:
     """Two groups: conv/linear weights get λ, everything else (γ, β, biases, WN's g) gets 0."""
     decayed_ids = {id(t) for t in weight_tensors(model).values()}
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for p in model.parameters():
         (decay if decay_all or id(p) in decayed_ids else no_decay).append(p)
     return [

@@ -31,7 +31,7 @@ class LayerRecord:
     unit_norm: float  # mean over output units of ‖w_unit‖
     eff_lr: float  # η_eff from unit_norm (see module docstring)
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | None]:
         return {
             "norm": finite_or_none(self.norm),
             "unit_norm": finite_or_none(self.unit_norm),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -62,9 +62,8 @@ class ImageTask:
             )
         self.config = config
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = ConvNet(config.width, config.norm, config.head).to(
-            device, memory_format=self.memory_format
-        )
+        self.model: nn.Module = ConvNet(config.width, config.norm, config.head).to(device)
+        self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         # Drop the last partial batch: a fixed step count per epoch, and no tiny BN batches.
         self.steps_per_epoch = len(self.data.train) // config.batch_size
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -108,7 +107,7 @@ class ImageTask:
 class TrackingModel(nn.Module):
     """U independent unit vectors u = w/‖w‖ in R^d: scale-invariant per unit by construction."""
 
-    scale_invariant = {"w": "unit"}
+    scale_invariant: ClassVar[dict[str, str]] = {"w": "unit"}
 
     def __init__(self, units: int, dim: int) -> None:
         super().__init__()
@@ -116,7 +115,8 @@ class TrackingModel(nn.Module):
         nn.init.normal_(self.w.weight, std=1 / math.sqrt(dim))  # unit norms ≈ 1
 
     def forward(self) -> torch.Tensor:
-        return nn.functional.normalize(self.w.weight, dim=1)
+        u: torch.Tensor = nn.functional.normalize(self.w.weight, dim=1)
+        return u
 
 
 class TrackingTask:
@@ -141,7 +141,7 @@ class TrackingTask:
 
     def __init__(self, config: TrainConfig, device: torch.device) -> None:
         torch.manual_seed(config.seed)
-        self.model = TrackingModel(self.UNITS, self.DIM).to(device)
+        self.model: nn.Module = TrackingModel(self.UNITS, self.DIM).to(device)
         self.steps_per_epoch = self.STEPS_PER_EPOCH
         g = torch.Generator().manual_seed(self.TARGET_SEED)
         basis, _ = torch.linalg.qr(torch.randn(self.UNITS, self.DIM, 2, generator=g))
@@ -153,7 +153,8 @@ class TrackingTask:
 
     def target(self, step: int) -> torch.Tensor:
         angle = self.OMEGA * step
-        return math.cos(angle) * self.e1 + math.sin(angle) * self.e2
+        a: torch.Tensor = math.cos(angle) * self.e1 + math.sin(angle) * self.e2
+        return a
 
     def batches(self, epoch: int) -> Iterator[int]:
         self._error_sum.zero_()

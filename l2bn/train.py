@@ -36,7 +36,7 @@ def resolve_device(name: DeviceName) -> torch.device:
 def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast pays here: CUDA GPUs with bf16, and CPUs with AMX or AVX512-BF16."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return bool(torch.cuda.is_bf16_supported())
     return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
 
 
