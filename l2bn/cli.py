@@ -212,12 +212,6 @@ class _TrainProgress:
 
 # --- sweep ----------------------------------------------------------------------------------
 
-sweep_app = typer.Typer(
-    help="Run an η × λ grid as Optuna studies (one per optimizer), resumable, on many workers.",
-    no_args_is_help=True,
-)
-app.add_typer(sweep_app, name="sweep")
-
 SweepFile = Annotated[
     Path, typer.Argument(help="Sweep definition (TOML), e.g. sweeps/cpu.toml.", show_default=False)
 ]
@@ -261,7 +255,7 @@ def _sweep_specs(
     ]
 
 
-@sweep_app.command("run")
+@app.command("sweep")
 def sweep_run(
     path: SweepFile,
     optimizer: SweepOptimizers = None,
@@ -282,7 +276,8 @@ def sweep_run(
         typer.Option(min=1, help="Torch threads per worker (default: cores ÷ workers)."),
     ] = None,
 ) -> None:
-    """Run (or resume, or join) a sweep: every grid point is trained exactly once."""
+    """Run an η × λ grid as Optuna studies (one per optimizer): resumable, many workers, every
+    grid point trained exactly once."""
     import optuna
 
     from l2bn.progress import LiveProgress, summary_line
@@ -300,7 +295,7 @@ def sweep_run(
             err_console.print(f"l2bn: worker error ({kind}): {message.strip()}", soft_wrap=True)
         if result.interrupted:
             err_console.print("l2bn: interrupted; run the same command again to resume")
-            raise typer.Exit(130)
+            sys.exit(130)  # not typer.Exit: with standalone_mode=False click returns its code
         if not result.status.complete:
             incomplete.append(summary_line(result.status).plain)
     if incomplete:
@@ -309,14 +304,14 @@ def sweep_run(
         )
 
 
-@sweep_app.command("status")
+@app.command("status")
 def sweep_status(
     path: SweepFile,
     optimizer: SweepOptimizers = None,
     storage: SweepStorage = "sqlite:///l2bn.db",
     study: SweepStudy = None,
 ) -> None:
-    """Print each grid point's state (done, diverged, running, failed, waiting) as a table."""
+    """Print a sweep's grid: each point's state (done, diverged, running, failed, waiting)."""
     from l2bn.progress import status_table, summary_line
     from l2bn.worker import status_of
 
@@ -345,6 +340,66 @@ def render_result(result: TrainResult) -> Table:
         f"val error {result.val_error:.4f} · test error {result.test_error:.4f}"
     )
     return table
+
+
+# --- analyze --------------------------------------------------------------------------------
+
+
+@app.command()
+def analyze(
+    storage: Annotated[
+        str,
+        typer.Option(help="SQLAlchemy URL of the Optuna storage holding the sweep's studies."),
+    ] = "sqlite:///l2bn.db",
+    study: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--study",
+            help="Study to analyze (repeatable; default: every study with user attr optimizer).",
+        ),
+    ] = None,
+    equilibrium: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Norm fits use cells with η·λ·T ≥ this (T: steps in the first LR phase).",
+        ),
+    ] = 5.0,
+    bootstrap: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Bootstrap resamples over seeds for the CI of k (0: regression t-CI)."
+        ),
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap (same data, same CI).")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the whole report as JSON here.")
+    ] = None,
+    csv_path: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Write one row per trial, with per-epoch layer norms, here."),
+    ] = None,
+    plots: Annotated[
+        Path | None, typer.Option("--plots", help="Write PNG figures into this folder.")
+    ] = None,
+) -> None:
+    """Fit η* ∝ λ^-k and ‖w‖ ∝ η^a λ^-b per optimizer and compare them with theory."""
+    from l2bn.analyze import AnalyzeConfig, render_report, run_analysis
+
+    for path in (json_path, csv_path):
+        if path is not None:
+            check_writable(path)
+    config = AnalyzeConfig(
+        storage=storage,
+        studies=tuple(study or ()),
+        equilibrium=equilibrium,
+        bootstrap=bootstrap,
+        seed=seed,
+        json_path=json_path,
+        csv_path=csv_path,
+        plots_dir=plots,
+    )
+    console.print(render_report(run_analysis(config)))
 
 
 # --- files ----------------------------------------------------------------------------------
@@ -382,7 +437,10 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     try:
-        app(args=args, prog_name="l2bn", standalone_mode=False)
+        # Without standalone mode a `raise typer.Exit(n)` comes back as the return value.
+        code = app(args=args, prog_name="l2bn", standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except L2bnError as e:
         _fail(str(e), 2, debug)
     except typer.TyperException as e:  # a usage error: unknown option, bad enum value, …

@@ -1,0 +1,231 @@
+"""The Optuna study of one (sweep, optimizer): its layout, its queue, and its grid's state.
+
+Layout (README, "Study layout"; any Optuna client can read it):
+
+* study ``<sweep>/<optimizer>``, direction minimize; user attrs ``optimizer``, ``norm``,
+  ``dataset``, ``epochs``, ``width``, ``config`` (the resolved sweep as JSON) and
+  ``l2bn_version``.
+* one COMPLETE trial per grid point: params ``lr``, ``weight_decay`` (log float) and ``seed``
+  (int); value = final validation error; intermediate values = validation error per epoch
+  (step = 1-based epoch); user attrs ``test_error``, ``train_loss`` (None if not finite),
+  ``diverged``, ``steps_per_epoch``, ``history``.
+* FAIL trials are runs that were interrupted or lost (their point was queued again, as a
+  WAITING copy with the system attrs ``failed_trial``/``retry_history`` of Optuna's retry
+  callback); PRUNED trials never trained (``l2bn_skipped`` says why). Read COMPLETE trials.
+
+Every WAITING trial is created here, under :func:`l2bn.storage.enqueue_lock`, and only for a
+point that has no WAITING, RUNNING or COMPLETE trial: so each point has at most one live trial.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import optuna
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from l2bn import __version__
+from l2bn.errors import ConfigError, StorageError
+from l2bn.storage import enqueue_lock
+from l2bn.sweep import OptimizerSweep, Point
+
+LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
+SKIPPED_ATTR = "l2bn_skipped"
+MAX_RETRY = 3  # a point whose runs are lost this often (e.g. killed for memory) waits for a resume
+
+
+def distributions(sweep: OptimizerSweep) -> dict[str, optuna.distributions.BaseDistribution]:
+    lr_lo, lr_hi = sweep.lr_range()
+    return {
+        "lr": FloatDistribution(lr_lo, lr_hi, log=True),
+        "weight_decay": FloatDistribution(
+            sweep.weight_decay.low, sweep.weight_decay.high, log=True
+        ),
+        "seed": IntDistribution(min(sweep.seeds), max(sweep.seeds)),
+    }
+
+
+def study_attrs(sweep: OptimizerSweep) -> dict[str, Any]:
+    base = sweep.base_config()
+    return {
+        "optimizer": sweep.optimizer.value,
+        "norm": base.norm.value,
+        "dataset": base.dataset.value,
+        "epochs": base.epochs,
+        "width": base.width,
+        "config": sweep.to_json(),
+        "l2bn_version": __version__,
+    }
+
+
+class _HasParams(Protocol):
+    @property
+    def params(self) -> dict[str, Any]: ...
+    @property
+    def system_attrs(self) -> dict[str, Any]: ...
+
+
+def point_of(trial: _HasParams) -> Point | None:
+    """The grid point a trial is for (queued trials carry it as Optuna's ``fixed_params``)."""
+    params = trial.system_attrs.get("fixed_params") or trial.params
+    try:
+        return Point(float(params["lr"]), float(params["weight_decay"]), int(params["seed"]))
+    except (KeyError, TypeError, ValueError):
+        return None  # an empty slot (see worker) or a trial not made by l2bn
+
+
+def prepare_study(
+    storage: optuna.storages.BaseStorage, sweep: OptimizerSweep, study_name: str | None = None
+) -> optuna.Study:
+    """Create or load the study, check it is this sweep's, and queue its missing points."""
+    name = study_name or sweep.study_name
+    attrs = study_attrs(sweep)
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=name, direction="minimize", load_if_exists=True
+        )
+    except optuna.exceptions.StorageInternalError as e:
+        raise StorageError(f"cannot create study {name!r}: {e}") from None
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+    elif json.loads(stored) != json.loads(attrs["config"]):
+        raise ConfigError(
+            f"study {name!r} in this storage was made by a different sweep definition; "
+            "use --study NEW_NAME for a new grid (or restore the sweep file)"
+        )
+    enqueue_missing(study, sweep.points())
+    return study
+
+
+def enqueue_missing(study: optuna.Study, points: Iterable[Point]) -> int:
+    """Queue every point without a live trial; returns how many were queued."""
+    with enqueue_lock(_rdb(study), study.study_name):
+        live = {point_of(t) for t in study.get_trials(deepcopy=False, states=LIVE)}
+        missing = [p for p in points if p not in live]
+        for p in missing:
+            study.enqueue_trial(p.params())
+    return len(missing)
+
+
+class RequeueCallback:
+    """Queue a failed trial's point again, once, with the same params.
+
+    Used for heartbeat-stale trials (as the storage's stale callback) and for interrupted
+    ones. Delegates to Optuna's :class:`RetryHeartbeatStaleTrialCallback`, which records
+    ``failed_trial`` and ``retry_history``, but first checks, under the enqueue lock, that
+    nothing else has queued the point meanwhile (a resume starting on another node).
+    """
+
+    def __init__(self, max_retry: int | None = MAX_RETRY) -> None:
+        self._retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        point = point_of(trial)
+        if point is None:
+            return  # an empty slot: nothing to retry
+        with enqueue_lock(_rdb(study), study.study_name):
+            live = {point_of(t) for t in study.get_trials(deepcopy=False, states=LIVE)}
+            if point not in live:
+                self._retry(study, trial)
+
+
+def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage:
+    storage = study._storage
+    # load_study wraps an RDBStorage in a cache; the lock needs the database behind it.
+    backend = getattr(storage, "_backend", storage)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        raise StorageError("l2bn sweeps need a database storage (sqlite, postgresql, mysql)")
+    return backend
+
+
+class PointState(StrEnum):
+    done = "done"
+    diverged = "diverged"  # done, and the run diverged
+    running = "running"
+    failed = "failed"  # its last run failed and it is not queued again
+    waiting = "waiting"
+
+
+@dataclass(frozen=True)
+class PointStatus:
+    point: Point
+    state: PointState
+    epoch: int = 0  # epochs reported so far, for a running point
+    value: float | None = None  # final validation error, for a done point
+    attempts: int = 0  # trials that ran for this point (FAIL ones included)
+
+
+@dataclass(frozen=True)
+class GridStatus:
+    study_name: str
+    epochs: int
+    points: tuple[PointStatus, ...]
+    skipped: int = 0  # PRUNED trials: queue slots that did not train
+    seconds_per_run: float | None = None  # mean wall time of the completed runs
+    extra: dict[str, int] = field(default_factory=dict)  # trials not on this grid, by state
+
+    def count(self, *states: PointState) -> int:
+        return sum(1 for p in self.points if p.state in states)
+
+    @property
+    def total(self) -> int:
+        return len(self.points)
+
+    @property
+    def finished(self) -> int:
+        return self.count(PointState.done, PointState.diverged)
+
+    @property
+    def complete(self) -> bool:
+        return self.finished == self.total
+
+
+def grid_status(study: optuna.Study, sweep: OptimizerSweep) -> GridStatus:
+    """Each grid point's state, from one read of the study's trials."""
+    by_point: dict[Point, list[FrozenTrial]] = {}
+    extra: dict[str, int] = {}
+    skipped = 0
+    durations = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.PRUNED:
+            skipped += 1
+            continue
+        p = point_of(t)
+        if p is None:
+            extra[t.state.name] = extra.get(t.state.name, 0) + 1
+            continue
+        by_point.setdefault(p, []).append(t)
+    out = []
+    for p in sweep.points():
+        trials = by_point.pop(p, [])
+        attempts = sum(1 for t in trials if t.state in (TrialState.FAIL, TrialState.COMPLETE))
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if complete:
+            t = complete[0]
+            if t.duration is not None:
+                durations.append(t.duration.total_seconds())
+            state = PointState.diverged if t.user_attrs.get("diverged") else PointState.done
+            out.append(PointStatus(p, state, value=t.value, attempts=attempts))
+        elif running:
+            epoch = max((max(t.intermediate_values, default=0) for t in running), default=0)
+            out.append(PointStatus(p, PointState.running, epoch=epoch, attempts=attempts))
+        elif any(t.state == TrialState.WAITING for t in trials) or not trials:
+            out.append(PointStatus(p, PointState.waiting, attempts=attempts))
+        else:
+            out.append(PointStatus(p, PointState.failed, attempts=attempts))
+    for trials in by_point.values():  # points of another grid: a study reused by hand
+        for t in trials:
+            extra[t.state.name] = extra.get(t.state.name, 0) + 1
+    mean = sum(durations) / len(durations) if durations else None
+    return GridStatus(
+        study.study_name, sweep.base_config().epochs, tuple(out), skipped, mean, extra
+    )

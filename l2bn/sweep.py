@@ -1,0 +1,281 @@
+"""What a sweep is: a TOML file naming optimizers and an η × λ × seed grid.
+
+Schema (every key optional except that at least one ``[optimizers.<name>]`` table exists)::
+
+    name = "cpu"                       # study names are "<name>/<optimizer>"; default: file stem
+    lr = {min = 1e-3, max = 1, num = 7}  # η grid, log-spaced; or an explicit list [0.01, 0.1]
+    weight_decay = [1e-2, 4e-2, 1.6e-1]  # λ grid, same two forms; every λ must be > 0
+    lr_scale_exponent = 0.0            # k: with k ≠ 0 the lr grid lists η·λ^k, see below
+    seeds = [0]                        # or a count: seeds = 3 means [0, 1, 2]
+    epochs = 40                        # ... and any other TrainConfig field except
+    batch_size = 32                    #     optimizer, lr, weight_decay and seed
+
+    [optimizers.nesterov]              # one table per optimizer; may be empty
+    [optimizers.adam]                  # and may override any key above except name
+    lr = {min = 1e-4, max = 1e-1, num = 7}
+    lr_scale_exponent = 0.5
+
+``lr_scale_exponent`` (k) makes the η grid follow the predicted optimum η* ∝ λ^-k: the ``lr``
+values are then values of η·λ^k, and the run at λ uses η = value·λ^-k. The grid stays a full
+rectangle in (log η·λ^k, log λ), every trial stores the η it really used, and the analysis fits
+η* against λ from those; k only decides where the cells lie, so a wrong k costs coverage (an
+optimum on the grid's edge), never a biased fit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from l2bn.config import OptimizerName, TrainConfig
+from l2bn.errors import ConfigError
+
+GRID_KEYS = ("lr", "weight_decay", "lr_scale_exponent", "seeds")
+SWEEP_ONLY_KEYS = ("name", "optimizers")
+PER_RUN_FIELDS = ("optimizer", "lr", "weight_decay", "seed")  # set per trial, not per sweep
+TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in PER_RUN_FIELDS)
+SIGNIFICANT_DIGITS = 10  # grid values are rounded so that every node computes the same floats
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One log-spaced (or listed) axis of the grid."""
+
+    values: tuple[float, ...]
+    spec: Any  # what the file said, kept for the study's config attr
+
+    @property
+    def low(self) -> float:
+        return min(self.values)
+
+    @property
+    def high(self) -> float:
+        return max(self.values)
+
+
+@dataclass(frozen=True, order=True)
+class Point:
+    """One grid point: one training run."""
+
+    lr: float
+    weight_decay: float
+    seed: int
+
+    def params(self) -> dict[str, float | int]:
+        return {"lr": self.lr, "weight_decay": self.weight_decay, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class OptimizerSweep:
+    """The resolved sweep for one optimizer: one Optuna study."""
+
+    sweep: str  # the sweep's name
+    optimizer: OptimizerName
+    lr: Axis
+    weight_decay: Axis
+    lr_scale_exponent: float
+    seeds: tuple[int, ...]
+    train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields, as in TOML
+
+    @property
+    def study_name(self) -> str:
+        return f"{self.sweep}/{self.optimizer.value}"
+
+    def base_config(self) -> TrainConfig:
+        return TrainConfig.from_dict({**self.train, "optimizer": self.optimizer.value})
+
+    def config_for(self, point: Point) -> TrainConfig:
+        return self.base_config().with_(
+            lr=point.lr, weight_decay=point.weight_decay, seed=point.seed
+        )
+
+    def points(self) -> list[Point]:
+        """Every (η, λ, seed) of the grid, in a fixed order: λ, then η, then seed."""
+        out: list[Point] = []
+        for wd in self.weight_decay.values:
+            for base in self.lr.values:
+                lr = _canonical(base * wd ** (-self.lr_scale_exponent))
+                out.extend(Point(lr, wd, seed) for seed in self.seeds)
+        return sorted(set(out), key=lambda p: (p.weight_decay, p.lr, p.seed))
+
+    def lr_range(self) -> tuple[float, float]:
+        lrs = [p.lr for p in self.points()]
+        return min(lrs), max(lrs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole resolved sweep (the study's ``config`` user attr, as JSON)."""
+        return {
+            "sweep": self.sweep,
+            "optimizer": self.optimizer.value,
+            "lr": self.lr.spec,
+            "weight_decay": self.weight_decay.spec,
+            "lr_scale_exponent": self.lr_scale_exponent,
+            "seeds": list(self.seeds),
+            # The per-point fields (lr, weight_decay, seed) are the trial's params, not here.
+            "train": {
+                k: v
+                for k, v in self.base_config().to_dict().items()
+                if k not in PER_RUN_FIELDS or k == "optimizer"
+            },
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    optimizers: dict[OptimizerName, OptimizerSweep]
+
+    def select(self, optimizers: list[str] | None) -> list[OptimizerSweep]:
+        """The per-optimizer sweeps asked for (all of them when ``optimizers`` is empty)."""
+        if not optimizers:
+            return list(self.optimizers.values())
+        out = []
+        for name in optimizers:
+            opt = _enum(OptimizerName, name, "optimizer", "")
+            if opt not in self.optimizers:
+                have = ", ".join(o.value for o in self.optimizers)
+                raise ConfigError(f"sweep {self.name!r} has no optimizer {name!r}; it has: {have}")
+            out.append(self.optimizers[opt])
+        return out
+
+
+def load_sweep(path: Path | str, overrides: dict[str, Any] | None = None) -> Sweep:
+    """Read and validate a sweep file; ``overrides`` (from CLI flags) win over every table."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"sweep file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read sweep file {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    data.setdefault("name", path.stem)
+    return parse_sweep(data, source=str(path), overrides=overrides)
+
+
+def parse_sweep(
+    data: dict[str, Any], source: str = "<sweep>", overrides: dict[str, Any] | None = None
+) -> Sweep:
+    where = f"{source}: "
+    shared = dict(data)
+    name = shared.pop("name", None)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError(f"{where}name must be a non-empty string without '/', got {name!r}")
+    tables = shared.pop("optimizers", None)
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError(
+            f"{where}no optimizers: add one table per optimizer, e.g. [optimizers.nesterov]"
+        )
+    _check_keys(shared, where, "")
+    resolved: dict[OptimizerName, OptimizerSweep] = {}
+    for opt_name, table in tables.items():
+        section = f"[optimizers.{opt_name}] "
+        opt = _enum(OptimizerName, opt_name, "optimizer", where)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}optimizers.{opt_name} must be a table")
+        _check_keys(table, where, section)
+        merged = {**shared, **table, **(overrides or {})}
+        resolved[opt] = _resolve(name, opt, merged, where + section)
+    return Sweep(name, resolved)
+
+
+def _check_keys(table: dict[str, Any], where: str, section: str) -> None:
+    known = set(GRID_KEYS) | set(TRAIN_KEYS)
+    for key in table:
+        if key not in known:
+            hint = (
+                " (set per grid point by the sweep)"
+                if key in PER_RUN_FIELDS
+                else f"; known keys: {', '.join(sorted(known))}"
+            )
+            raise ConfigError(f"{where}{section}unknown key {key!r}{hint}")
+
+
+def _resolve(name: str, opt: OptimizerName, d: dict[str, Any], where: str) -> OptimizerSweep:
+    for key in ("lr", "weight_decay"):
+        if key not in d:
+            raise ConfigError(f"{where}missing {key} grid, e.g. {key} = {{min=1e-3, max=1, num=7}}")
+    lr = _axis(d["lr"], "lr", where)
+    wd = _axis(d["weight_decay"], "weight_decay", where)
+    k = d.get("lr_scale_exponent", 0.0)
+    if isinstance(k, bool) or not isinstance(k, int | float) or not math.isfinite(k):
+        raise ConfigError(f"{where}lr_scale_exponent must be a number, got {k!r}")
+    seeds = _seeds(d.get("seeds", [0]), where)
+    train = {key: d[key] for key in TRAIN_KEYS if key in d}
+    sweep = OptimizerSweep(name, opt, lr, wd, float(k), seeds, train)
+    try:
+        base = sweep.base_config()
+        for p in sweep.points():  # every η·λ^-k must be a valid TrainConfig too
+            base.with_(lr=p.lr, weight_decay=p.weight_decay, seed=p.seed)
+    except ConfigError as e:
+        raise ConfigError(f"{where}{e}") from None
+    except TypeError as e:  # e.g. epochs = "ten" reaching a comparison
+        raise ConfigError(f"{where}{e}") from None
+    return sweep
+
+
+def _axis(spec: Any, key: str, where: str) -> Axis:
+    if isinstance(spec, list):
+        if not spec or not all(_is_number(v) and v > 0 and math.isfinite(v) for v in spec):
+            raise ConfigError(f"{where}{key} must list numbers > 0, got {spec!r}")
+        values = tuple(sorted({_canonical(float(v)) for v in spec}))
+        return Axis(values, [float(v) for v in spec])
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}{key} must be {{min=…, max=…, num=…}} or a list of numbers")
+    unknown = sorted(set(spec) - {"min", "max", "num"})
+    if unknown:
+        raise ConfigError(f"{where}{key}: unknown key {unknown[0]!r} (known: min, max, num)")
+    missing = [k for k in ("min", "max", "num") if k not in spec]
+    if missing:
+        raise ConfigError(f"{where}{key}: missing {', '.join(missing)}")
+    lo, hi, num = spec["min"], spec["max"], spec["num"]
+    if not (_is_number(lo) and _is_number(hi) and lo > 0 and math.isfinite(hi)):
+        raise ConfigError(f"{where}{key}: min and max must be numbers > 0, got {lo!r}, {hi!r}")
+    if lo >= hi:
+        raise ConfigError(f"{where}{key}: min {lo} must be < max {hi}")
+    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
+        raise ConfigError(f"{where}{key}: num must be an integer ≥ 2, got {num!r}")
+    step = (math.log(hi) - math.log(lo)) / (num - 1)
+    values = tuple(_canonical(math.exp(math.log(lo) + i * step)) for i in range(num))
+    return Axis(values, {"min": float(lo), "max": float(hi), "num": num})
+
+
+def _seeds(spec: Any, where: str) -> tuple[int, ...]:
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if spec < 1:
+            raise ConfigError(f"{where}seeds must be a count ≥ 1 or a list, got {spec}")
+        return tuple(range(spec))
+    if (
+        isinstance(spec, list)
+        and spec
+        and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in spec)
+    ):
+        return tuple(sorted(set(spec)))
+    raise ConfigError(f"{where}seeds must be a count ≥ 1 or a list of integers ≥ 0, got {spec!r}")
+
+
+def _enum(enum: type[OptimizerName], value: str, what: str, where: str) -> OptimizerName:
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(e.value for e in enum)
+        raise ConfigError(f"{where}{what} {value!r} is not one of: {choices}") from None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _canonical(x: float) -> float:
+    """Round to SIGNIFICANT_DIGITS: the same float on every node, and readable in tables."""
+    return float(f"{x:.{SIGNIFICANT_DIGITS}g}")

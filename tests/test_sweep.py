@@ -1,0 +1,304 @@
+"""l2bn sweep: the definition, the CLI's bad-input path, and whole sweeps on real storages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from l2bn import __version__
+from l2bn.cli import app
+from l2bn.errors import ConfigError
+from l2bn.study import point_of
+from l2bn.sweep import load_sweep, parse_sweep
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = """
+name = "tiny"
+dataset = "synthetic"
+epochs = {epochs}
+width = 4
+batch_size = 128
+precision = "fp32"
+device = "cpu"
+augment = false
+lr = {{ min = 0.01, max = 1.0, num = {n} }}
+weight_decay = {{ min = 1e-4, max = 1e-2, num = {n} }}
+seeds = [0]
+
+[optimizers.sgd]
+"""
+
+
+def tiny_sweep(tmp_path: Path, n: int = 2, epochs: int = 1) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.format(n=n, epochs=epochs))
+    return path
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "l2bn", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+
+
+def assert_exactly_once(study: optuna.Study, n_points: int) -> None:
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    points = Counter(point_of(t) for t in complete)
+    assert len(points) == n_points
+    assert set(points.values()) == {1}, points
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+
+
+# --- the definition ------------------------------------------------------------------------
+
+
+def test_shipped_sweeps_parse() -> None:
+    paper = load_sweep(REPO / "sweeps" / "paper.toml")
+    assert {o.value for o in paper.optimizers} == {"sgd", "nesterov", "adam"}
+    for s in paper.optimizers.values():
+        assert len(s.points()) == 49 and s.base_config().epochs == 100
+    cpu = load_sweep(REPO / "sweeps" / "cpu.toml")
+    nesterov = cpu.select(["nesterov"])[0]
+    assert nesterov.base_config().batch_size == 32 and nesterov.base_config().head.value == "bn"
+    # η grid in η·λ coordinates: at larger λ the η values are proportionally lower.
+    by_wd: dict[float, list[float]] = {}
+    for p in nesterov.points():
+        by_wd.setdefault(p.weight_decay, []).append(p.lr)
+    assert min(by_wd[0.16]) == pytest.approx(min(by_wd[0.01]) / 16)
+    assert len(load_sweep(REPO / "sweeps" / "smoke.toml").select(None)[0].points()) == 9
+
+
+def test_grid_values_and_overrides(tmp_path: Path) -> None:
+    sweep = parse_sweep(
+        {
+            "name": "s",
+            "lr": {"min": 1e-3, "max": 1.0, "num": 4},
+            "weight_decay": [1e-3, 1e-2],
+            "seeds": 2,
+            "epochs": 5,
+            "optimizers": {"sgd": {}, "adam": {"lr": [1e-4], "epochs": 7}},
+        }
+    )
+    sgd, adam = sweep.select(["sgd", "adam"])
+    assert [p.lr for p in sgd.points()[:8:2]] == [0.001, 0.01, 0.1, 1.0]
+    assert len(sgd.points()) == 4 * 2 * 2
+    assert adam.base_config().epochs == 7 and len(adam.points()) == 4
+    assert sgd.study_name == "s/sgd"
+    with pytest.raises(ConfigError, match="no optimizer 'adamw'"):
+        sweep.select(["adamw"])
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("name = [", "not valid TOML"),
+        ("bogus = 1\n[optimizers.sgd]\nlr=[1.0]\nweight_decay=[1e-3]", "unknown key 'bogus'"),
+        (
+            "[optimizers.sgd]\nlr=[1.0]\nweight_decay=[1e-3]\nlr_drop=1",
+            r"\[optimizers.sgd\].*lr_drop",
+        ),
+        (
+            "[optimizers.sgd]\nlr={min=1, max=0.1, num=3}\nweight_decay=[1e-3]",
+            "min 1 must be < max",
+        ),
+        ("[optimizers.sgd]\nlr={min=0.1, max=1, num=1}\nweight_decay=[1e-3]", "num must be"),
+        ("[optimizers.sgd]\nlr=[1.0]\nweight_decay=[0.0]", "numbers > 0"),
+        ("[optimizers.sgd]\nlr=[1.0]\nweight_decay=[1e-3]\nseed=3", "set per grid point"),
+        ("[optimizers.sgdd]\nlr=[1.0]\nweight_decay=[1e-3]", "optimizer 'sgdd'"),
+        ("[optimizers.sgd]\nlr=[1.0]\nweight_decay=[1e-3]\nepochs=0", "epochs must be"),
+        ("lr=[1.0]\nweight_decay=[1e-3]", "no optimizers"),
+    ],
+)
+def test_bad_sweep_files_name_the_problem_and_the_file(
+    tmp_path: Path, text: str, match: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_sweep(path)
+    assert str(path) in str(info.value)
+
+
+# --- the CLI's bad-input path: one line, exit 2, nothing written -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("sweep_text", "storage"),
+    [
+        ("name = [", "sqlite:///{db}"),
+        ("[optimizers.sgd]\nlr={min=1, max=0.1, num=3}\nweight_decay=[1e-3]", "sqlite:///{db}"),
+        ("[optimizers.sgd]\nlr=[1.0]\nweight_decay=[1e-3]\nlrr=2", "sqlite:///{db}"),
+        (TINY.format(n=2, epochs=1), "not a url"),
+        (TINY.format(n=2, epochs=1), "nosuchdb://x/y"),
+        (TINY.format(n=2, epochs=1), "sqlite:///{tmp}/no/such/folder/x.db"),
+        (TINY.format(n=2, epochs=1), "postgresql+psycopg://u:secret@127.0.0.1:1/nodb"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, sweep_text: str, storage: str) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(sweep_text)
+    db = tmp_path / "out.db"
+    url = storage.format(db=db, tmp=tmp_path)
+    result = CliRunner().invoke(app, ["sweep", str(path), "--storage", url])
+    # CliRunner bypasses main(); the L2bnError reaching it is what main() turns into exit 2.
+    assert isinstance(result.exception, ConfigError | __import__("l2bn").errors.StorageError)
+    assert not db.exists()
+    proc = run_cli("sweep", str(path), "--storage", url)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "secret" not in proc.stderr
+    assert not db.exists()
+
+
+# --- whole sweeps ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_four_workers_sqlite_exactly_once_then_resume_runs_nothing(tmp_path: Path) -> None:
+    path = tiny_sweep(tmp_path, n=4)
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    proc = run_cli("sweep", str(path), "--storage", url, "--workers", "4")
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="tiny/sgd", storage=url)
+    assert_exactly_once(study, 16)
+    assert not [t for t in study.trials if t.state == TrialState.FAIL]
+    n_trials = len(study.trials)
+
+    # Resume of a finished sweep: no new trial, and it says the grid is complete.
+    proc = run_cli("sweep", str(path), "--storage", url, "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert len(optuna.load_study(study_name="tiny/sgd", storage=url).trials) == n_trials
+    proc = run_cli("status", str(path), "--storage", url)
+    assert proc.returncode == 0 and "16/16 done" in proc.stdout
+
+
+@pytest.mark.slow
+def test_study_layout_readable_with_plain_optuna(tmp_path: Path) -> None:
+    path = tiny_sweep(tmp_path, n=2, epochs=2)
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    proc = run_cli("sweep", str(path), "--storage", url, "--study", "mine", "--optimizer", "sgd")
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="mine", storage=url)
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    attrs = study.user_attrs
+    assert attrs["optimizer"] == "sgd" and attrs["norm"] == "bn" and attrs["dataset"] == "synthetic"
+    assert attrs["epochs"] == 2 and attrs["width"] == 4 and attrs["l2bn_version"] == __version__
+    config = json.loads(attrs["config"])
+    assert config["lr"] == {"min": 0.01, "max": 1.0, "num": 2} and config["train"]["epochs"] == 2
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 4
+    for t in trials:
+        assert set(t.params) == {"lr", "weight_decay", "seed"}
+        assert isinstance(t.distributions["lr"], optuna.distributions.FloatDistribution)
+        assert t.distributions["lr"].log and t.distributions["weight_decay"].log
+        assert isinstance(t.distributions["seed"], optuna.distributions.IntDistribution)
+        assert set(t.intermediate_values) == {1, 2}
+        assert t.value == t.intermediate_values[2] == t.user_attrs["history"][-1]["val_error"]
+        assert set(t.user_attrs) == {
+            "test_error",
+            "train_loss",
+            "diverged",
+            "steps_per_epoch",
+            "history",
+        }
+        assert isinstance(t.user_attrs["diverged"], bool)
+        assert [e["epoch"] for e in t.user_attrs["history"]] == [1, 2]
+        assert "layers" in t.user_attrs["history"][0]
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume_completes_exactly_once(tmp_path: Path) -> None:
+    path = tiny_sweep(tmp_path, n=2, epochs=4)
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    args = [
+        sys.executable,
+        "-m",
+        "l2bn",
+        "sweep",
+        str(path),
+        "--storage",
+        url,
+        "--heartbeat",
+        "1",
+    ]
+    # Its own session, so that killing its process group kills the parent and its worker:
+    # a node lost mid-trial.
+    proc = subprocess.Popen(
+        args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    killed = None
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and killed is None:
+            time.sleep(0.3)
+            try:
+                study = optuna.load_study(study_name="tiny/sgd", storage=url)
+            except KeyError:
+                continue
+            running = [
+                t for t in study.trials if t.state == TrialState.RUNNING and t.intermediate_values
+            ]
+            if running:
+                killed = running[0].number
+                os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if killed is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert killed is not None, "no trial was seen running"
+    study = optuna.load_study(study_name="tiny/sgd", storage=url)
+    assert study.trials[killed].state == TrialState.RUNNING  # what a dead worker leaves
+
+    done = run_cli("sweep", str(path), "--storage", url, "--heartbeat", "1", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="tiny/sgd", storage=url)
+    assert_exactly_once(study, 4)
+    assert study.trials[killed].state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert point_of(retries[0]) == point_of(study.trials[killed])
+
+
+@pytest.mark.slow
+def test_sigterm_requeues_the_running_point(tmp_path: Path) -> None:
+    path = tiny_sweep(tmp_path, n=2, epochs=4)
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    args = [sys.executable, "-m", "l2bn", "sweep", str(path), "--storage", url]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    stopped = None
+    while time.monotonic() < deadline and stopped is None:
+        time.sleep(0.3)
+        try:
+            study = optuna.load_study(study_name="tiny/sgd", storage=url)
+        except KeyError:
+            continue
+        running = [
+            t for t in study.trials if t.state == TrialState.RUNNING and t.intermediate_values
+        ]
+        if running:
+            stopped = running[0].number
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert stopped is not None
+    study = optuna.load_study(study_name="tiny/sgd", storage=url)
+    assert study.trials[stopped].state == TrialState.FAIL
+    copies = [t for t in study.trials if t.system_attrs.get("failed_trial") == stopped]
+    assert len(copies) == 1 and copies[0].state == TrialState.WAITING
+    assert point_of(copies[0]) == point_of(study.trials[stopped])
