@@ -7,10 +7,8 @@ shows the traceback instead.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +35,7 @@ from l2bn.config import (
     TrainConfig,
 )
 from l2bn.errors import ConfigError, L2bnError
+from l2bn.files import check_writable, write_json
 from l2bn.records import EpochRecord, TrainResult
 
 app = typer.Typer(
@@ -163,7 +162,7 @@ def train(
         )
     console.print(render_result(result))
     if json_path is not None:
-        write_json_atomic(json_path, result.to_dict())
+        write_json(json_path, result.to_dict())
         console.print(f"record written to {json_path}")
 
 
@@ -222,7 +221,8 @@ SweepOptimizers = Annotated[
 SweepStorage = Annotated[
     str,
     typer.Option(
-        help="SQLAlchemy URL of the Optuna storage (sqlite:///…, postgresql+psycopg://…)."
+        envvar="L2BN_STORAGE",  # keeps a password off the command line (ps, job scripts)
+        help="SQLAlchemy URL of the Optuna storage (sqlite:///…, postgresql+psycopg://…).",
     ),
 ]
 SweepStudy = Annotated[
@@ -288,20 +288,32 @@ def sweep_run(
         threads = max(1, (os.cpu_count() or 1) // workers)
     specs = _sweep_specs(path, optimizer, storage, study, epochs, heartbeat, threads)
     incomplete = []
+    stopped: list[str] = []  # one-line errors of workers (a full disk), each said once
     for spec in specs:
         with LiveProgress(console) as live:
             result = run_sweep(spec, workers=workers, on_status=live)
         for kind, message in result.errors:
-            err_console.print(f"l2bn: worker error ({kind}): {message.strip()}", soft_wrap=True)
+            if kind == "crash":  # a bug: show its traceback
+                err_console.print(f"l2bn: worker error ({kind}): {message.strip()}", soft_wrap=True)
+            elif message.strip() not in stopped:
+                stopped.append(message.strip())
         if result.interrupted:
+            for message in stopped:
+                err_console.print(f"l2bn: worker error: {message}", soft_wrap=True)
             err_console.print("l2bn: interrupted; run the same command again to resume")
             sys.exit(130)  # not typer.Exit: with standalone_mode=False click returns its code
         if not result.status.complete:
             incomplete.append(summary_line(result.status).plain)
     if incomplete:
         raise ConfigError(
-            "grid not complete (" + "; ".join(incomplete) + "); run the same command to resume"
+            "; ".join(stopped)
+            + ("; " if stopped else "")
+            + "grid not complete ("
+            + "; ".join(incomplete)
+            + "); run the same command to resume"
         )
+    for message in stopped:  # the other workers completed the grid
+        err_console.print(f"l2bn: warning: a worker stopped: {message}", soft_wrap=True)
 
 
 @app.command("status")
@@ -402,33 +414,6 @@ def analyze(
     console.print(render_report(run_analysis(config)))
 
 
-# --- files ----------------------------------------------------------------------------------
-
-
-def check_writable(path: Path) -> None:
-    """Fail before hours of work, not after, when an output file cannot be written."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ConfigError(f"--json {path} is a folder; give a file name")
-    if not parent.is_dir():
-        raise ConfigError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"cannot write {path}: folder {parent} is not writable")
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write to a temporary file beside ``path`` and rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --- entry point ------------------------------------------------------------------------------
 
 
@@ -457,6 +442,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(message: str, code: int, debug: bool) -> None:
+    storage = sys.modules.get("l2bn.storage")  # loaded: some storage URL was parsed
+    if storage is not None:
+        message = storage.scrub(message)  # never print its password
     if debug:
         err_console.print_exception()
     # One line, never wrapped by the terminal width.

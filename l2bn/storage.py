@@ -16,13 +16,30 @@ Three things here are not Optuna's defaults, and each one is there for exactly-o
   processes starting at once can both enqueue a point. l2bn creates every WAITING trial under
   this lock (a file lock next to a SQLite file, ``pg_advisory_lock`` on PostgreSQL,
   ``GET_LOCK`` on MySQL) after checking that the point has no live trial.
+
+And three for long runs on a shared server (PostgreSQL, MySQL), where a worker may train for an
+hour between two writes, or the server restarts under it:
+
+* **Connections that survive:** ``pool_pre_ping`` (a pooled connection is tested before use
+  and replaced when the server dropped it), ``pool_recycle`` (none is older than 30 min, below
+  common firewall idle limits), a connect timeout and TCP keepalives (libpq drivers).
+* **Heartbeats that survive an outage:** a heartbeat that cannot be written is skipped, not a
+  crash of Optuna's heartbeat thread; the next one, after the server is back, reconnects. A
+  trial whose outage outlasts the grace period is failed as stale and queued again.
+* **Passwords never printed:** every message here shows URLs through :func:`redact`, and the
+  password of every URL parsed in this process is registered so that :func:`scrub` can remove
+  it from any text (the CLI scrubs every message it prints, worker errors included).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
+import sqlite3
+import time
+import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +54,11 @@ from l2bn.errors import StorageError
 DEFAULT_STORAGE = "sqlite:///l2bn.db"
 SQLITE_BUSY_TIMEOUT_S = 60.0
 CONNECT_TIMEOUT_S = 10
+POOL_RECYCLE_S = 1800
+RECONNECT_S = 120.0  # how long a worker waits for a lost database server before giving up
+LIBPQ_DRIVERS = ("psycopg", "psycopg2", "psycopg2cffi")
+_SECRETS: set[str] = set()
+_log = logging.getLogger(__name__)
 
 StaleCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
@@ -49,9 +71,24 @@ def redact(url: str | URL) -> str:
         return "<not a database URL>"
 
 
+def _register_secret(url: URL) -> None:
+    password = url.password
+    if password:
+        text = str(password)
+        _SECRETS.update({text, urllib.parse.quote(text, safe=""), urllib.parse.quote_plus(text)})
+
+
+def scrub(text: str) -> str:
+    """``text`` with the password of every storage URL this process has parsed replaced."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):  # longest first: quoted forms
+        text = text.replace(secret, "***")
+    return text
+
+
 def parse_url(url: str) -> URL:
     try:
         parsed = make_url(url)
+        _register_secret(parsed)
     except sqlalchemy.exc.ArgumentError:
         # The message quotes nothing of the input: it might hold a password.
         raise StorageError(
@@ -76,7 +113,15 @@ def sqlite_path(url: URL) -> Path | None:
     """The database file of a SQLite URL; None for other databases and in-memory SQLite."""
     if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
-    return Path(url.database)
+    database = url.database
+    if str(url.query.get("uri", "")).lower() in ("true", "1") and database.startswith("file:"):
+        # sqlite:///file:PATH?mode=ro&uri=true: SQLite's URI form (read-only, shared cache, …)
+        database = database.removeprefix("file:")
+        if database.startswith("//"):
+            database = urllib.parse.urlsplit("file:" + database).path
+        if database in ("", ":memory:") or url.query.get("mode") == "memory":
+            return None
+    return Path(database)
 
 
 def _engine_kwargs(url: URL) -> dict[str, Any]:
@@ -86,10 +131,98 @@ def _engine_kwargs(url: URL) -> dict[str, Any]:
     if backend == "postgresql":
         # pool_pre_ping: a worker that trained for an hour finds its pooled connection dropped
         # by a firewall or server restart; ping it rather than fail the trial's final write.
-        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": POOL_RECYCLE_S}
+        if url.get_driver_name() in LIBPQ_DRIVERS:
+            # libpq parameters; settings in the URL's query string win over these.
+            kwargs["connect_args"] = {
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "keepalives": 1,
+                "keepalives_idle": 60,
+                "keepalives_interval": 10,
+                "keepalives_count": 6,
+                "application_name": "l2bn",
+            }
+            for key in list(kwargs["connect_args"]):
+                if key in url.query:
+                    del kwargs["connect_args"][key]
+        return kwargs
     if backend == "mysql":
-        return {"pool_pre_ping": True, "pool_recycle": 3600}
+        return {
+            "pool_pre_ping": True,
+            "pool_recycle": POOL_RECYCLE_S,
+            "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+        }
     return {}
+
+
+def is_connection_error(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) is a lost or refused connection to a database
+    server: worth waiting for the server, unlike a full disk or a read-only SQLite file."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, sqlalchemy.exc.DBAPIError) and e.connection_invalidated:
+            return True
+        if isinstance(e, sqlalchemy.exc.DisconnectionError):
+            return True
+        if isinstance(e, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+            return not isinstance(e.orig, sqlite3.Error)  # SQLite is a file, not a server
+        # An error raised "from None" on purpose (an L2bnError) ends the chain.
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return False
+
+
+def database_error(error: BaseException) -> str | None:
+    """What the database said, when ``error`` (or what caused it) came from the database:
+    "database or disk is full", "attempt to write a readonly database", …; else None."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, sqlalchemy.exc.SQLAlchemyError | sqlite3.Error):
+            return describe(e)
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return None
+
+
+def describe(error: BaseException) -> str:
+    """One line saying what the database said (not Optuna's generic wrapper text)."""
+    return scrub(_first_line(error))
+
+
+def wait_for_storage(storage: optuna.storages.RDBStorage, timeout_s: float = RECONNECT_S) -> None:
+    """Return once the database answers again; :class:`StorageError` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.5
+    while True:
+        try:
+            with storage.engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT 1"))
+            return
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            if not is_connection_error(e) or time.monotonic() + delay > deadline:
+                raise StorageError(
+                    f"lost storage {redact(storage.url)} for {timeout_s:.0f} s: {describe(e)}"
+                ) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+class _RDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage whose heartbeats survive a short database outage.
+
+    Optuna writes heartbeats from a thread that dies on the first error (printing a traceback),
+    leaving a trial that trains on but looks dead. Here a failed heartbeat is skipped: after a
+    lost connection the next one reconnects; any other database error (a full disk) reaches
+    the worker's own next write, which reports it.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
+            _log.warning("l2bn: heartbeat of trial %d not recorded: %s", trial_id, describe(e))
 
 
 def _begin_immediate_on_sqlite(engine: sqlalchemy.Engine) -> None:
@@ -110,6 +243,7 @@ def _begin_immediate_on_sqlite(engine: sqlalchemy.Engine) -> None:
 def open_storage(
     url: str,
     *,
+    read_only: bool = False,
     heartbeat_interval: int | None = None,
     grace_period: int | None = None,
     stale_callback: StaleCallback | None = None,
@@ -118,17 +252,21 @@ def open_storage(
 
     With ``heartbeat_interval`` set, running trials record a heartbeat and a trial silent for
     ``grace_period`` seconds is failed by the next worker that looks, which calls
-    ``stale_callback`` on it.
+    ``stale_callback`` on it. ``read_only``: for commands that only read (``l2bn status``): a
+    missing SQLite file is an error (SQLite would silently create it), and transactions are
+    plain readers (a read-only file refuses ``BEGIN IMMEDIATE``).
     """
     parsed = parse_url(url)
     path = sqlite_path(parsed)
     if path is not None and not path.parent.is_dir():
         raise StorageError(f"storage {redact(parsed)}: folder {path.parent} does not exist")
+    if path is not None and read_only and not path.is_file():
+        raise StorageError(f"storage {redact(parsed)}: no file {path}; run `l2bn sweep` first")
     try:
         with warnings.catch_warnings():
             # heartbeat_interval is "experimental" in Optuna since 2.9; it is what we want.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
+            storage = _RDBStorage(
                 parsed.render_as_string(hide_password=False),
                 engine_kwargs=_engine_kwargs(parsed),
                 heartbeat_interval=heartbeat_interval,
@@ -139,7 +277,7 @@ def open_storage(
         raise StorageError(f"cannot open storage {redact(parsed)}: {_first_line(e)}") from None
     except RuntimeError as e:  # Optuna: schema written by a newer/older Optuna
         raise StorageError(f"storage {redact(parsed)}: {_first_line(e)}") from None
-    if parsed.get_backend_name() == "sqlite":
+    if parsed.get_backend_name() == "sqlite" and not read_only:
         _begin_immediate_on_sqlite(storage.engine)
     return storage
 
@@ -147,7 +285,7 @@ def open_storage(
 def _first_line(e: BaseException) -> str:
     cause = e.__cause__ or e
     orig = getattr(cause, "orig", None)  # the driver's own exception inside SQLAlchemy's
-    text = str(orig if orig is not None else cause).strip()
+    text = scrub(str(orig if orig is not None else cause).strip())
     return text.splitlines()[0] if text else type(cause).__name__
 
 
@@ -170,7 +308,12 @@ def enqueue_lock(storage: optuna.storages.RDBStorage, name: str) -> Iterator[Non
         import fcntl  # POSIX only, as is sharing one SQLite file between processes safely
 
         lock_file = path.with_name(path.name + ".lock")
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StorageError(
+                f"storage {redact(url)}: cannot create the lock file {lock_file}: {e.strerror}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:

@@ -1,0 +1,159 @@
+"""How long ``l2bn analyze`` takes on a large storage, against plain Optuna loading.
+
+Builds N planted trials (default 10 000: 5 optimizer studies × 25 η × 8 λ × 10 seeds, each
+with a 20-epoch, 5-layer history, as ``l2bn sweep`` writes them) in a temporary SQLite file
+with plain Optuna (``add_trials``), then times, in the same process:
+
+* baseline: ``optuna.load_study(...).trials_dataframe()`` for every study (pandas needed;
+  without pandas, ``study.get_trials()`` with deep copies, Optuna's default);
+* ``analyze``: load (one bulk ``get_trials(deepcopy=False)`` per study) + every fit.
+
+Usage: ``python benchmarks/bench_analyze.py [--db PATH] [--seeds 10]`` (``--db`` keeps the
+file and reuses it when it exists: writing 10 000 trials to SQLite takes minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from l2bn.analyze import AnalyzeConfig, analyze, analyze_group, group_studies, load_studies
+
+OPTIMIZERS = {"sgd": 1.0, "nesterov": 1.0, "adam": 0.5, "rmsprop": 0.5, "adamw": 1.0}
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc")
+EPOCHS = 20
+STEPS = 390
+
+
+def build(url: str, n_lr: int, n_wd: int, seeds: int) -> int:
+    storage = optuna.storages.RDBStorage(url)
+    rng = np.random.default_rng(0)
+    dists = {
+        "lr": optuna.distributions.FloatDistribution(1e-8, 1e6, log=True),
+        "weight_decay": optuna.distributions.FloatDistribution(1e-8, 10.0, log=True),
+        "seed": optuna.distributions.IntDistribution(0, 1000),
+    }
+    wds = np.geomspace(1e-5, 1e-2, n_wd)
+    total = 0
+    for opt, k in OPTIMIZERS.items():
+        study = optuna.create_study(storage=storage, study_name=f"bench/{opt}")
+        for key, v in {
+            "optimizer": opt,
+            "norm": "bn",
+            "dataset": "cifar10",
+            "epochs": EPOCHS,
+        }.items():
+            study.set_user_attr(key, v)
+        trials = []
+        for wd in wds:
+            centre = math.exp(-7.0) * wd**-k
+            for lr in np.geomspace(centre / 30, centre * 30, n_lr):
+                for seed in range(seeds):
+                    x = math.log(lr) + k * math.log(wd)
+                    value = (
+                        0.9 - 0.8 * math.exp(-((x + 7.0) ** 2) / 2) + 0.01 * rng.standard_normal()
+                    )
+                    a = 0.25 if k == 1.0 else 1 / 3
+                    history: list[dict[str, Any]] = []
+                    for e in range(1, EPOCHS + 1):
+                        eta = lr * 0.1 ** ((e > EPOCHS // 2) + (e > 4 * EPOCHS // 5))
+                        norm = (lr / wd) ** a * (e / EPOCHS) ** 0.1
+                        layers = {
+                            n: {"norm": norm * (i + 1), "unit_norm": norm, "eff_lr": eta / norm**2}
+                            for i, n in enumerate(LAYERS)
+                        }
+                        history.append(
+                            {"epoch": e, "lr": eta, "train_loss": 0.5, "train_error": 0.2,
+                             "val_error": value, "seconds": 1.0, "layers": layers}
+                        )  # fmt: skip
+                    trials.append(
+                        optuna.trial.create_trial(
+                            params={"lr": float(lr), "weight_decay": float(wd), "seed": seed},
+                            distributions=dists,
+                            value=value,
+                            user_attrs={
+                                "test_error": value,
+                                "train_loss": 0.5,
+                                "diverged": False,
+                                "steps_per_epoch": STEPS,
+                                "history": history,
+                            },
+                        )
+                    )
+        study.add_trials(trials)
+        total += len(trials)
+    return total
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--db", type=Path, default=None, help="keep/reuse this SQLite file")
+    p.add_argument("--lrs", type=int, default=25)
+    p.add_argument("--wds", type=int, default=8)
+    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=2)
+    args = p.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db or Path(tmp) / "bench.db"
+        url = f"sqlite:///{db}"
+        if not db.exists():
+            t0 = time.perf_counter()
+            n = build(url, args.lrs, args.wds, args.seeds)
+            print(f"wrote {n} trials in {time.perf_counter() - t0:.1f} s")
+        names = [s.study_name for s in optuna.get_all_study_summaries(url, False)]
+
+        try:
+            import pandas  # noqa: F401
+
+            def baseline() -> None:
+                for name in names:
+                    optuna.load_study(study_name=name, storage=url).trials_dataframe()
+
+            base_label = "optuna load_study + trials_dataframe"
+        except ImportError:
+
+            def baseline() -> None:
+                for name in names:
+                    optuna.load_study(study_name=name, storage=url).get_trials()
+
+            base_label = "optuna load_study + get_trials (pandas missing: no trials_dataframe)"
+
+        cfg = AnalyzeConfig(storage=url)
+        base_s, load_s, fit_s, all_s = [], [], [], []
+        n = 0
+        # Interleaved repeats, best of each: the machine is shared and the page cache warms.
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            baseline()
+            base_s.append(time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            studies, _ = load_studies(url)
+            load_s.append(time.perf_counter() - t0)
+            n = sum(len(s.trials) for s in studies)
+            t0 = time.perf_counter()
+            for g in group_studies(studies):
+                analyze_group(g, cfg)
+            fit_s.append(time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            analyze(cfg)
+            all_s.append(time.perf_counter() - t0)
+
+        print(f"trials: {n} in {len(names)} studies; best of {args.repeats}")
+        print(f"baseline ({base_label}): {min(base_s):.2f} s")
+        print(f"analyze load: {min(load_s):.2f} s, fit: {min(fit_s):.2f} s")
+        print(f"analyze end to end: {min(all_s):.2f} s")
+        print(f"ratio analyze / baseline: {min(all_s) / min(base_s):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""PNG figures of an :class:`~l2bn.analyze.AnalysisReport` (``l2bn analyze --plots DIR``).
+
+One file per figure per group, named ``<optimizer>-<norm>-<dataset>_<figure>.png``
+(:attr:`GroupReport.slug`; "any" stands for a missing norm/dataset attr):
+
+==========================  ================================================================
+``_error_heatmap.png``      seed-averaged validation (and test) error over (λ, η), η* marked
+``_eta_star.png``           η* against λ, log-log, with the fitted and the theory slope
+``_collapse.png``           error against η·λ^k for the collapse k and the theory k
+``_norm_heatmap.png``       first-layer ‖w‖ at the end of LR phase 1 over (λ, η); cells out
+                            of equilibrium (η·λ·T below the threshold) crossed out
+``_norm_trajectories.png``  first-layer ‖w‖ per epoch, one panel per λ, colour = η
+==========================  ================================================================
+
+The two norm figures need per-epoch histories and are skipped without them. normalized-sgd
+is a group like any other, so its heatmaps come out as ``normalized-sgd-…_*.png``.
+
+matplotlib is imported inside the functions (the CLI should not pay for it unless --plots is
+given), and only its object-oriented API is used: no pyplot state, no backend switching, so
+figures render with Agg wherever this runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from l2bn.analyze import AnalysisReport, Cell, GroupReport
+from l2bn.files import atomic_open
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+FIGURES = ("error_heatmap", "eta_star", "collapse", "norm_heatmap", "norm_trajectories")
+DPI = 120
+
+
+def write_plots(report: AnalysisReport, out_dir: Path) -> list[Path]:
+    """Write every figure of every group into ``out_dir`` (created); return the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for g in report.groups:
+        written.append(_save(plot_error_heatmap(g), out_dir / f"{g.slug}_error_heatmap.png"))
+        written.append(_save(plot_eta_star(g), out_dir / f"{g.slug}_eta_star.png"))
+        if g.collapse is not None:
+            written.append(_save(plot_collapse(g), out_dir / f"{g.slug}_collapse.png"))
+        if g.first_layer is not None:
+            eq = report.settings.equilibrium
+            written.append(_save(plot_norm_heatmap(g, eq), out_dir / f"{g.slug}_norm_heatmap.png"))
+            written.append(
+                _save(plot_norm_trajectories(g), out_dir / f"{g.slug}_norm_trajectories.png")
+            )
+    return written
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    with atomic_open(path, "wb") as f:  # a reader never sees half a PNG
+        fig.savefig(f, dpi=DPI, format="png")
+    return path
+
+
+def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.5) -> tuple[Figure, list[Axes]]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height))
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    _margins(fig)
+    return fig, list(axes)
+
+
+def _margins(fig: Figure, top_in: float = 0.75, hspace: float = 0.35) -> None:
+    """Fixed margins in inches (room for labels, titles and a suptitle).
+
+    Not a layout engine: constrained layout redraws every tick label several times and
+    doubles the rendering time, for figures whose layout is known in advance.
+    """
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(
+        left=0.8 / w, right=1 - 0.3 / w, bottom=0.65 / h, top=1 - top_in / h,
+        wspace=0.45, hspace=hspace,
+    )  # fmt: skip
+
+
+# --- heatmaps -----------------------------------------------------------------------------
+
+
+def _lambda_columns(cells: Sequence[Cell]) -> dict[float, list[Cell]]:
+    by_wd: dict[float, list[Cell]] = defaultdict(list)
+    for c in cells:
+        by_wd[c.weight_decay].append(c)
+    return {wd: sorted(cs, key=lambda c: c.lr) for wd, cs in sorted(by_wd.items())}
+
+
+def _edges(lrs: Sequence[float]) -> Any:
+    """Cell boundaries in η: geometric midpoints, half a step beyond the ends."""
+    x = np.log(np.asarray(lrs))
+    if x.size == 1:
+        return np.exp(np.array([x[0] - 0.5, x[0] + 0.5]))
+    mids = (x[1:] + x[:-1]) / 2
+    return np.exp(np.concatenate([[2 * x[0] - mids[0]], mids, [2 * x[-1] - mids[-1]]]))
+
+
+def _heatmap(
+    ax: Axes,
+    group: GroupReport,
+    values: dict[tuple[float, float], float],
+    label: str,
+    log_color: bool = False,
+    crossed: set[tuple[float, float]] | None = None,
+    mark_optima: bool = True,
+) -> None:
+    """Columns = λ (categorical, so λ = 0 fits), rows = each λ's own η grid on a log axis.
+
+    Each λ has its own η edges: sweeps whose grid follows η·λ^k are drawn as they are.
+    """
+    from matplotlib.colors import LogNorm, Normalize
+
+    columns = _lambda_columns(group.cells)
+    finite = [v for v in values.values() if math.isfinite(v) and (v > 0 or not log_color)]
+    if not finite:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        return
+    lo, hi = min(finite), max(finite)
+    norm = LogNorm(lo, hi if hi > lo else lo * 1.01) if log_color else Normalize(lo, hi)
+    mesh = None
+    for j, (wd, cs) in enumerate(columns.items()):
+        lrs = [c.lr for c in cs]
+        z = np.array([[values.get((wd, c.lr), math.nan)] for c in cs])
+        mesh = ax.pcolormesh(
+            [j - 0.5, j + 0.5], _edges(lrs), np.ma.masked_invalid(z), norm=norm, cmap="viridis"
+        )
+        for c in cs:
+            if crossed and (wd, c.lr) in crossed:
+                ax.plot(j, c.lr, marker="x", color="white", ms=6, mew=1.2, ls="none")
+    if mark_optima:
+        xs = [j for j, o in enumerate(group.optima)]
+        ax.plot(
+            xs,
+            [o.lr_opt for o in group.optima],
+            marker="*",
+            ms=13,
+            color="red",
+            mec="white",
+            ls="none",
+            label="η* (refined)",
+        )
+        for j, o in enumerate(group.optima):
+            if o.edge:
+                ax.annotate("edge", (j, o.lr_opt), xytext=(6, 0), textcoords="offset points",
+                            color="red", fontsize=8, va="center")  # fmt: skip
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(columns)), [f"{wd:.3g}" for wd in columns])
+    ax.set_xlim(-0.5, len(columns) - 0.5)
+    ax.set_xlabel("λ (weight_decay)")
+    ax.set_ylabel("η (learning rate)")
+    if mesh is not None:
+        ax.figure.colorbar(mesh, ax=ax, label=label)
+
+
+def plot_error_heatmap(group: GroupReport) -> Figure:
+    """Seed-averaged validation error (and test error, when recorded) over (λ, η)."""
+    has_test = any(math.isfinite(c.test_error) for c in group.cells)
+    fig, axes = _figure(2 if has_test else 1)
+    val = {(c.weight_decay, c.lr): c.val_error for c in group.cells}
+    _heatmap(axes[0], group, val, "validation error")
+    axes[0].set_title("validation error")
+    if has_test:
+        test = {(c.weight_decay, c.lr): c.test_error for c in group.cells}
+        _heatmap(axes[1], group, test, "test error")
+        axes[1].set_title("test error")
+    fig.suptitle(f"{group.label}: error over (λ, η)")
+    return fig
+
+
+def plot_norm_heatmap(group: GroupReport, equilibrium: float) -> Figure:
+    """First-layer ‖w‖ at the end of phase 1; × marks cells with η·λ·T < ``equilibrium``."""
+    layer = group.first_layer or ""
+    fig, axes = _figure()
+    values = {(c.weight_decay, c.lr): c.phase1_norms.get(layer, math.nan) for c in group.cells}
+    young = {
+        (c.weight_decay, c.lr)
+        for c in group.cells
+        if not (c.eta_lambda_t >= equilibrium)  # NaN (steps unknown) counts as not shown in eq.
+    }
+    _heatmap(axes[0], group, values, f"‖w‖ of {layer}", log_color=True, crossed=young,
+             mark_optima=False)  # fmt: skip
+    axes[0].set_title(
+        f"{group.label}: ‖w_{layer}‖ at end of LR phase 1\n× = out of equilibrium "
+        f"(η·λ·T < {equilibrium:g})",
+        fontsize=10,
+    )
+    return fig
+
+
+# --- η* and the collapse ------------------------------------------------------------------
+
+
+def plot_eta_star(group: GroupReport) -> Figure:
+    """η* against λ (log-log) with the least-squares fit and the theory slope."""
+    fig, axes = _figure()
+    ax = axes[0]
+    used = [o for o in group.optima if o.used]
+    left = [o for o in group.optima if not o.used and o.weight_decay > 0]
+    if used:
+        ax.plot([o.weight_decay for o in used], [o.lr_opt for o in used], "o", color="C0",
+                ms=7, label="η* (used in fit)")  # fmt: skip
+    if left:
+        ax.plot([o.weight_decay for o in left], [o.lr_opt for o in left], "v", color="red",
+                mfc="none", ms=8, label="grid edge / left out")  # fmt: skip
+    s = group.scaling
+    if used and math.isfinite(s.k.value):
+        wd = np.geomspace(min(o.weight_decay for o in group.optima if o.weight_decay > 0),
+                          max(o.weight_decay for o in group.optima), 50)  # fmt: skip
+        ci = f" [{s.k.ci_low:.2f}, {s.k.ci_high:.2f}]" if s.k.determined else ""
+        ax.plot(wd, np.exp(s.intercept) * wd**-s.k.value, "-", color="C0",
+                label=f"fit: k = {s.k.value:.2f}{ci}")  # fmt: skip
+        if s.theory is not None:
+            # Theory fixes the slope only: draw it through the centroid of the used points.
+            x0 = float(np.mean(np.log([o.weight_decay for o in used])))
+            y0 = float(np.mean(np.log([o.lr_opt for o in used])))
+            ax.plot(wd, np.exp(y0 - s.theory * (np.log(wd) - x0)), "--", color="0.4",
+                    label=f"theory: k = {s.theory:g}")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("λ (weight_decay)")
+    ax.set_ylabel("η* (best learning rate)")
+    ax.set_title(f"{group.label}: η* ∝ λ^-k ({s.verdict})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    return fig
+
+
+def plot_collapse(group: GroupReport) -> Figure:
+    """Error against the effective rate η·λ^k: one curve per λ, for fitted and theory k."""
+    from matplotlib import colormaps
+
+    assert group.collapse is not None
+    ks: list[tuple[str, float]] = []
+    if math.isfinite(group.collapse.k.value):
+        ks.append(("collapse fit", group.collapse.k.value))
+    if group.scaling.theory is not None:
+        ks.append(("theory", group.scaling.theory))
+    if not ks:
+        ks.append(("k = 0 (raw η)", 0.0))
+    fig, axes = _figure(len(ks))
+    columns = {wd: cs for wd, cs in _lambda_columns(group.cells).items() if wd > 0}
+    cmap = colormaps["viridis"]
+    for ax, (name, k) in zip(axes, ks, strict=True):
+        for i, (wd, cs) in enumerate(columns.items()):
+            color = cmap(i / max(len(columns) - 1, 1))
+            ax.plot([c.lr * wd**k for c in cs], [c.val_error for c in cs], "o-", ms=3,
+                    color=color, label=f"λ = {wd:.3g}")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel(f"η·λ^k, k = {k:.2f}")
+        ax.set_ylabel("validation error")
+        ax.set_title(f"{name}: k = {k:.2f}")
+        ax.grid(True, alpha=0.3)
+        # An explicit place: loc="best" scans every point and triples the render time.
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"{group.label}: error against the effective learning rate η·λ^k")
+    return fig
+
+
+# --- trajectories -------------------------------------------------------------------------
+
+
+def plot_norm_trajectories(group: GroupReport, max_panels: int = 6) -> Figure:
+    """First-layer ‖w‖ per epoch (seed-averaged, geometric), one panel per λ, colour = η."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import LogNorm
+
+    layer = group.first_layer or ""
+    curves: dict[tuple[float, float], list[Sequence[float]]] = defaultdict(list)
+    phase1: dict[float, int] = {}
+    for t in group.trials:
+        values = t.norms.get(layer)
+        if values and not t.diverged:
+            curves[(t.weight_decay, t.lr)].append(values)
+            phase1[t.weight_decay] = t.phase1_epochs
+    wds = sorted({wd for wd, _ in curves})
+    if len(wds) > max_panels:  # keep the figure readable: evenly spaced λ values
+        wds = [wds[i] for i in np.linspace(0, len(wds) - 1, max_panels).round().astype(int)]
+    from matplotlib.figure import Figure
+
+    ncols = min(max(len(wds), 1), 3)
+    nrows = math.ceil(max(len(wds), 1) / ncols)
+    fig = Figure(figsize=(4.2 * ncols + 1.0, 3.6 * nrows))
+    # A shared y axis: the norm's λ dependence is read across panels.
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    _margins(fig, hspace=0.45)
+    axes = list(grid.ravel())
+    for ax in axes[len(wds) :]:
+        ax.set_visible(False)
+    lrs = [lr for _, lr in curves]
+    norm = LogNorm(min(lrs), max(lrs) if max(lrs) > min(lrs) else min(lrs) * 1.01) if lrs else None
+    cmap = colormaps["plasma"]
+    for ax, wd in zip(axes, wds, strict=False):
+        for (w, lr), runs in sorted(curves.items()):
+            if w != wd:
+                continue
+            n = min(len(r) for r in runs)
+            arr = np.array([r[:n] for r in runs], dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                mean = np.exp(np.nanmean(np.log(arr), axis=0))
+            ax.plot(np.arange(1, n + 1), mean, color=cmap(norm(lr)) if norm else None, lw=1.2)
+        if phase1.get(wd):
+            ax.axvline(phase1[wd], color="0.5", ls="--", lw=1, label="end of LR phase 1")
+            if ax is axes[0]:
+                ax.legend(fontsize=8, loc="lower right")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(f"λ = {wd:.3g}")
+        ax.grid(True, alpha=0.3)
+    for row in grid:
+        row[0].set_ylabel(f"‖w‖ of {layer}")
+    if norm is not None:
+        fig.colorbar(
+            ScalarMappable(norm=norm, cmap=cmap),
+            ax=list(grid.ravel()),
+            label="η (learning rate)",
+            fraction=0.03,
+            pad=0.02,
+        )
+    fig.suptitle(f"{group.label}: weight norm of {layer} over training")
+    return fig
+
+
+__all__ = [
+    "FIGURES",
+    "plot_collapse",
+    "plot_error_heatmap",
+    "plot_eta_star",
+    "plot_norm_heatmap",
+    "plot_norm_trajectories",
+    "write_plots",
+]

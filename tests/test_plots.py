@@ -1,0 +1,76 @@
+"""``l2bn analyze --plots``: every documented figure is written, as a real, non-empty PNG."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+# The planting helpers live with the analysis tests (tests/ is on sys.path under pytest).
+from test_analyze import (
+    NORM_LRS,
+    NORM_WDS,
+    fast_sqlite,
+    log_grid,
+    norms_law,
+    plant_study,
+    surface,
+)
+
+from l2bn.analyze import AnalyzeConfig, analyze, run_analysis
+from l2bn.plots import FIGURES, plot_eta_star
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('plots') / 'plots.db'}"
+    rdb = fast_sqlite(url)
+    # With per-epoch histories (every figure) …
+    plant_study(rdb, "pl/sgd", "sgd", NORM_LRS, NORM_WDS, surface(1.0, -4.0), seeds=1,
+                norms=norms_law(0.25))  # fmt: skip
+    # … and without (no norm figures), for normalized SGD's own heatmap.
+    plant_study(rdb, "pl/normalized-sgd", "normalized-sgd", log_grid(1e-5, 1e-1, 9),
+                [1e-4, 1e-3, 1e-2], surface(0.0, math.log(1e-3)), seeds=1)  # fmt: skip
+    return url
+
+
+def assert_png(path: Path) -> None:
+    from matplotlib.image import imread
+
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, path
+    assert len(data) > 10_000, f"{path} is suspiciously small ({len(data)} bytes)"
+    img = imread(path)
+    assert img.shape[0] >= 300 and img.shape[1] >= 400
+    # Not a blank canvas: a drawn figure has many distinct colours.
+    assert len({tuple(px) for px in img[::7, ::7].reshape(-1, img.shape[2])}) > 20
+
+
+def test_plots_dir_gets_every_documented_figure(storage: str, tmp_path: Path) -> None:
+    out = tmp_path / "figs"  # does not exist yet: created
+    report = run_analysis(AnalyzeConfig(storage=storage, plots_dir=out, bootstrap=0))
+    names = {p.name for p in out.iterdir()}
+    sgd = {f"sgd-bn-pl_{f}.png" for f in FIGURES}
+    nsgd = {
+        "normalized-sgd-bn-pl_error_heatmap.png",
+        "normalized-sgd-bn-pl_eta_star.png",
+        "normalized-sgd-bn-pl_collapse.png",
+    }
+    assert names == sgd | nsgd  # no norm figures without histories
+    assert {p.name for p in report.written} == names
+    for p in out.iterdir():
+        assert_png(p)
+
+
+def test_eta_star_figure_shows_fit_and_theory(storage: str) -> None:
+    (g,) = analyze(AnalyzeConfig(storage=storage, studies=("pl/sgd",), bootstrap=0)).groups
+    fig = plot_eta_star(g)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any(lbl.startswith("fit: k = ") for lbl in labels)
+    assert "theory: k = 1" in labels
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert "λ" in ax.get_xlabel() and "η" in ax.get_ylabel()
