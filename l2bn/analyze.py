@@ -32,7 +32,7 @@ JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as nu
     {"l2bn_version": "0.1.0",
      "storage": "sqlite:///l2bn.db",
      "settings": {"storage", "studies", "equilibrium", "bootstrap", "seed", "confidence",
-                  "collapse_degree", "k_bounds"},
+                  "tolerance", "collapse_degree", "k_bounds"},
      "warnings": ["skipped x/sgd: a single weight_decay value ...", ...],  # not per group
      "groups": [{
         "optimizer": "adam", "norm": "bn", "dataset": "cifar10",
@@ -58,7 +58,8 @@ JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as nu
     # method: "bootstrap", "ols-t", "bootstrap|ols-t" (the wider of the two), "profile"
     # n: data points behind the estimate
 
-``verdict`` is "consistent" (CI covers theory; for norms: both a's and b's CIs cover it),
+``verdict`` is "consistent" (the CI comes within ``tolerance``, default 0.05, of the theory;
+for norms: both a's and b's CIs do),
 "inconsistent", or "undetermined" (fewer than 2 usable λ values, fewer than 4 equilibrium
 cells, an unbounded CI, or no theory for this optimizer). Theory: :data:`K_THEORY`,
 :data:`NORM_THEORY`.
@@ -138,6 +139,10 @@ class AnalyzeConfig:
     bootstrap: int = 1000  # resamples for the seed bootstrap of k; 0 forces the t-interval
     seed: int = 0  # bootstrap RNG seed: same data, same CI
     confidence: float = 0.95
+    # Practical equivalence: "consistent" when the CI comes within this of the theory. A very
+    # precise fit (a toy, many seeds) otherwise turns a physically irrelevant 0.249 vs ¼ into
+    # "inconsistent". Absolute, in the units of k and of the norm exponents.
+    tolerance: float = 0.05
     collapse_degree: int = 4  # degree of the master curve in log η + k log λ
     k_bounds: tuple[float, float] = (-1.0, 2.5)  # search range of the collapse k
     json_path: Path | None = None
@@ -155,6 +160,8 @@ class AnalyzeConfig:
             raise ConfigError(f"equilibrium must be a number ≥ 0, got {self.equilibrium!r}")
         if self.bootstrap < 0:
             raise ConfigError(f"bootstrap must be ≥ 0, got {self.bootstrap}")
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise ConfigError(f"tolerance must be a number ≥ 0, got {self.tolerance!r}")
         if not (0.5 <= self.confidence < 1.0):
             raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}")
         if not (1 <= self.collapse_degree <= 10):
@@ -171,6 +178,7 @@ class AnalyzeConfig:
             "bootstrap": self.bootstrap,
             "seed": self.seed,
             "confidence": self.confidence,
+            "tolerance": self.tolerance,
             "collapse_degree": self.collapse_degree,
             "k_bounds": list(self.k_bounds),
         }
@@ -270,8 +278,9 @@ class Estimate:
     def determined(self) -> bool:
         return all(math.isfinite(x) for x in (self.value, self.ci_low, self.ci_high))
 
-    def covers(self, x: float) -> bool:
-        return self.determined and self.ci_low <= x <= self.ci_high
+    def covers(self, x: float, tolerance: float = 0.0) -> bool:
+        """Whether the CI meets [x − tolerance, x + tolerance]."""
+        return self.determined and self.ci_low - tolerance <= x <= self.ci_high + tolerance
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -737,10 +746,10 @@ def _t_estimate(value: float, stderr: float, dof: int, n: int, confidence: float
     return Estimate(value, stderr, value - half, value + half, n, "ols-t", confidence)
 
 
-def _verdict(est: Estimate, theory: float | None) -> str:
+def _verdict(est: Estimate, theory: float | None, tolerance: float) -> str:
     if theory is None or not est.determined:
         return UNDETERMINED
-    return CONSISTENT if est.covers(theory) else INCONSISTENT
+    return CONSISTENT if est.covers(theory, tolerance) else INCONSISTENT
 
 
 def _fmt(x: float) -> str:
@@ -953,7 +962,9 @@ def _fit_k(
             est = Estimate(
                 k, est.stderr, est.ci_low, est.ci_high, n, "bootstrap|ols-t", cfg.confidence
             )
-    return ScalingFit(est, float(fit.intercept), r2, n, theory, _verdict(est, theory))
+    return ScalingFit(
+        est, float(fit.intercept), r2, n, theory, _verdict(est, theory, cfg.tolerance)
+    )
 
 
 def _bootstrap_k(
@@ -1048,7 +1059,7 @@ def _fit_collapse(
     if ci_low <= lo or ci_high >= hi:
         # The interval ran into the search bounds: it is not a real confidence interval.
         est = Estimate(k_hat, math.nan, math.nan, math.nan, n, "profile", cfg.confidence)
-    return CollapseFit(est, theory, _verdict(est, theory), degree, n, rss_min)
+    return CollapseFit(est, theory, _verdict(est, theory, cfg.tolerance), degree, n, rss_min)
 
 
 def _profile_edge(
@@ -1090,7 +1101,8 @@ def _fit_norms(
     if theory is None or not (a.determined and b.determined):
         verdict = UNDETERMINED
     else:
-        verdict = CONSISTENT if a.covers(theory) and b.covers(theory) else INCONSISTENT
+        tol = cfg.tolerance
+        verdict = CONSISTENT if a.covers(theory, tol) and b.covers(theory, tol) else INCONSISTENT
     return NormFit(layer, a, b, float(fit.coef[0]), fit.r_squared, n, excluded, theory, verdict)
 
 

@@ -263,7 +263,17 @@ def test_theory_mismatch_is_inconsistent(planted: str) -> None:
     assert not g.scaling.k.covers(1.0)
     from l2bn.analyze import _verdict
 
-    assert _verdict(g.scaling.k, 1.0) == INCONSISTENT
+    assert _verdict(g.scaling.k, 1.0, tolerance=0.05) == INCONSISTENT
+
+
+def test_tolerance_is_a_practical_equivalence_margin() -> None:
+    from l2bn.analyze import Estimate, _verdict
+
+    tight = Estimate(0.249, 0.0005, 0.248, 0.2499, 20, "ols-t")
+    assert _verdict(tight, 0.25, tolerance=0.0) == INCONSISTENT
+    assert _verdict(tight, 0.25, tolerance=0.05) == CONSISTENT
+    far = Estimate(0.40, 0.01, 0.38, 0.42, 20, "ols-t")
+    assert _verdict(far, 0.25, tolerance=0.05) == INCONSISTENT
 
 
 def test_normalized_sgd_eta_star_does_not_depend_on_lambda(planted: str) -> None:

@@ -1,0 +1,44 @@
+"""sweep + analyze on the tracking toy, through the real CLI: the theory's slopes come out.
+
+The toy is scale-invariant, so η* ∝ λ^-1 for SGD and λ^-½ for Adam hold exactly once ‖w‖
+has settled, and so do the norm exponents ¼ and ⅓ (README, "The tracking toy").
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from l2bn.analyze import CONSISTENT, AnalyzeConfig, analyze
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_tracking_sweep_then_analyze_recovers_k_and_norm_exponents(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'tracking.db'}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "l2bn", "sweep", str(REPO / "sweeps" / "tracking.toml"),
+         "--workers", "2", "--storage", url],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"COLUMNS": "120"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+
+    report = analyze(AnalyzeConfig(storage=url))
+    groups = {g.optimizer: g for g in report.groups}
+    assert set(groups) == {"sgd", "adam"}
+    for optimizer, k, exponent in (("sgd", 1.0, 0.25), ("adam", 0.5, 1 / 3)):
+        g = groups[optimizer]
+        assert g.n_trials == 20 and g.n_lambda == 4
+        assert all(o.used for o in g.optima), g.warnings  # every η* inside its grid
+        assert g.scaling.k.value == pytest.approx(k, abs=0.06)
+        assert g.scaling.verdict == CONSISTENT
+        assert g.collapse is not None and g.collapse.k.value == pytest.approx(k, abs=0.06)
+        norm = g.first_layer_norm
+        assert norm is not None and norm.layer == "w"
+        assert norm.a.value == pytest.approx(exponent, abs=0.03)
+        assert norm.b.value == pytest.approx(exponent, abs=0.03)
