@@ -82,7 +82,7 @@ def _margins(fig: Figure, top_in: float = 0.75, hspace: float = 0.35) -> None:
     """
     w, h = fig.get_size_inches()
     fig.subplots_adjust(
-        left=0.8 / w, right=1 - 0.3 / w, bottom=0.65 / h, top=1 - top_in / h,
+        left=0.95 / w, right=1 - 0.3 / w, bottom=0.65 / h, top=1 - top_in / h,
         wspace=0.45, hspace=hspace,
     )  # fmt: skip
 
