@@ -65,6 +65,20 @@ def version() -> None:
     console.print(__version__)
 
 
+@app.command()
+def download(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where to put cifar-10-batches-py/ (default: $L2BN_DATA, then ./data)."),
+    ] = None,
+) -> None:
+    """Fetch CIFAR-10 (170 MB, md5-checked) unless it is already there."""
+    from l2bn.data import ensure_cifar10
+
+    folder = ensure_cifar10(TrainConfig(data_dir=data_dir).resolved_data_dir())
+    console.print(f"CIFAR-10 is in {folder}")
+
+
 # --- train --------------------------------------------------------------------------------
 
 
@@ -196,7 +210,8 @@ class _TrainProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if self.progress.live.is_started:  # stopping a bar never started prints a blank line
+            self.progress.stop()
 
     def batch(self, epoch: int, batch: int, total: int) -> None:
         # Started on the first batch, so that an error while loading data stays one line.
@@ -402,7 +417,7 @@ def analyze(
         float,
         typer.Option(
             min=0.0,
-            help="Verdict 'consistent' when the 95 % CI comes within this of theory (k, exponents).",
+            help="Verdict 'consistent' when the CI comes within this of theory (k, exponents).",
         ),
     ] = 0.05,
     json_path: Annotated[

@@ -247,18 +247,36 @@ def load_image_data(
         arrays = make_synthetic()
     else:
         assert data_dir is not None
-        if download and not _has_cifar10(data_dir):
-            download_cifar10(data_dir)
+        if download:
+            ensure_cifar10(data_dir)
         arrays = load_cifar10(data_dir)
     return to_device(arrays, val_fraction, torch.device(device))
 
 
-def _has_cifar10(root: Path) -> bool:
+def ensure_cifar10(root: Path) -> Path:
+    """The CIFAR-10 folder under ``root``, downloaded first if it is not there."""
     try:
-        find_cifar10(root)
+        return find_cifar10(root)
     except DataError:
-        return False
-    return True
+        return download_cifar10(root)
+
+
+def epoch_images(
+    split: Split, generator: torch.Generator, n: int, augment_: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch's data: the first ``n`` images of a fresh permutation, augmented, as uint8.
+
+    Once per epoch rather than per batch (airbench): a dozen kernels per epoch instead of per
+    step, which matters on a GPU, and it lets the fused engine (l2bn.fused) slice K models'
+    batches out of K such tensors without any per-step gather. The plain loop and the fused
+    engine both draw from the run's generator through this one function, so a fused model
+    sees exactly the batches its unfused run would.
+    """
+    perm = torch.randperm(len(split), device=split.y.device, generator=generator)[:n]
+    x = split.x[perm]
+    if augment_:
+        x = augment(x, generator)
+    return x, split.y[perm]
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

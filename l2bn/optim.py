@@ -66,11 +66,12 @@ def project_to_unit_norm(weights: Iterable[tuple[torch.Tensor, str]]) -> None:
     """Rescale each scale-invariant weight to unit norm: per output unit, or as a whole tensor
     with the mean unit norm set to 1 where only the whole tensor is scale-invariant."""
     for w, kind in weights:
-        units = w.flatten(1)
+        # Divide w itself: flatten(1) of a channels_last weight is a copy, not a view.
+        norms = torch.linalg.vector_norm(w.flatten(1), dim=1)
         if kind == "unit":
-            units.div_(torch.linalg.vector_norm(units, dim=1, keepdim=True))
+            w.div_(norms.view(-1, *[1] * (w.dim() - 1)))
         else:
-            units.div_(torch.linalg.vector_norm(units, dim=1).mean())
+            w.div_(norms.mean())
 
 
 def projection_targets(model: nn.Module) -> list[tuple[torch.Tensor, str]]:

@@ -222,7 +222,7 @@ class _RDBStorage(optuna.storages.RDBStorage):
         try:
             super().record_heartbeat(trial_id)
         except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
-            _log.warning("l2bn: heartbeat of trial %d not recorded: %s", trial_id, describe(e))
+            _log.warning("l2bn: heartbeat not recorded (trial id %d): %s", trial_id, describe(e))
 
 
 def _begin_immediate_on_sqlite(engine: sqlalchemy.Engine) -> None:

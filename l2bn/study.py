@@ -32,7 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from l2bn import __version__
 from l2bn.errors import ConfigError, StorageError
-from l2bn.storage import enqueue_lock
+from l2bn.records import TrainResult, finite_or_none
+from l2bn.storage import describe, enqueue_lock
 from l2bn.sweep import OptimizerSweep, Point
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
@@ -90,18 +91,19 @@ def prepare_study(
         study = optuna.create_study(
             storage=storage, study_name=name, direction="minimize", load_if_exists=True
         )
+        stored = study.user_attrs.get("config")
+        if stored is None:
+            for key, value in attrs.items():
+                study.set_user_attr(key, value)
+        elif json.loads(stored) != json.loads(attrs["config"]):
+            raise ConfigError(
+                f"study {name!r} in this storage was made by a different sweep definition; "
+                "use --study NEW_NAME for a new grid (or restore the sweep file)"
+            )
+        enqueue_missing(study, sweep.points())
     except optuna.exceptions.StorageInternalError as e:
-        raise StorageError(f"cannot create study {name!r}: {e}") from None
-    stored = study.user_attrs.get("config")
-    if stored is None:
-        for key, value in attrs.items():
-            study.set_user_attr(key, value)
-    elif json.loads(stored) != json.loads(attrs["config"]):
-        raise ConfigError(
-            f"study {name!r} in this storage was made by a different sweep definition; "
-            "use --study NEW_NAME for a new grid (or restore the sweep file)"
-        )
-    enqueue_missing(study, sweep.points())
+        # What the database said (read-only, disk full), not Optuna's generic wrapper text.
+        raise StorageError(f"cannot create study {name!r}: {describe(e)}") from None
     return study
 
 
@@ -229,3 +231,14 @@ def grid_status(study: optuna.Study, sweep: OptimizerSweep) -> GridStatus:
     return GridStatus(
         study.study_name, sweep.base_config().epochs, tuple(out), skipped, mean, extra
     )
+
+
+def result_attrs(result: TrainResult) -> dict[str, Any]:
+    """A finished run's trial user attrs, as the README's "Study layout" documents them."""
+    return {
+        "test_error": result.test_error,
+        "train_loss": finite_or_none(result.train_loss),
+        "diverged": result.diverged,
+        "steps_per_epoch": result.steps_per_epoch,
+        "history": [e.to_dict() for e in result.history],
+    }

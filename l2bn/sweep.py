@@ -155,6 +155,8 @@ def load_sweep(path: Path | str, overrides: dict[str, Any] | None = None) -> Swe
         raise ConfigError(f"sweep file {path} does not exist") from None
     except OSError as e:
         raise ConfigError(f"cannot read sweep file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (TOML must be UTF-8)") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

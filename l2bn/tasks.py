@@ -69,14 +69,12 @@ class ImageTask:
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        train, bs = self.data.train, self.config.batch_size
-        perm = torch.randperm(len(train), device=train.y.device, generator=self.generator)
+        bs = self.config.batch_size
+        x, y = D.epoch_images(
+            self.data.train, self.generator, self.steps_per_epoch * bs, self.config.augment
+        )
         for i in range(self.steps_per_epoch):
-            idx = perm[i * bs : (i + 1) * bs]
-            x = train.x[idx]
-            if self.config.augment:
-                x = D.augment(x, self.generator)
-            yield self._prepare(x), train.y[idx]
+            yield self._prepare(x[i * bs : (i + 1) * bs]), y[i * bs : (i + 1) * bs]
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return D.normalize(x, self.data, torch.float32).contiguous(memory_format=self.memory_format)

@@ -9,6 +9,8 @@ another worker's trial runs it waits, because that trial may yet go stale and ne
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import multiprocessing
 import os
@@ -24,9 +26,16 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from l2bn.errors import L2bnError
-from l2bn.records import EpochRecord, finite_or_none
-from l2bn.storage import open_storage
+from l2bn.errors import L2bnError, StorageError
+from l2bn.records import EpochRecord
+from l2bn.storage import (
+    database_error,
+    is_connection_error,
+    open_storage,
+    redact,
+    scrub,
+    wait_for_storage,
+)
 from l2bn.study import (
     LIVE,
     SKIPPED_ATTR,
@@ -35,6 +44,7 @@ from l2bn.study import (
     grid_status,
     point_of,
     prepare_study,
+    result_attrs,
 )
 from l2bn.sweep import OptimizerSweep
 
@@ -54,6 +64,7 @@ class WorkerSpec:
     heartbeat_interval: int = DEFAULT_HEARTBEAT_S
     grace_period: int | None = None  # None: 4 heartbeats
     torch_threads: int | None = None  # None: torch's default
+    fuse: int | None = None  # points trained together in one fused net; None: auto (fused_sweep)
 
     @property
     def grace(self) -> int:
@@ -80,19 +91,43 @@ class _StopFlag:
 
 class _Current:
     number: int | None = None  # the trial the objective last started
+    value: float | None = None  # its result, once every user attr of it is written
+
+
+def _retry_on_disconnect(storage: optuna.storages.RDBStorage, write: Callable[[], None]) -> None:
+    """Run an idempotent storage write; when the database server is lost, wait and repeat."""
+    for _ in range(5):
+        try:
+            write()
+            return
+        except Exception as e:
+            if not is_connection_error(e):
+                raise
+            wait_for_storage(storage)
+    write()
 
 
 def make_objective(
-    sweep: OptimizerSweep, stop: _StopFlag, current: _Current
+    sweep: OptimizerSweep,
+    stop: _StopFlag,
+    current: _Current,
+    storage: optuna.storages.RDBStorage | None = None,
 ) -> Callable[[optuna.Trial], float]:
     from l2bn.train import train  # imported here: the parent process never needs torch
 
     lr_lo, lr_hi = sweep.lr_range()
     wd_lo, wd_hi = sweep.weight_decay.low, sweep.weight_decay.high
 
+    def write(action: Callable[[], None]) -> None:
+        if storage is None:
+            action()
+        else:
+            _retry_on_disconnect(storage, action)
+
     def objective(trial: optuna.Trial) -> float:
         stop.check()
         current.number = trial.number
+        current.value = None
         live = trial.study.get_trials(deepcopy=False, states=LIVE)
         me = next(t for t in live if t.number == trial.number)
         point = point_of(me)
@@ -114,23 +149,18 @@ def make_objective(
         config = sweep.base_config().with_(lr=lr, weight_decay=wd, seed=seed)
 
         def on_epoch(record: EpochRecord) -> None:
-            trial.report(record.val_error, record.epoch)
+            write(lambda: trial.report(record.val_error, record.epoch))
             stop.check()
 
         def on_batch(epoch: int, batch: int, batches: int) -> None:
             stop.check()
 
         result = train(config, on_epoch=on_epoch, on_batch=on_batch)
-        for key, value in {
-            "test_error": result.test_error,
-            "train_loss": finite_or_none(result.train_loss),
-            "diverged": result.diverged,
-            "steps_per_epoch": result.steps_per_epoch,
-            "history": [e.to_dict() for e in result.history],
-        }.items():
-            trial.set_user_attr(key, value)
+        for key, value in result_attrs(result).items():
+            write(functools.partial(trial.set_user_attr, key, value))
         if not math.isfinite(result.val_error):  # a NaN value would make Optuna FAIL the trial
             raise RuntimeError(f"train returned val_error {result.val_error}")
+        current.value = result.val_error
         return result.val_error
 
     return objective
@@ -165,18 +195,31 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
         study_name=spec.study_name, storage=storage, sampler=optuna.samplers.RandomSampler()
     )
     current = _Current()
-    objective = make_objective(spec.sweep, stop, current)
+    objective = make_objective(spec.sweep, stop, current, storage)
+    from l2bn.fused_sweep import auto_fuse, run_fused_round  # torch only in workers
+
+    fuse = spec.fuse or auto_fuse(spec.sweep)
     report = WorkerReport()
     while not stop.requested:
-        optuna.storages.fail_stale_trials(study)
-        states = {t.state for t in study.get_trials(deepcopy=False, states=LIVE)}
+        current.number = None
+        current.value = None
+        try:
+            optuna.storages.fail_stale_trials(study)
+            states = {t.state for t in study.get_trials(deepcopy=False, states=LIVE)}
+        except Exception as e:
+            _recover(e, storage, study, current, requeue)
+            continue
         if TrialState.WAITING not in states:
             if TrialState.RUNNING not in states:
                 break
             time.sleep(min(POLL_S * 5, spec.heartbeat_interval))
             continue
-        current.number = None
         try:
+            if fuse > 1:  # K points at once, each still its own trial (l2bn.fused_sweep)
+                report.trials += run_fused_round(
+                    study, storage, spec.sweep, fuse, spec.heartbeat_interval, stop.check, requeue
+                )
+                continue
             study.optimize(objective, n_trials=1)
         except Interrupted:
             report.interrupted = True
@@ -187,11 +230,55 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
         except optuna.exceptions.UpdateFinishedTrialError:
             # Our trial was failed as stale (heartbeats starved) and retried elsewhere.
             continue
+        except Exception as e:
+            _recover(e, storage, study, current, requeue)
         last = _trial(study, current.number)
         if last is not None and last.state == TrialState.COMPLETE:
             report.trials += 1
     report.interrupted = report.interrupted or stop.requested
     return report
+
+
+def _recover(
+    error: Exception,
+    storage: optuna.storages.RDBStorage,
+    study: optuna.Study,
+    current: _Current,
+    requeue: RequeueCallback,
+) -> None:
+    """After an error from a worker's storage calls: wait for a lost database server and settle
+    our trial; stop with one line on any other database error (a full disk, a read-only file),
+    failing our trial if the database still lets us; re-raise anything else (a bug)."""
+    if is_connection_error(error):
+        wait_for_storage(storage)
+        _settle(study, current, requeue)
+        return
+    reason = database_error(error)
+    if reason is None:
+        raise error
+    if current.number is not None:
+        with contextlib.suppress(Exception):  # best effort: else it goes stale, then retried
+            study.tell(current.number, state=TrialState.FAIL, skip_if_finished=True)
+    raise StorageError(f"storage {redact(storage.url)}: {reason}") from None
+
+
+def _settle(study: optuna.Study, current: _Current, requeue: RequeueCallback) -> None:
+    """Finish our trial after a lost connection: tell its result if the run had finished,
+    else fail it and queue its point again (unless another worker did already)."""
+    last = _trial(study, current.number)
+    if last is None:
+        return  # lost before a trial was ours: a claim that did not commit, or one gone stale
+    try:
+        if last.state == TrialState.RUNNING:
+            if current.value is not None:
+                study.tell(last.number, current.value, skip_if_finished=True)
+                return
+            study.tell(last.number, state=TrialState.FAIL, skip_if_finished=True)
+            last = _trial(study, last.number)
+        if last is not None and last.state == TrialState.FAIL:
+            requeue(study, last)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # failed as stale by another worker meanwhile, whose callback queued it again
 
 
 def _trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial | None:
@@ -208,10 +295,10 @@ def _worker_main(spec: WorkerSpec, errors: Any) -> None:
     try:
         report = run_worker(spec)
     except L2bnError as e:
-        errors.put((type(e).__name__, str(e)))
+        errors.put((type(e).__name__, scrub(str(e))))
         os._exit(2)
     except BaseException:
-        errors.put(("crash", traceback.format_exc()))
+        errors.put(("crash", scrub(traceback.format_exc())))
         os._exit(1)
     os._exit(3 if report.interrupted else 0)
 
@@ -262,6 +349,10 @@ def run_sweep(
                 time.sleep(poll_s)
                 if on_status is not None:
                     on_status(grid_status(study, spec.sweep))
+            except Exception as e:
+                # The database server restarting: the workers wait for it; so does the display.
+                if not is_connection_error(e):
+                    raise
             except KeyboardInterrupt:
                 # Ctrl-C reached the workers too (same process group); make sure, then wait.
                 forward.signalled = True
@@ -273,7 +364,13 @@ def run_sweep(
         result.errors.append(errors.get())
     result.exit_codes = [p.exitcode for p in procs]
     result.interrupted = result.interrupted or any(c == 3 for c in result.exit_codes)
-    result.status = grid_status(study, spec.sweep)
+    try:
+        result.status = grid_status(study, spec.sweep)
+    except Exception as e:
+        if not is_connection_error(e):
+            raise
+        wait_for_storage(storage)
+        result.status = grid_status(study, spec.sweep)
     result.seconds = time.perf_counter() - start
     if on_status is not None:
         on_status(result.status)
@@ -299,7 +396,7 @@ class _Forwarder:
 
 def status_of(storage_url: str, sweep: OptimizerSweep, study_name: str | None = None) -> GridStatus:
     """The grid's state, read-only (the study must exist)."""
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, read_only=True)
     name = study_name or sweep.study_name
     try:
         study = optuna.load_study(study_name=name, storage=storage)

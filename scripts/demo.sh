@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# Set up and run l2bn's main job on a CPU in a few minutes: a short training run on real
-# CIFAR-10 images from $L2BN_DATA (or ./data; downloaded there when missing).
+# Set up and run l2bn's main job on a CPU in a few minutes:
+#  1. a small sweep of two optimizers (nesterov, adam) on real CIFAR-10 images from
+#     $L2BN_DATA (or ./data, downloaded there when missing) and its analysis — far too short
+#     for equilibrium, so it shows the pipeline, not the physics;
+#  2. the tracking toy's sweep and analysis, where the theory's slopes come out (k ≈ 1, ½).
+# Results (SQLite studies, JSON reports, PNG figures) go to ./results; running it again
+# resumes and re-analyzes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 . .venv/bin/activate
 export L2BN_DATA=${L2BN_DATA:-data}
-l2bn train --download --optimizer nesterov --lr 0.05 --weight-decay 5e-3 \
-  --epochs 4 --width 16 --batch-size 64 --json results-train.json
+mkdir -p results
+l2bn download
+l2bn sweep sweeps/demo.toml --workers 2 --storage sqlite:///results/demo.db
+l2bn analyze --storage sqlite:///results/demo.db --json results/demo.json --plots results/demo
+l2bn sweep sweeps/tracking.toml --workers 2 --storage sqlite:///results/tracking.db
+l2bn analyze --storage sqlite:///results/tracking.db --json results/tracking.json \
+  --plots results/tracking

@@ -81,12 +81,13 @@ def test_the_synthetic_task_is_learned() -> None:
 
 
 def test_the_tracking_toy_tracks() -> None:
+    # Near the optimum of sweeps/tracking.toml (ηλ ≈ 3.4e-3 for SGD), where it settles at ≈ 0.16.
     config = TrainConfig(
-        dataset="tracking", optimizer="sgd", lr=0.1, weight_decay=0.01, epochs=4, lr_drops=()
+        dataset="tracking", optimizer="sgd", lr=0.34, weight_decay=0.01, epochs=4, lr_drops=()
     )
     result = train(config)
     assert list(result.history[0].layers) == ["w"]
-    assert result.val_error < 0.2  # a random direction scores 1
+    assert result.val_error < 0.25  # a random direction scores 1
     assert math.isfinite(result.history[-1].layers["w"].norm)
 
 

@@ -1,0 +1,200 @@
+"""Per-step training throughput: l2bn's loop against a naive PyTorch loop, in one process.
+
+Baseline (the PyTorch CIFAR tutorial's way, torchvision-free): a map-style Dataset over the
+real CIFAR-10 subset with per-sample transforms in plain torch ops (4-px zero-pad + random
+crop, random flip, to float, normalize), a DataLoader (shuffle, ``--loader-workers``
+processes), and the paper's net written the usual way (conv → BN → ReLU → pool), fp32 NCHW,
+``loss.item()`` logged every step.
+
+Candidate: l2bn's loop (l2bn.train): uint8 data resident on the device, one permutation and
+augmentation per epoch, ConvNet in channels_last (pool before ReLU), the same optimizer.
+Ablation ``l2bn-nchw``: the same loop in NCHW, to separate layout from data pipeline.
+
+Variants are timed in interleaved rounds (the machine is shared: never compare numbers from
+different runs), and the medians of ms/step are compared. Before timing, one batch's loss
+and gradients are checked to agree between the NCHW and channels_last nets (same weights).
+
+Usage: ``python benchmarks/bench_step.py [--seconds 90] [--width 32] [--batch-size 128]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from l2bn import data as D
+from l2bn.config import TrainConfig
+from l2bn.models import ConvNet
+from l2bn.optim import build_optimizer
+from l2bn.tasks import ImageTask, make_task
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+class NaiveCifar(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
+    """Per-sample transforms, as torchvision's RandomCrop(32, 4) + RandomHorizontalFlip +
+    ToTensor + Normalize would do them."""
+
+    def __init__(self, x: Any, y: Any) -> None:
+        self.x, self.y = torch.from_numpy(x), y
+        self.mean = torch.tensor(D.CIFAR10_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(D.CIFAR10_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = nn.functional.pad(self.x[i], (4, 4, 4, 4))
+        dy, dx = (int(v) for v in torch.randint(0, 9, (2,)))
+        img = img[:, dy : dy + 32, dx : dx + 32]
+        if torch.rand(()) < 0.5:
+            img = img.flip(2)
+        img = img.float() / 255
+        return (img - self.mean) / self.std, int(self.y[i])
+
+
+def naive_net(width: int) -> nn.Module:
+    layers: list[nn.Module] = []
+    chans = [3, width, 2 * width, 4 * width, 8 * width]
+    for i in range(4):
+        layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False)]
+        layers += [nn.BatchNorm2d(chans[i + 1]), nn.ReLU()]
+        if i < 3:
+            layers.append(nn.MaxPool2d(2))
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8 * width, 10)]
+    return nn.Sequential(*layers)
+
+
+def naive_step(config: TrainConfig, workers: int) -> Callable[[], float]:
+    x, y, _, _ = D.load_cifar10(config.resolved_data_dir())
+    loader = torch.utils.data.DataLoader(
+        NaiveCifar(x, y),
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
+    torch.manual_seed(config.seed)
+    model = naive_net(config.width)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True)
+    batches = _forever(loader)
+
+    def step() -> float:
+        xb, yb = next(batches)
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def _forever(loader: Any) -> Iterator[Any]:
+    while True:
+        yield from loader
+
+
+def l2bn_step(config: TrainConfig, channels_last: bool) -> Callable[[], float]:
+    task = make_task(config, torch.device("cpu"), channels_last=channels_last)
+    opt = build_optimizer(task.model, config)
+
+    def batches() -> Iterator[Any]:
+        epoch = 0
+        while True:
+            yield from task.batches(epoch)
+            epoch += 1
+
+    it = batches()
+
+    def step() -> float:
+        loss, _ = task.loss(next(it))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float("nan")  # l2bn syncs once per epoch, not per step
+
+    return step
+
+
+def check_layouts_agree(config: TrainConfig) -> float:
+    """Largest relative gradient difference between the NCHW and channels_last ConvNet."""
+    task = make_task(config, torch.device("cpu"), channels_last=False)
+    assert isinstance(task, ImageTask)
+    xb, yb = next(task.batches(0))
+    a = task.model
+    b = ConvNet(config.width, config.norm, config.head)
+    b.load_state_dict(a.state_dict())
+    b.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    worst = 0.0
+    for m, x in ((a, xb), (b, xb.contiguous(memory_format=torch.channels_last))):
+        nn.functional.cross_entropy(m(x), yb).backward()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert pa.grad is not None and pb.grad is not None
+        worst = max(worst, float((pa.grad - pb.grad).norm() / pa.grad.norm()))
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=90, help="timing budget (interleaved)")
+    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--loader-workers", type=int, default=2, help="baseline DataLoader workers")
+    ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("L2BN_DATA", SHARED)))
+    args = ap.parse_args()
+    if not (args.data_dir / D.CIFAR10_FOLDER / D.TEST_FILE).is_file():
+        print(f"skipped: no CIFAR-10 under {args.data_dir} (pass --data-dir or set L2BN_DATA)")
+        return
+    config = TrainConfig(
+        dataset="cifar10",
+        data_dir=args.data_dir,
+        width=args.width,
+        batch_size=args.batch_size,
+        optimizer="nesterov",
+        lr=0.05,
+        device="cpu",
+        precision="fp32",
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"capability {torch.backends.cpu.get_cpu_capability()}"
+    )
+    print(f"NCHW vs channels_last gradients: max relative diff {check_layouts_agree(config):.2e}")
+    variants = {
+        "naive (DataLoader, NCHW)": naive_step(config, args.loader_workers),
+        "l2bn-nchw": l2bn_step(config, channels_last=False),
+        "l2bn (channels_last)": l2bn_step(config, channels_last=True),
+    }
+    for step in variants.values():  # warm-up: oneDNN primitive caches, loader workers
+        step()
+        step()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    start = time.perf_counter()
+    while time.perf_counter() - start < args.seconds:
+        for name, step in variants.items():
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            times[name].append((time.perf_counter() - t) / args.steps * 1e3)
+    base = statistics.median(times["naive (DataLoader, NCHW)"])
+    print(f"width {args.width}, batch {args.batch_size}, fp32, {len(times['l2bn-nchw'])} rounds")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  {name:26s} median {med:7.1f} ms/step  min {min(ts):7.1f}  x{base / med:.2f}")
+
+
+if __name__ == "__main__":
+    main()
