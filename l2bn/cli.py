@@ -390,7 +390,10 @@ def render_result(result: TrainResult) -> Table:
 def analyze(
     storage: Annotated[
         str,
-        typer.Option(help="SQLAlchemy URL of the Optuna storage holding the sweep's studies."),
+        typer.Option(
+            envvar="L2BN_STORAGE",  # as for sweep and status
+            help="SQLAlchemy URL of the Optuna storage holding the sweep's studies.",
+        ),
     ] = "sqlite:///l2bn.db",
     study: Annotated[
         list[str] | None,
