@@ -227,7 +227,19 @@ class _TrainProgress:
 # --- sweep ----------------------------------------------------------------------------------
 
 SweepFile = Annotated[
-    Path, typer.Argument(help="Sweep definition (TOML), e.g. sweeps/cpu.toml.", show_default=False)
+    Path | None,
+    typer.Argument(
+        help="Sweep definition (TOML), e.g. sweeps/cpu.toml; optional with --optimizer and --set.",
+        show_default=False,
+    ),
+]
+SweepSettings = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a sweep key, TOML value (repeatable): --set epochs=5 "
+        "--set 'lr={min=1e-3, max=1, num=7}' --set dataset=synthetic.",
+    ),
 ]
 SweepOptimizers = Annotated[
     list[OptimizerName] | None,
@@ -247,20 +259,24 @@ SweepStudy = Annotated[
 
 
 def _sweep_specs(
-    path: Path,
+    path: Path | None,
     optimizers: list[OptimizerName] | None,
     storage: str,
     study: str | None,
+    settings: list[str] | None = None,
     epochs: int | None = None,
     heartbeat: int = 30,
     threads: int | None = None,
     fuse: int | None = None,
 ) -> list[Any]:
-    from l2bn.sweep import load_sweep
+    from l2bn.sweep import parse_settings, sweep_from_cli
     from l2bn.worker import WorkerSpec
 
-    overrides = {} if epochs is None else {"epochs": epochs}
-    chosen = load_sweep(path, overrides).select([o.value for o in optimizers or []])
+    overrides = parse_settings(settings or [])
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    names = [o.value for o in optimizers or []]
+    chosen = sweep_from_cli(path, names, overrides).select(names)
     if study is not None and len(chosen) != 1:
         raise ConfigError("--study names one study: give exactly one --optimizer with it")
     return [
@@ -278,8 +294,9 @@ def _sweep_specs(
 
 @app.command("sweep")
 def sweep_run(
-    path: SweepFile,
+    path: SweepFile = None,
     optimizer: SweepOptimizers = None,
+    settings: SweepSettings = None,
     storage: SweepStorage = "sqlite:///l2bn.db",
     workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine.")] = 1,
     study: SweepStudy = None,
@@ -315,7 +332,9 @@ def sweep_run(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    specs = _sweep_specs(path, optimizer, storage, study, epochs, heartbeat, threads, fuse)
+    specs = _sweep_specs(
+        path, optimizer, storage, study, settings, epochs, heartbeat, threads, fuse
+    )
     incomplete = []
     stopped: list[str] = []  # one-line errors of workers (a full disk), each said once
     for spec in specs:
@@ -347,8 +366,9 @@ def sweep_run(
 
 @app.command("status")
 def sweep_status(
-    path: SweepFile,
+    path: SweepFile = None,
     optimizer: SweepOptimizers = None,
+    settings: SweepSettings = None,
     storage: SweepStorage = "sqlite:///l2bn.db",
     study: SweepStudy = None,
 ) -> None:
@@ -356,7 +376,7 @@ def sweep_status(
     from l2bn.progress import status_table, summary_line
     from l2bn.worker import status_of
 
-    for spec in _sweep_specs(path, optimizer, storage, study):
+    for spec in _sweep_specs(path, optimizer, storage, study, settings):
         status = status_of(spec.storage, spec.sweep, spec.study_name)
         console.print(status_table(status))
         console.print(summary_line(status))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -162,7 +163,41 @@ def load_sweep(path: Path | str, overrides: dict[str, Any] | None = None) -> Swe
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     data.setdefault("name", path.stem)
+    overrides = dict(overrides or {})
+    if "name" in overrides:
+        data["name"] = overrides.pop("name")
     return parse_sweep(data, source=str(path), overrides=overrides)
+
+
+def parse_settings(items: Iterable[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` flags as a dict; VALUE is TOML (a bare word is taken as a string)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set epochs=5")
+        try:
+            parsed = tomllib.loads(f"v = {value}")
+        except tomllib.TOMLDecodeError:
+            try:  # dataset=synthetic rather than dataset='"synthetic"'
+                parsed = tomllib.loads(f"v = {json.dumps(value)}")
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"--set {item!r}: value is not TOML ({e})") from None
+        out[key] = parsed["v"]
+    return out
+
+
+def sweep_from_cli(path: Path | None, optimizers: Sequence[str], settings: dict[str, Any]) -> Sweep:
+    """A sweep file with ``settings`` on top, or, without a file, a sweep made of the settings
+    alone for the given optimizers (``name`` defaults to "cli")."""
+    if path is not None:
+        return load_sweep(path, settings)
+    if not optimizers:
+        raise ConfigError("give a sweep file, or --optimizer with --set lr=… --set weight_decay=…")
+    shared = {"name": "cli", **settings}
+    data = {"name": shared.pop("name"), "optimizers": {o: {} for o in optimizers}}
+    return parse_sweep(data, source="--set", overrides=shared)
 
 
 def parse_sweep(
@@ -179,6 +214,8 @@ def parse_sweep(
             f"{where}no optimizers: add one table per optimizer, e.g. [optimizers.nesterov]"
         )
     _check_keys(shared, where, "")
+    if overrides:
+        _check_keys(overrides, "--set: ", "")
     resolved: dict[OptimizerName, OptimizerSweep] = {}
     for opt_name, table in tables.items():
         section = f"[optimizers.{opt_name}] "

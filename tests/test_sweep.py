@@ -302,3 +302,36 @@ def test_sigterm_requeues_the_running_point(tmp_path: Path) -> None:
     copies = [t for t in study.trials if t.system_attrs.get("failed_trial") == stopped]
     assert len(copies) == 1 and copies[0].state == TrialState.WAITING
     assert point_of(copies[0]) == point_of(study.trials[stopped])
+
+
+def test_set_flags_parse_toml_values_and_bare_words() -> None:
+    from l2bn.sweep import parse_settings
+
+    got = parse_settings(
+        ["epochs=5", "lr={min=1e-3, max=1.0, num=4}", "dataset=synthetic", "seeds=[0, 1]"]
+    )
+    assert got == {
+        "epochs": 5,
+        "lr": {"min": 1e-3, "max": 1.0, "num": 4},
+        "dataset": "synthetic",
+        "seeds": [0, 1],
+    }
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_settings(["epochs"])
+
+
+def test_set_overrides_a_file_and_builds_a_sweep_without_one(tmp_path: Path) -> None:
+    from l2bn.sweep import sweep_from_cli
+
+    path = tiny_sweep(tmp_path, n=2)
+    (s,) = sweep_from_cli(path, [], {"epochs": 3, "weight_decay": [1e-3]}).select([])
+    assert s.config_for(s.points()[0]).epochs == 3
+    assert {p.weight_decay for p in s.points()} == {1e-3}
+
+    settings = {"dataset": "synthetic", "lr": [0.1, 1.0], "weight_decay": [1e-4, 1e-3]}
+    (cli,) = sweep_from_cli(None, ["adam"], settings).select(["adam"])
+    assert cli.study_name == "cli/adam" and len(cli.points()) == 4
+    with pytest.raises(ConfigError, match="unknown key 'bogus'"):
+        sweep_from_cli(path, [], {"bogus": 1})
+    with pytest.raises(ConfigError, match="give a sweep file"):
+        sweep_from_cli(None, [], settings)
