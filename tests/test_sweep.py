@@ -222,6 +222,21 @@ def test_study_layout_readable_with_plain_optuna(tmp_path: Path) -> None:
         assert "layers" in t.user_attrs["history"][0]
 
 
+def wait_for_running_trial(url: str, study_name: str, timeout: float = 120) -> int | None:
+    """The number of the first trial seen RUNNING past its first epoch, or None on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:
+            study = optuna.load_study(study_name=study_name, storage=url)
+        except KeyError:  # not created yet
+            continue
+        for t in study.trials:
+            if t.state == TrialState.RUNNING and t.intermediate_values:
+                return t.number
+    return None
+
+
 @pytest.mark.slow
 def test_kill_minus_9_then_resume_completes_exactly_once(tmp_path: Path) -> None:
     path = tiny_sweep(tmp_path, n=2, epochs=4)
@@ -242,24 +257,10 @@ def test_kill_minus_9_then_resume_completes_exactly_once(tmp_path: Path) -> None
     proc = subprocess.Popen(
         args, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    killed = None
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline and killed is None:
-            time.sleep(0.3)
-            try:
-                study = optuna.load_study(study_name="tiny/sgd", storage=url)
-            except KeyError:
-                continue
-            running = [
-                t for t in study.trials if t.state == TrialState.RUNNING and t.intermediate_values
-            ]
-            if running:
-                killed = running[0].number
-                os.killpg(proc.pid, signal.SIGKILL)
+        killed = wait_for_running_trial(url, "tiny/sgd")
     finally:
-        if killed is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert killed is not None, "no trial was seen running"
     study = optuna.load_study(study_name="tiny/sgd", storage=url)
@@ -281,20 +282,9 @@ def test_sigterm_requeues_the_running_point(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'x.db'}"
     args = [sys.executable, "-m", "l2bn", "sweep", str(path), "--storage", url]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    stopped = None
-    while time.monotonic() < deadline and stopped is None:
-        time.sleep(0.3)
-        try:
-            study = optuna.load_study(study_name="tiny/sgd", storage=url)
-        except KeyError:
-            continue
-        running = [
-            t for t in study.trials if t.state == TrialState.RUNNING and t.intermediate_values
-        ]
-        if running:
-            stopped = running[0].number
-            proc.send_signal(signal.SIGTERM)
+    stopped = wait_for_running_trial(url, "tiny/sgd")
+    if stopped is not None:
+        proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130
     assert stopped is not None
     study = optuna.load_study(study_name="tiny/sgd", storage=url)
