@@ -34,6 +34,7 @@ from l2bn.config import DatasetName, Head, Norm, Precision, TrainConfig
 from l2bn.errors import ConfigError
 from l2bn.functional_optim import FlatOptimizer
 from l2bn.models import ConvNet, scale_invariant_layers, weight_tensors
+from l2bn.norms import layer_record
 from l2bn.optim import SPECS
 from l2bn.records import EpochRecord, LayerRecord, TrainResult
 from l2bn.tasks import ImageTask
@@ -420,11 +421,7 @@ def _layer_records(
     eff_lr_power: int,
 ) -> dict[str, LayerRecord]:
     """Model m's records, as l2bn.norms.layer_records computes them for an unfused run."""
-    out = {}
-    for name, per_model in zip(layers, stats, strict=True):
-        norm, unit_norm = per_model[m]
-        scale = unit_norm**eff_lr_power
-        out[name] = LayerRecord(
-            norm=norm, unit_norm=unit_norm, eff_lr=lr / scale if scale > 0 else float("inf")
-        )
-    return out
+    return {
+        name: layer_record(per_model[m][0], per_model[m][1], lr, eff_lr_power)
+        for name, per_model in zip(layers, stats, strict=True)
+    }

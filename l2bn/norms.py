@@ -28,9 +28,15 @@ def layer_records(
             for w in weights.values()
         ]
     ).cpu()
-    out = {}
-    for name, (norm, unit_norm) in zip(weights, stats.tolist(), strict=True):
-        scale = unit_norm**eff_lr_power
-        eff_lr = lr / scale if scale > 0 else float("inf")
-        out[name] = LayerRecord(norm=norm, unit_norm=unit_norm, eff_lr=eff_lr)
-    return out
+    return {
+        name: layer_record(norm, unit_norm, lr, eff_lr_power)
+        for name, (norm, unit_norm) in zip(weights, stats.tolist(), strict=True)
+    }
+
+
+def layer_record(norm: float, unit_norm: float, lr: float, eff_lr_power: int) -> LayerRecord:
+    """One layer's record from its norms: the single place where η_eff is defined."""
+    scale = unit_norm**eff_lr_power
+    return LayerRecord(
+        norm=norm, unit_norm=unit_norm, eff_lr=lr / scale if scale > 0 else float("inf")
+    )
