@@ -22,7 +22,8 @@ Pipeline (every step is a pure function; nothing here prints):
    * norm exponents log ‖w‖ = c + a log η − b log λ for every layer (OLS, t-intervals), with
      ‖w‖ the Frobenius norm after the last epoch whose η equals the first epoch's, averaged
      geometrically over a cell's non-diverged seeds, over cells in equilibrium:
-     η·λ·T ≥ ``equilibrium`` with T = steps_per_epoch × epochs in that first phase.
+     c·η·λ·T ≥ ``equilibrium`` with T = steps_per_epoch × epochs in that first phase and c
+     from :data:`EQUILIBRIUM_RATE` (10 for momentum 0.9, 2 for AdamW, else 1).
 
 4. :func:`analyze` runs 1-3; :func:`run_analysis` also writes ``--json``, ``--csv`` and
    ``--plots`` outputs; :func:`render_report` turns a report into rich renderables.
@@ -51,7 +52,8 @@ JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as nu
                    "theory": 0.333, "verdict": "consistent"}, ...],   # one per layer
         "cells": [{"lr": 0.01, "weight_decay": 0.001, "n_seeds": 2, "val_error": 0.2,
                    "val_error_std": 0.01, "test_error": 0.21, "n_diverged": 0,
-                   "eta_lambda_T": 12.0, "phase1_norms": {"conv1": 3.2, ...}}, ...],
+                   "eta_lambda_T": 1.2, "equilibrium_index": 12.0,    # c·η·λ·T
+                   "phase1_norms": {"conv1": 3.2, ...}}, ...],
         "warnings": ["λ=0.1: η* on the lower edge of the η grid (extend the grid)", ...]}]}
 
     ESTIMATE = {"value", "stderr", "ci_low", "ci_high", "n", "method", "confidence"}
@@ -117,6 +119,12 @@ NORM_THEORY: dict[str, float] = {
     "normalized-sgd": 0.0,
 }
 
+# Steps to equilibrium are ~1/(c·η·λ) (NOTES.md's table; van Laarhoven §3, Wan et al. 2020):
+# momentum α = 0.9 multiplies the decay per step by 1/(1−α) = 10, PyTorch AdamW's ‖w‖² relaxes
+# at 2ηλ. A cell is in equilibrium when c·η·λ·T ≥ --equilibrium. Adam/RMSProp with coupled L2
+# relax at a rate set by the gradient scale, not by ηλ alone: c = 1 there is a proxy only.
+EQUILIBRIUM_RATE: dict[str, float] = {"momentum": 10.0, "nesterov": 10.0, "adamw": 2.0}
+
 # A λ whose error varies over its η grid by less than this fraction of the group's whole
 # error range has no minimum to speak of (see _optimum).
 FLAT_FRACTION = 0.1
@@ -135,7 +143,7 @@ class AnalyzeConfig:
 
     storage: str = DEFAULT_STORAGE
     studies: tuple[str, ...] = ()  # empty: every study with user attr "optimizer"
-    equilibrium: float = 5.0  # a cell is in equilibrium when η·λ·T ≥ this (T: phase-1 steps)
+    equilibrium: float = 5.0  # a cell is in equilibrium when c·η·λ·T ≥ this (EQUILIBRIUM_RATE)
     bootstrap: int = 1000  # resamples for the seed bootstrap of k; 0 forces the t-interval
     seed: int = 0  # bootstrap RNG seed: same data, same CI
     confidence: float = 0.95
@@ -306,6 +314,7 @@ class Cell:
     test_error: float  # mean over seeds with a test error (NaN if none)
     n_diverged: int
     eta_lambda_t: float  # η·λ·T (NaN when steps unknown)
+    equilibrium_index: float  # c·η·λ·T: phase-1 steps over the steps to equilibrium
     phase1_norms: Mapping[str, float]  # layer → geometric mean over seeds of phase-1 ‖w‖
 
     def to_dict(self) -> dict[str, Any]:
@@ -318,6 +327,7 @@ class Cell:
             "test_error": finite_or_none(self.test_error),
             "n_diverged": self.n_diverged,
             "eta_lambda_T": finite_or_none(self.eta_lambda_t),
+            "equilibrium_index": finite_or_none(self.equilibrium_index),
             "phase1_norms": {k: finite_or_none(v) for k, v in self.phase1_norms.items()},
         }
 
@@ -402,7 +412,7 @@ class NormFit:
     intercept: float
     r_squared: float
     n_cells: int
-    n_excluded: int  # cells with a phase-1 norm but η·λ·T below the threshold
+    n_excluded: int  # cells with a phase-1 norm but c·η·λ·T below the threshold
     theory: float | None
     verdict: str
 
@@ -791,7 +801,7 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
     if not by_cell:
         raise AnalysisError(f"{', '.join(data.studies)}: no complete trials to analyze")
 
-    cells = tuple(_make_cell(ts) for _, ts in sorted(by_cell.items()))
+    cells = tuple(_make_cell(ts, data.optimizer) for _, ts in sorted(by_cell.items()))
     n_diverged = sum(t.diverged for t in data.trials)
     max_seeds = max(c.n_seeds for c in cells)
     if n_diverged:
@@ -837,7 +847,7 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
         first = norms[0]
         if first.n_excluded:
             warnings.append(
-                f"{first.n_excluded} cell(s) out of equilibrium (η·λ·T < {cfg.equilibrium:g}) "
+                f"{first.n_excluded} cell(s) out of equilibrium (c·η·λ·T < {cfg.equilibrium:g}) "
                 f"left out of the norm fit; {first.n_cells} used"
             )
         if first.n_cells < 4:
@@ -867,7 +877,7 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
     )
 
 
-def _make_cell(trials: Sequence[TrialRecord]) -> Cell:
+def _make_cell(trials: Sequence[TrialRecord], optimizer: str) -> Cell:
     vals = np.array([t.val_error for t in trials])
     tests = [t.test_error for t in trials if math.isfinite(t.test_error)]
     healthy = [t for t in trials if not t.diverged]
@@ -876,6 +886,7 @@ def _make_cell(trials: Sequence[TrialRecord]) -> Cell:
         logs = [math.log(x) for t in healthy if (x := t.phase1_norm(layer)) > 0]
         norms[layer] = math.exp(statistics.fmean(logs)) if logs else math.nan
     eq = [x for t in trials if math.isfinite(x := t.eta_lambda_t)]
+    eta_lambda_t = statistics.fmean(eq) if eq else math.nan
     return Cell(
         # The grouping keys, not one trial's raw floats: plots and optima match on them.
         lr=_key(trials[0].lr),
@@ -885,7 +896,8 @@ def _make_cell(trials: Sequence[TrialRecord]) -> Cell:
         val_error_std=float(vals.std(ddof=1)) if len(vals) > 1 else math.nan,
         test_error=statistics.fmean(tests) if tests else math.nan,
         n_diverged=sum(t.diverged for t in trials),
-        eta_lambda_t=statistics.fmean(eq) if eq else math.nan,
+        eta_lambda_t=eta_lambda_t,
+        equilibrium_index=eta_lambda_t * EQUILIBRIUM_RATE.get(optimizer, 1.0),
         phase1_norms=norms,
     )
 
@@ -1081,7 +1093,7 @@ def _fit_norms(
         for c in cells
         if c.weight_decay > 0 and math.isfinite(v := c.phase1_norms.get(layer, math.nan)) and v > 0
     ]
-    used = [c for c in have if c.eta_lambda_t >= cfg.equilibrium]
+    used = [c for c in have if c.equilibrium_index >= cfg.equilibrium]
     n = len(used)
     excluded = len(have) - n
     if n < 4:  # 3 coefficients need at least one residual degree of freedom

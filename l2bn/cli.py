@@ -426,7 +426,8 @@ def analyze(
         float,
         typer.Option(
             min=0.0,
-            help="Norm fits use cells with η·λ·T ≥ this (T: steps in the first LR phase).",
+            help="Norm fits use cells with c·η·λ·T ≥ this (T: steps in the first LR phase; "
+            "c = 1/(1−momentum) = 10 for momentum and nesterov, 2 for adamw, else 1).",
         ),
     ] = 5.0,
     bootstrap: Annotated[

@@ -8,7 +8,7 @@ One file per figure per group, named ``<optimizer>-<norm>-<dataset>_<figure>.png
 ``_eta_star.png``           η* against λ, log-log, with the fitted and the theory slope
 ``_collapse.png``           error against η·λ^k for the collapse k and the theory k
 ``_norm_heatmap.png``       first-layer ‖w‖ at the end of LR phase 1 over (λ, η); cells out
-                            of equilibrium (η·λ·T below the threshold) crossed out
+                            of equilibrium (c·η·λ·T below the threshold) crossed out
 ``_norm_trajectories.png``  first-layer ‖w‖ per epoch, one panel per λ, colour = η
 ==========================  ================================================================
 
@@ -180,20 +180,20 @@ def plot_error_heatmap(group: GroupReport) -> Figure:
 
 
 def plot_norm_heatmap(group: GroupReport, equilibrium: float) -> Figure:
-    """First-layer ‖w‖ at the end of phase 1; × marks cells with η·λ·T < ``equilibrium``."""
+    """First-layer ‖w‖ at the end of phase 1; × marks cells with c·η·λ·T < ``equilibrium``."""
     layer = group.first_layer or ""
     fig, axes = _figure()
     values = {(c.weight_decay, c.lr): c.phase1_norms.get(layer, math.nan) for c in group.cells}
     young = {
         (c.weight_decay, c.lr)
         for c in group.cells
-        if not (c.eta_lambda_t >= equilibrium)  # NaN (steps unknown) counts as not shown in eq.
+        if not (c.equilibrium_index >= equilibrium)  # NaN (steps unknown): not in eq.
     }
     _heatmap(axes[0], group, values, f"‖w‖ of {layer}", log_color=True, crossed=young,
              mark_optima=False)  # fmt: skip
     axes[0].set_title(
         f"{group.label}: ‖w_{layer}‖ at end of LR phase 1\n× = out of equilibrium "
-        f"(η·λ·T < {equilibrium:g})",
+        f"(c·η·λ·T < {equilibrium:g}; c = 10 with momentum)",
         fontsize=10,
     )
     return fig

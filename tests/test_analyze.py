@@ -390,6 +390,27 @@ def test_equilibrium_threshold_is_configurable(planted: str) -> None:
     assert not g0.norms[0].a.covers(0.25)
 
 
+@pytest.mark.parametrize(("optimizer", "rate"), [("sgd", 1.0), ("nesterov", 10.0), ("adamw", 2.0)])
+def test_equilibrium_time_follows_the_optimizer(
+    tmp_path: Path, optimizer: str, rate: float
+) -> None:
+    """Steps to equilibrium ~(1−α)/(ηλ) with momentum α = 0.9 and 1/(2ηλ) for AdamW: the same
+    grid has 10× (2×) the η·λ·T reach there, so a threshold of 5 admits the cells an SGD
+    study would admit at 0.5 (2.5)."""
+    url = f"sqlite:///{tmp_path}/eq.db"
+    plant_study(url, f"eq/{optimizer}", optimizer, NORM_LRS, NORM_WDS, surface(1.0, -4.0),
+                seeds=1, norms=norms_law(0.25))  # fmt: skip
+    g = one_group(url, f"eq/{optimizer}")
+    assert g.norms[0].n_cells == expected_equilibrium_cells(5.0 / rate)
+    for c in g.cells:
+        assert c.equilibrium_index == pytest.approx(rate * c.eta_lambda_t)
+    assert (
+        expected_equilibrium_cells(0.5)
+        > expected_equilibrium_cells(2.5)
+        > (expected_equilibrium_cells(5.0))
+    )
+
+
 # --- loading and errors -------------------------------------------------------------------
 
 
@@ -470,7 +491,7 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
         }  # fmt: skip
         assert set(g["cells"][0]) == {
             "lr", "weight_decay", "n_seeds", "val_error", "val_error_std", "test_error",
-            "n_diverged", "eta_lambda_T", "phase1_norms",
+            "n_diverged", "eta_lambda_T", "equilibrium_index", "phase1_norms",
         }  # fmt: skip
         assert g["n_cells"] == len(g["cells"])
     adam, nsgd = sorted(d["groups"], key=lambda g: g["optimizer"] != "adam")
