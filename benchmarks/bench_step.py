@@ -8,7 +8,9 @@ processes), and the paper's net written the usual way (conv → BN → ReLU → 
 
 Candidate: l2bn's loop (l2bn.train): uint8 data resident on the device, one permutation and
 augmentation per epoch, ConvNet in channels_last (pool before ReLU), the same optimizer.
-Ablation ``l2bn-nchw``: the same loop in NCHW, to separate layout from data pipeline.
+Ablation ``l2bn-nchw``: the same loop in NCHW, to separate layout from data pipeline. Where the
+CPU has bf16 dot products (AVX512-BF16 or AMX; what ``--precision auto`` picks) or with
+``--bf16``, also ``l2bn bf16``: channels_last under bf16 autocast, fp32 weights.
 
 Variants are timed in interleaved rounds (the machine is shared: never compare numbers from
 different runs), and the medians of ms/step are compared. Before timing, one batch's loss
@@ -36,6 +38,7 @@ from l2bn.config import TrainConfig
 from l2bn.models import ConvNet
 from l2bn.optim import build_optimizer
 from l2bn.tasks import ImageTask, make_task
+from l2bn.train import fast_bf16
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -105,9 +108,11 @@ def _forever(loader: Any) -> Iterator[Any]:
         yield from loader
 
 
-def l2bn_step(config: TrainConfig, channels_last: bool) -> Callable[[], float]:
+def l2bn_step(config: TrainConfig, channels_last: bool, bf16: bool = False) -> Callable[[], float]:
     task = make_task(config, torch.device("cpu"), channels_last=channels_last)
     opt = build_optimizer(task.model, config)
+    # As in l2bn.train: bf16 autocast around the forward pass, fp32 weights and optimizer.
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
     def batches() -> Iterator[Any]:
         epoch = 0
@@ -118,7 +123,8 @@ def l2bn_step(config: TrainConfig, channels_last: bool) -> Callable[[], float]:
     it = batches()
 
     def step() -> float:
-        loss, _ = task.loss(next(it))
+        with autocast:
+            loss, _ = task.loss(next(it))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -127,8 +133,9 @@ def l2bn_step(config: TrainConfig, channels_last: bool) -> Callable[[], float]:
     return step
 
 
-def check_layouts_agree(config: TrainConfig) -> float:
-    """Largest relative gradient difference between the NCHW and channels_last ConvNet."""
+def check_layouts_agree(config: TrainConfig, bf16: bool = False) -> float:
+    """Largest relative gradient difference between the NCHW fp32 ConvNet and the
+    channels_last one (in bf16 autocast with ``bf16``), same weights, same batch."""
     task = make_task(config, torch.device("cpu"), channels_last=False)
     assert isinstance(task, ImageTask)
     xb, yb = next(task.batches(0))
@@ -137,8 +144,10 @@ def check_layouts_agree(config: TrainConfig) -> float:
     b.load_state_dict(a.state_dict())
     b.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     worst = 0.0
-    for m, x in ((a, xb), (b, xb.contiguous(memory_format=torch.channels_last))):
-        nn.functional.cross_entropy(m(x), yb).backward()
+    for m, x, low in ((a, xb, False), (b, xb.contiguous(memory_format=torch.channels_last), bf16)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+            loss = nn.functional.cross_entropy(m(x), yb)
+        loss.backward()
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert pa.grad is not None and pb.grad is not None
         worst = max(worst, float((pa.grad - pb.grad).norm() / pa.grad.norm()))
@@ -153,6 +162,7 @@ def main() -> None:
     ap.add_argument("--loader-workers", type=int, default=2, help="baseline DataLoader workers")
     ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("L2BN_DATA", SHARED)))
+    ap.add_argument("--bf16", action="store_true", help="time bf16 even where it is emulated")
     args = ap.parse_args()
     if not (args.data_dir / D.CIFAR10_FOLDER / D.TEST_FILE).is_file():
         print(f"skipped: no CIFAR-10 under {args.data_dir} (pass --data-dir or set L2BN_DATA)")
@@ -173,11 +183,17 @@ def main() -> None:
         f"capability {torch.backends.cpu.get_cpu_capability()}"
     )
     print(f"NCHW vs channels_last gradients: max relative diff {check_layouts_agree(config):.2e}")
+    bf16 = fast_bf16(torch.device("cpu"))
     variants = {
         "naive (DataLoader, NCHW)": naive_step(config, args.loader_workers),
         "l2bn-nchw": l2bn_step(config, channels_last=False),
         "l2bn (channels_last)": l2bn_step(config, channels_last=True),
     }
+    if bf16 or args.bf16:  # what --precision auto picks on this CPU, or asked for
+        diff = check_layouts_agree(config, bf16=True)
+        print(f"fp32 NCHW vs bf16 channels_last gradients: max relative diff {diff:.2e}")
+        variants["l2bn bf16 (channels_last)"] = l2bn_step(config, channels_last=True, bf16=True)
+    print(f"CPU bf16 dot products (AVX512-BF16/AMX): {'yes' if bf16 else 'no'}")
     for step in variants.values():  # warm-up: oneDNN primitive caches, loader workers
         step()
         step()
@@ -190,7 +206,7 @@ def main() -> None:
                 step()
             times[name].append((time.perf_counter() - t) / args.steps * 1e3)
     base = statistics.median(times["naive (DataLoader, NCHW)"])
-    print(f"width {args.width}, batch {args.batch_size}, fp32, {len(times['l2bn-nchw'])} rounds")
+    print(f"width {args.width}, batch {args.batch_size}, {len(times['l2bn-nchw'])} rounds")
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"  {name:26s} median {med:7.1f} ms/step  min {min(ts):7.1f}  x{base / med:.2f}")

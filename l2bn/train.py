@@ -4,9 +4,11 @@ each epoch (and, cheaply, each batch) through callbacks, which may raise to stop
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -37,7 +39,23 @@ def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast pays here: CUDA GPUs with bf16, and CPUs with AMX or AVX512-BF16."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty elsewhere). torch's own
+    get_cpu_capability() stops at "AVX512" and cannot tell a CPU with bf16 dot products
+    (where bf16 convolutions run ~1.5× faster) from one without (where they are emulated)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> Precision:

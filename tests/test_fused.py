@@ -22,7 +22,13 @@ from l2bn.worker import WorkerSpec, run_worker
 
 CPU = torch.device("cpu")
 BASE = TrainConfig(
-    dataset="synthetic", width=4, epochs=1, batch_size=128, lr_drops=(), weight_decay=0.01
+    dataset="synthetic",
+    width=4,
+    epochs=1,
+    batch_size=128,
+    lr_drops=(),
+    weight_decay=0.01,
+    precision="fp32",  # the equivalences are fp32 ones; bf16 would add rounding noise
 )
 LR = {"sgd": 0.1, "momentum": 0.1, "nesterov": 0.1, "normalized-sgd": 0.5}  # others: 1e-2
 STEPS = 3

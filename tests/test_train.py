@@ -7,8 +7,10 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from l2bn.config import TrainConfig
+import l2bn.train as train_mod
+from l2bn.config import Precision, TrainConfig
 from l2bn.records import EpochRecord
 from l2bn.train import train
 
@@ -105,3 +107,29 @@ def test_learns_on_real_cifar10_images(cifar_dir: Path) -> None:
     result = train(config)
     assert result.steps_per_epoch == 4653 // 64  # 5170 minus a 10 % validation split
     assert result.test_error < 0.75  # chance is 0.9
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        ({"avx2", "avx512f"}, Precision.fp32),  # AVX512 without bf16 dot products: emulated
+        ({"avx512f", "avx512_bf16"}, Precision.bf16),
+        ({"amx_tile", "amx_bf16"}, Precision.bf16),
+        (set(), Precision.fp32),  # no /proc/cpuinfo (macOS, Windows)
+    ],
+)
+def test_auto_precision_follows_the_cpus_bf16_flags(
+    monkeypatch: pytest.MonkeyPatch, flags: set[str], want: Precision
+) -> None:
+    monkeypatch.setattr(train_mod, "cpu_flags", lambda: frozenset(flags))
+    cpu = torch.device("cpu")
+    assert train_mod.resolve_precision(Precision.auto, cpu) is want
+    assert train_mod.resolve_precision(Precision.fp32, cpu) is Precision.fp32  # asked: kept
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo() -> None:
+    flags = train_mod.cpu_flags()
+    if not Path("/proc/cpuinfo").exists():
+        assert flags == frozenset()
+    else:  # every x86-64 CPU has sse2, every aarch64 one has fp
+        assert {"sse2", "fp"} & flags
