@@ -240,5 +240,8 @@ def result_attrs(result: TrainResult) -> dict[str, Any]:
         "train_loss": finite_or_none(result.train_loss),
         "diverged": result.diverged,
         "steps_per_epoch": result.steps_per_epoch,
+        # What auto resolved to on the node that ran it: a study may span CPUs and GPUs.
+        "device": result.device,
+        "precision": result.precision,
         "history": [e.to_dict() for e in result.history],
     }

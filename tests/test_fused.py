@@ -238,6 +238,7 @@ def test_a_fused_sweep_completes_each_point_once_as_its_own_trial(tmp_path: Path
     assert sorted(point_of(t) for t in complete) == sorted(sweep.points())  # type: ignore[type-var]
     for t in complete:
         assert set(t.user_attrs) >= {"history", "test_error", "diverged", "steps_per_epoch"}
+        assert t.user_attrs["device"] == "cpu" and t.user_attrs["precision"] in ("fp32", "bf16")
         assert list(t.intermediate_values) == [1] and len(t.user_attrs["history"]) == 1
     others = study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL))
     assert not others

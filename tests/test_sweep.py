@@ -215,8 +215,11 @@ def test_study_layout_readable_with_plain_optuna(tmp_path: Path) -> None:
             "train_loss",
             "diverged",
             "steps_per_epoch",
+            "device",
+            "precision",
             "history",
         }
+        assert (t.user_attrs["device"], t.user_attrs["precision"]) == ("cpu", "fp32")
         assert isinstance(t.user_attrs["diverged"], bool)
         assert [e["epoch"] for e in t.user_attrs["history"]] == [1, 2]
         assert "layers" in t.user_attrs["history"][0]
@@ -278,7 +281,7 @@ def test_kill_minus_9_then_resume_completes_exactly_once(tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_sigterm_requeues_the_running_point(tmp_path: Path) -> None:
-    path = tiny_sweep(tmp_path, n=2, epochs=4)
+    path = tiny_sweep(tmp_path, n=2, epochs=100)  # long enough not to finish first
     url = f"sqlite:///{tmp_path / 'x.db'}"
     args = [sys.executable, "-m", "l2bn", "sweep", str(path), "--storage", url]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
