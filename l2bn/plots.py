@@ -74,7 +74,9 @@ def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.5) -> tuple[Fi
     return fig, list(axes)
 
 
-def _margins(fig: Figure, top_in: float = 0.75, hspace: float = 0.35) -> None:
+def _margins(
+    fig: Figure, top_in: float = 0.75, hspace: float = 0.35, right_in: float = 0.3
+) -> None:
     """Fixed margins in inches (room for labels, titles and a suptitle).
 
     Not a layout engine: constrained layout redraws every tick label several times and
@@ -82,7 +84,7 @@ def _margins(fig: Figure, top_in: float = 0.75, hspace: float = 0.35) -> None:
     """
     w, h = fig.get_size_inches()
     fig.subplots_adjust(
-        left=0.95 / w, right=1 - 0.3 / w, bottom=0.65 / h, top=1 - top_in / h,
+        left=0.95 / w, right=1 - right_in / w, bottom=0.65 / h, top=1 - top_in / h,
         wspace=0.45, hspace=hspace,
     )  # fmt: skip
 
@@ -295,7 +297,7 @@ def plot_norm_trajectories(group: GroupReport, max_panels: int = 6) -> Figure:
     fig = Figure(figsize=(4.2 * ncols + 1.0, 3.6 * nrows))
     # A shared y axis: the norm's λ dependence is read across panels.
     grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
-    _margins(fig, hspace=0.45)
+    _margins(fig, hspace=0.45, right_in=1.0)  # room for the colorbar's ticks and label
     axes = list(grid.ravel())
     for ax in axes[len(wds) :]:
         ax.set_visible(False)
