@@ -23,5 +23,5 @@ echo "sweep wall time: $(( $(date +%s) - start )) s" | tee "$out/wall_time.txt"
 # Analysis settings are the defaults, fixed before the run: η* by a parabola in log η through
 # the seed-averaged validation minimum, k's 95 % CI = wider of a 1000-resample seed bootstrap
 # and the OLS t-interval, verdict margin 0.05, norm fits on cells with η·λ·T ≥ 5.
-.venv/bin/l2bn analyze --storage "$db" --json "$out/analysis.json" --csv "$work/trials.csv" \
+.venv/bin/l2bn analyze --storage "$db" --json "$out/analysis.json" --csv "$out/trials.csv" \
   --plots "$out" | tee "$out/analyze.txt"
