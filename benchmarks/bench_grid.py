@@ -17,9 +17,8 @@ import argparse
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -30,6 +29,8 @@ from l2bn.optim import build_optimizer
 from l2bn.tasks import make_task
 from l2bn.train import resolve_device
 
+from common import endless, l2bn_step
+
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
@@ -38,42 +39,23 @@ def configs(base: TrainConfig, k: int) -> list[TrainConfig]:
 
 
 def unfused_step(cfgs: list[TrainConfig], device: torch.device) -> Callable[[], None]:
-    runs = []
+    steps = []
     for c in cfgs:
         task = make_task(c, device, channels_last=True)
-        opt = build_optimizer(task.model, c)
-        runs.append((task, opt, _forever(task)))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=_bf16(cfgs[0]))
+        steps.append(l2bn_step(task, build_optimizer(task.model, c), _bf16(c)))
 
     def step() -> None:
-        for task, opt, it in runs:  # one model at a time, as a sweep worker trains them
-            with autocast:
-                loss, _ = task.loss(next(it))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        for one in steps:  # one model at a time, as a sweep worker trains them
+            one()
 
     return step
-
-
-def _forever(task: Any) -> Iterator[Any]:
-    epoch = 0
-    while True:
-        yield from task.batches(epoch)
-        epoch += 1
 
 
 def fused_step(cfgs: list[TrainConfig], device: torch.device) -> Callable[[], None]:
     trainer = FusedTrainer(cfgs, device)
     trainer.start_epoch(0)
 
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = 0
-        while True:
-            yield from trainer.batches(epoch)
-            epoch += 1
-
-    it = batches()
+    it = endless(trainer.batches)
 
     def step() -> None:
         trainer.step(*next(it))

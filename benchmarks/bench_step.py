@@ -26,7 +26,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ from l2bn.models import ConvNet
 from l2bn.optim import build_optimizer
 from l2bn.tasks import ImageTask, make_task
 from l2bn.train import fast_bf16
+
+from common import endless, l2bn_step
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -90,7 +92,7 @@ def naive_step(config: TrainConfig, workers: int) -> Callable[[], float]:
     torch.manual_seed(config.seed)
     model = naive_net(config.width)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True)
-    batches = _forever(loader)
+    batches = endless(lambda _epoch: loader)  # the DataLoader reshuffles on every pass
 
     def step() -> float:
         xb, yb = next(batches)
@@ -103,34 +105,11 @@ def naive_step(config: TrainConfig, workers: int) -> Callable[[], float]:
     return step
 
 
-def _forever(loader: Any) -> Iterator[Any]:
-    while True:
-        yield from loader
-
-
-def l2bn_step(config: TrainConfig, channels_last: bool, bf16: bool = False) -> Callable[[], float]:
+def step_of_l2bn(
+    config: TrainConfig, channels_last: bool, bf16: bool = False
+) -> Callable[[], None]:
     task = make_task(config, torch.device("cpu"), channels_last=channels_last)
-    opt = build_optimizer(task.model, config)
-    # As in l2bn.train: bf16 autocast around the forward pass, fp32 weights and optimizer.
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-
-    def batches() -> Iterator[Any]:
-        epoch = 0
-        while True:
-            yield from task.batches(epoch)
-            epoch += 1
-
-    it = batches()
-
-    def step() -> float:
-        with autocast:
-            loss, _ = task.loss(next(it))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float("nan")  # l2bn syncs once per epoch, not per step
-
-    return step
+    return l2bn_step(task, build_optimizer(task.model, config), bf16)
 
 
 def check_layouts_agree(config: TrainConfig, bf16: bool = False) -> float:
@@ -186,13 +165,13 @@ def main() -> None:
     bf16 = fast_bf16(torch.device("cpu"))
     variants = {
         "naive (DataLoader, NCHW)": naive_step(config, args.loader_workers),
-        "l2bn-nchw": l2bn_step(config, channels_last=False),
-        "l2bn (channels_last)": l2bn_step(config, channels_last=True),
+        "l2bn-nchw": step_of_l2bn(config, channels_last=False),
+        "l2bn (channels_last)": step_of_l2bn(config, channels_last=True),
     }
     if bf16 or args.bf16:  # what --precision auto picks on this CPU, or asked for
         diff = check_layouts_agree(config, bf16=True)
         print(f"fp32 NCHW vs bf16 channels_last gradients: max relative diff {diff:.2e}")
-        variants["l2bn bf16 (channels_last)"] = l2bn_step(config, channels_last=True, bf16=True)
+        variants["l2bn bf16 (channels_last)"] = step_of_l2bn(config, channels_last=True, bf16=True)
     print(f"CPU bf16 dot products (AVX512-BF16/AMX): {'yes' if bf16 else 'no'}")
     for step in variants.values():  # warm-up: oneDNN primitive caches, loader workers
         step()
