@@ -82,6 +82,12 @@ def test_shipped_sweeps_parse() -> None:
         by_wd.setdefault(p.weight_decay, []).append(p.lr)
     assert min(by_wd[0.16]) == pytest.approx(min(by_wd[0.01]) / 16)
     assert len(load_sweep(REPO / "sweeps" / "smoke.toml").select(None)[0].points()) == 9
+    # Run 2 of REPRODUCTION.md: its comment promises 60 runs, 48 of them in equilibrium
+    # (c·η·λ·T ≥ 5 with c = 10 for momentum and T = 50 epochs × 145 steps).
+    (long,) = load_sweep(REPO / "sweeps" / "cpu-long.toml").select(None)
+    points = long.points()
+    assert len(points) == 60 and long.base_config().epochs == 100
+    assert sum(10 * p.lr * p.weight_decay * 50 * 145 >= 5 for p in points) == 48
 
 
 def test_grid_values_and_overrides(tmp_path: Path) -> None:
