@@ -91,20 +91,52 @@ def prepare_study(
         study = optuna.create_study(
             storage=storage, study_name=name, direction="minimize", load_if_exists=True
         )
-        stored = study.user_attrs.get("config")
-        if stored is None:
-            for key, value in attrs.items():
-                study.set_user_attr(key, value)
-        elif json.loads(stored) != json.loads(attrs["config"]):
-            raise ConfigError(
-                f"study {name!r} in this storage was made by a different sweep definition; "
-                "use --study NEW_NAME for a new grid (or restore the sweep file)"
-            )
+        _adopt_config(study, sweep, attrs)
         enqueue_missing(study, sweep.points())
     except optuna.exceptions.StorageInternalError as e:
         # What the database said (read-only, disk full), not Optuna's generic wrapper text.
         raise StorageError(f"cannot create study {name!r}: {describe(e)}") from None
     return study
+
+
+GRID_KEYS = ("lr", "weight_decay", "seeds")  # what a sweep file may add to without a new study
+
+
+def _adopt_config(study: optuna.Study, sweep: OptimizerSweep, attrs: dict[str, Any]) -> None:
+    """Record this sweep on a new study, or check that it is the stored one or extends it.
+
+    Extending means: the same training settings and η layout, and a grid that still holds
+    every point the study has trials for (``l2bn analyze`` asks for that when an η* sits on
+    the grid's edge). The study's ``config`` becomes the new definition; the ones it replaced
+    are kept, oldest first, in the user attr ``config_history``. Any other change would mix
+    two experiments in one study, so it is refused.
+    """
+    stored = study.user_attrs.get("config")
+    if stored is None:
+        for key, value in attrs.items():
+            study.set_user_attr(key, value)
+        return
+    old, new = json.loads(stored), json.loads(attrs["config"])
+    if old == new:
+        return
+    same_training = {k: v for k, v in old.items() if k not in GRID_KEYS} == {
+        k: v for k, v in new.items() if k not in GRID_KEYS
+    }
+    grid = set(sweep.points())
+    orphans = {point_of(t) for t in study.get_trials(deepcopy=False)} - grid - {None}
+    if not same_training or orphans:
+        why = (
+            f"{len(orphans)} of its points are not in this grid"
+            if same_training
+            else "its training settings differ"
+        )
+        raise ConfigError(
+            f"study {study.study_name!r} in this storage was made by a different sweep "
+            f"definition ({why}); use --study NEW_NAME for a new grid (or restore the sweep file)"
+        )
+    history = json.loads(study.user_attrs.get("config_history", "[]"))
+    study.set_user_attr("config_history", json.dumps([*history, stored]))
+    study.set_user_attr("config", attrs["config"])
 
 
 def enqueue_missing(study: optuna.Study, points: Iterable[Point]) -> int:

@@ -82,11 +82,11 @@ def test_shipped_sweeps_parse() -> None:
         by_wd.setdefault(p.weight_decay, []).append(p.lr)
     assert min(by_wd[0.16]) == pytest.approx(min(by_wd[0.01]) / 16)
     assert len(load_sweep(REPO / "sweeps" / "smoke.toml").select(None)[0].points()) == 9
-    # Run 2 of REPRODUCTION.md: its comment promises 60 runs, 48 of them in equilibrium
+    # Run 2 of REPRODUCTION.md: its comment promises 84 runs, 48 of them in equilibrium
     # (c·η·λ·T ≥ 5 with c = 10 for momentum and T = 50 epochs × 145 steps).
     (long,) = load_sweep(REPO / "sweeps" / "cpu-long.toml").select(None)
     points = long.points()
-    assert len(points) == 60 and long.base_config().epochs == 100
+    assert len(points) == 84 and long.base_config().epochs == 100
     assert sum(10 * p.lr * p.weight_decay * 50 * 145 >= 5 for p in points) == 48
 
 
@@ -192,6 +192,44 @@ def test_four_workers_sqlite_exactly_once_then_resume_runs_nothing(tmp_path: Pat
     assert len(optuna.load_study(study_name="tiny/sgd", storage=url).trials) == n_trials
     proc = run_cli("status", str(path), "--storage", url)
     assert proc.returncode == 0 and "16/16 done" in proc.stdout
+
+
+def test_a_larger_grid_extends_the_study_and_runs_only_the_new_points(tmp_path: Path) -> None:
+    # What `analyze` asks for when an η* sits on the grid's edge: the same file with more
+    # points, on the same study. Done trials stay as they are; only the new points run.
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    small = tiny_sweep(tmp_path, n=2)
+    assert run_cli("sweep", str(small), "--storage", url).returncode == 0
+    before = {
+        t.number: (point_of(t), t.value)
+        for t in optuna.load_study(study_name="tiny/sgd", storage=url).get_trials(
+            states=(TrialState.COMPLETE,)
+        )
+    }
+    old_config = optuna.load_study(study_name="tiny/sgd", storage=url).user_attrs["config"]
+
+    large = tmp_path / "large.toml"  # num 3: {0.01, 0.1, 1.0} ⊇ {0.01, 1.0} on both axes
+    large.write_text(TINY.format(n=3, epochs=1))
+    proc = run_cli("sweep", str(large), "--storage", url)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="tiny/sgd", storage=url)
+    assert_exactly_once(study, 9)
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        if t.number in before:
+            assert (point_of(t), t.value) == before[t.number]
+    assert len(study.trials) == 9  # 4 kept + 5 new, nothing rerun
+    assert json.loads(study.user_attrs["config"])["lr"]["num"] == 3
+    assert json.loads(study.user_attrs["config_history"]) == [old_config]
+
+    # Going back to the smaller grid would orphan 5 points; other training settings would
+    # mix two experiments: both refused, one line, exit 2, nothing run.
+    proc = run_cli("sweep", str(small), "--storage", url)
+    assert proc.returncode == 2 and "5 of its points are not in this grid" in proc.stderr
+    longer = tmp_path / "longer.toml"
+    longer.write_text(TINY.format(n=3, epochs=2))
+    proc = run_cli("sweep", str(longer), "--storage", url)
+    assert proc.returncode == 2 and "its training settings differ" in proc.stderr
+    assert len(optuna.load_study(study_name="tiny/sgd", storage=url).trials) == 9
 
 
 @pytest.mark.slow
