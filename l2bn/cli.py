@@ -132,6 +132,13 @@ def train(
     decay_all: Annotated[
         bool, typer.Option("--decay-all", help="Also decay normalization γ/β and biases.")
     ] = False,
+    affine: Annotated[
+        bool,
+        typer.Option(
+            help="Learnable normalization γ/β (and WN gains), as in the paper; --no-affine "
+            "freezes them, so that every trained parameter is scale-invariant."
+        ),
+    ] = True,
     device: Annotated[
         DeviceName, typer.Option(help="auto picks cuda when visible.")
     ] = DeviceName.auto,
@@ -164,6 +171,7 @@ def train(
         augment=augment,
         lr_drops=_parse_fractions(lr_drops),
         decay_all=decay_all,
+        affine=affine,
         device=device,
         precision=precision,
         seed=seed,

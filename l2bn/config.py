@@ -83,6 +83,11 @@ class TrainConfig:
     augment: bool = True  # translation by ≤ 4 px (zero padding) and horizontal flip
     lr_drops: tuple[float, ...] = DEFAULT_LR_DROPS  # fractions of training where η ÷= 10
     decay_all: bool = False  # also decay normalization γ/β and biases (the paper does not)
+    # Learnable normalization γ/β (BN, LN, the logit BN) and WN gains, as in the paper. False
+    # freezes them (γ = 1, β = 0, g at its initial value): every trained parameter is then
+    # scale-invariant (with a norm and head "bn"), the theory's exact assumption. γ/β learn at
+    # η itself, not at the effective rate, so they are the part of the net λ does not scale.
+    affine: bool = True
     device: DeviceName = DeviceName.auto
     precision: Precision = Precision.auto
     seed: int = 0

@@ -76,6 +76,9 @@ class FusedConvNet:
 
     def __init__(self, configs: Sequence[TrainConfig], device: torch.device) -> None:
         base = configs[0]
+        if not all(c.affine for c in configs):
+            # Its flat buffer and per-model BN/LN/WN kernels are written for learnable γ/β.
+            raise ConfigError("--no-affine (affine = false) runs unfused only: use --fuse 1")
         self.k = len(configs)
         self.norm, self.head, self.width = base.norm, base.head, base.width
         nets = []

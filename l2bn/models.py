@@ -21,20 +21,27 @@ NUM_CLASSES = 10
 class LayerNorm2d(nn.Module):
     """Layer norm over (C, H, W) of each sample, with a per-channel affine like BN's γ/β."""
 
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5, affine: bool = True) -> None:
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        self.weight = nn.Parameter(torch.ones(channels)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.layer_norm(x, x.shape[1:], eps=self.eps)
+        if self.weight is None or self.bias is None:
+            return x
         return x * self.weight[:, None, None] + self.bias[:, None, None]
 
 
 class ConvNet(nn.Module):
     def __init__(
-        self, width: int = 32, norm: Norm = Norm.bn, head: Head = Head.linear, in_ch: int = 3
+        self,
+        width: int = 32,
+        norm: Norm = Norm.bn,
+        head: Head = Head.linear,
+        in_ch: int = 3,
+        affine: bool = True,  # learnable γ/β and WN gains (TrainConfig.affine)
     ) -> None:
         super().__init__()
         norm, head = Norm(norm), Head(head)
@@ -49,11 +56,14 @@ class ConvNet(nn.Module):
             )
             if norm is Norm.wn:
                 conv = weight_norm(conv)  # w = g·v/‖v‖ per output channel
+                conv.parametrizations["weight"].original0.requires_grad_(affine)
             self.add_module(f"conv{i + 1}", conv)
-            self.add_module(f"norm{i + 1}", _norm_layer(norm, chans[i + 1]))
+            self.add_module(f"norm{i + 1}", _norm_layer(norm, chans[i + 1], affine))
         self.fc = nn.Linear(widths[-1], NUM_CLASSES, bias=head is Head.linear)
         # BN on the logits makes the classifier scale-invariant too (bias-free Linear + BN).
-        self.fc_norm: nn.Module = nn.BatchNorm1d(NUM_CLASSES) if head is Head.bn else nn.Identity()
+        self.fc_norm: nn.Module = (
+            nn.BatchNorm1d(NUM_CLASSES, affine=affine) if head is Head.bn else nn.Identity()
+        )
         self.pool = nn.MaxPool2d(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,11 +79,11 @@ class ConvNet(nn.Module):
         return out
 
 
-def _norm_layer(norm: Norm, channels: int) -> nn.Module:
+def _norm_layer(norm: Norm, channels: int, affine: bool) -> nn.Module:
     if norm is Norm.bn:
-        return nn.BatchNorm2d(channels)
+        return nn.BatchNorm2d(channels, affine=affine)
     if norm is Norm.ln:
-        return LayerNorm2d(channels)
+        return LayerNorm2d(channels, affine=affine)
     # Weight norm normalizes inside the conv; no activation normalization.
     return nn.Identity()
 

@@ -48,6 +48,8 @@ def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for p in model.parameters():
+        if not p.requires_grad:  # frozen (TrainConfig.affine = False): not trained at all
+            continue
         (decay if decay_all or id(p) in decayed_ids else no_decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},

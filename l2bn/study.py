@@ -34,7 +34,8 @@ from l2bn import __version__
 from l2bn.errors import ConfigError, StorageError
 from l2bn.records import TrainResult, finite_or_none
 from l2bn.storage import describe, enqueue_lock
-from l2bn.sweep import OptimizerSweep, Point
+from l2bn.config import TrainConfig
+from l2bn.sweep import TRAIN_KEYS, OptimizerSweep, Point
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 SKIPPED_ATTR = "l2bn_skipped"
@@ -102,6 +103,13 @@ def prepare_study(
 GRID_KEYS = ("lr", "weight_decay", "seeds")  # what a sweep file may add to without a new study
 
 
+def _with_new_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A study stored before a TrainConfig field existed ran with that field's default."""
+    defaults = TrainConfig().to_dict()
+    missing = {k: defaults[k] for k in TRAIN_KEYS if k not in config.get("train", {})}
+    return {**config, "train": {**missing, **config.get("train", {})}}
+
+
 def _adopt_config(study: optuna.Study, sweep: OptimizerSweep, attrs: dict[str, Any]) -> None:
     """Record this sweep on a new study, or check that it is the stored one or extends it.
 
@@ -116,7 +124,7 @@ def _adopt_config(study: optuna.Study, sweep: OptimizerSweep, attrs: dict[str, A
         for key, value in attrs.items():
             study.set_user_attr(key, value)
         return
-    old, new = json.loads(stored), json.loads(attrs["config"])
+    old, new = _with_new_defaults(json.loads(stored)), json.loads(attrs["config"])
     if old == new:
         return
     same_training = {k: v for k, v in old.items() if k not in GRID_KEYS} == {

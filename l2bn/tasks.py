@@ -62,7 +62,9 @@ class ImageTask:
             )
         self.config = config
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model: nn.Module = ConvNet(config.width, config.norm, config.head).to(device)
+        self.model: nn.Module = ConvNet(
+            config.width, config.norm, config.head, affine=config.affine
+        ).to(device)
         self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
         # Drop the last partial batch: a fixed step count per epoch, and no tiny BN batches.
         self.steps_per_epoch = len(self.data.train) // config.batch_size

@@ -2,7 +2,8 @@
 # Regenerate the numbers and figures of REPRODUCTION.md: one sweep on the real CIFAR-10 subset,
 # then `l2bn analyze` into docs/reproduction/<name>/. The runs are data, not code:
 #   bash scripts/reproduce_cpu.sh                # run 1: sweeps/cpu.toml (≈ 70 min on 2 cores)
-#   bash scripts/reproduce_cpu.sh cpu-long       # run 2: sweeps/cpu-long.toml (≈ 65 min)
+#   bash scripts/reproduce_cpu.sh cpu-long       # run 2: sweeps/cpu-long.toml (≈ 70 min)
+#   bash scripts/reproduce_cpu.sh cpu-noaffine   # run 3: sweeps/cpu-noaffine.toml (≈ 25 min)
 #   L2BN_FRESH=1 bash scripts/reproduce_cpu.sh   # start over: deletes repro/<name>.db first
 # An interrupted run resumes from its database. Data: $L2BN_DATA, else
 # ../shared/data/cifar-10-batches-py (the python-batches layout).
@@ -10,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:-cpu}
 sweep=sweeps/$name.toml
-[ -f "$sweep" ] || { echo "reproduce_cpu.sh: no $sweep (try: cpu, cpu-long)" >&2; exit 2; }
+[ -f "$sweep" ] || { echo "reproduce_cpu.sh: no $sweep (try: cpu, cpu-long, cpu-noaffine)" >&2; exit 2; }
 bash scripts/setup.sh
 export L2BN_DATA=${L2BN_DATA:-../shared/data/cifar-10-batches-py}
 work=${L2BN_REPRO_DIR:-repro}

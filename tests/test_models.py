@@ -99,3 +99,30 @@ def test_layout_widths_and_biases() -> None:
     assert all(getattr(model, f"conv{i}").bias is None for i in range(1, 5))
     assert ConvNet(width=8, norm=Norm.none).conv1.bias is not None
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("norm", [Norm.bn, Norm.ln, Norm.wn])
+def test_without_affine_every_trained_parameter_is_scale_invariant(norm: Norm) -> None:
+    # --no-affine: γ/β (and WN's gain) are frozen, so scaling *every* trained tensor at once,
+    # each by its own factor, leaves the function unchanged: nothing feels η directly.
+    torch.manual_seed(0)
+    model = _exact(ConvNet(width=4, norm=norm, head=Head.bn, affine=False).double())
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert {id(p) for p in trained} == {id(w) for w in weight_tensors(model).values()}
+    x = torch.randn(16, 3, 32, 32, dtype=torch.float64)
+    out0, _ = _forward_backward(model, x)
+    with torch.no_grad():
+        for i, p in enumerate(trained):
+            p.mul_(0.3 + i)
+    out1, _ = _forward_backward(model, x)
+    torch.testing.assert_close(out1, out0, rtol=1e-9, atol=1e-9)
+
+    # With the paper's learnable γ/β the same scaling of all parameters changes the output.
+    torch.manual_seed(0)
+    model = _exact(ConvNet(width=4, norm=norm, head=Head.bn).double())
+    out0, _ = _forward_backward(model, x)
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.mul_(0.3 + i)
+    out1, _ = _forward_backward(model, x)
+    assert not torch.allclose(out1, out0)

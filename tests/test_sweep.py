@@ -232,6 +232,25 @@ def test_a_larger_grid_extends_the_study_and_runs_only_the_new_points(tmp_path: 
     assert len(optuna.load_study(study_name="tiny/sgd", storage=url).trials) == 9
 
 
+def test_a_study_stored_before_a_new_training_field_still_resumes(tmp_path: Path) -> None:
+    # Studies made by an older l2bn lack fields added since (e.g. `affine`); they ran with
+    # the field's default, so the same sweep file resumes them instead of being refused.
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    path = tiny_sweep(tmp_path, n=2)
+    assert run_cli("sweep", str(path), "--storage", url).returncode == 0
+    study = optuna.load_study(study_name="tiny/sgd", storage=url)
+    old = json.loads(study.user_attrs["config"])
+    del old["train"]["affine"]
+    study.set_user_attr("config", json.dumps(old, sort_keys=True))
+    proc = run_cli("sweep", str(path), "--storage", url)
+    assert proc.returncode == 0, proc.stderr
+    assert len(optuna.load_study(study_name="tiny/sgd", storage=url).trials) == 4
+    # A non-default value is a different experiment.
+    path.write_text(path.read_text().replace("augment = false", "augment = false\naffine = false"))
+    proc = run_cli("sweep", str(path), "--storage", url)
+    assert proc.returncode == 2 and "its training settings differ" in proc.stderr
+
+
 @pytest.mark.slow
 def test_study_layout_readable_with_plain_optuna(tmp_path: Path) -> None:
     path = tiny_sweep(tmp_path, n=2, epochs=2)

@@ -82,6 +82,19 @@ def test_the_synthetic_task_is_learned() -> None:
     assert result.test_error < 0.5  # chance is 0.9
 
 
+@pytest.mark.parametrize("norm", ["bn", "wn"])
+def test_without_affine_only_the_weights_train_and_the_task_is_still_learned(norm: str) -> None:
+    from l2bn.models import ConvNet, weight_tensors
+    from l2bn.optim import param_groups
+
+    model = ConvNet(width=4, norm=norm, head="bn", affine=False)
+    trained = [p for group in param_groups(model, 0.1, decay_all=False) for p in group["params"]]
+    assert {id(p) for p in trained} == {id(w) for w in weight_tensors(model).values()}
+    config = FAST.with_(optimizer="adam", lr=3e-3, epochs=3, width=8, head="bn", norm=norm)
+    result = train(config.with_(affine=False))
+    assert result.test_error < 0.5  # chance is 0.9
+
+
 def test_the_tracking_toy_tracks() -> None:
     # Near the optimum of sweeps/tracking.toml (ηλ ≈ 3.4e-3 for SGD), where it settles at ≈ 0.16.
     config = TrainConfig(
