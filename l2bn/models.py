@@ -56,7 +56,8 @@ class ConvNet(nn.Module):
             )
             if norm is Norm.wn:
                 conv = weight_norm(conv)  # w = g·v/‖v‖ per output channel
-                conv.parametrizations["weight"].original0.requires_grad_(affine)
+                gain = conv.parametrizations.weight.original0  # type: ignore[union-attr]
+                gain.requires_grad_(affine)
             self.add_module(f"conv{i + 1}", conv)
             self.add_module(f"norm{i + 1}", _norm_layer(norm, chans[i + 1], affine))
         self.fc = nn.Linear(widths[-1], NUM_CLASSES, bias=head is Head.linear)

@@ -31,10 +31,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from l2bn import __version__
+from l2bn.config import TrainConfig
 from l2bn.errors import ConfigError, StorageError
 from l2bn.records import TrainResult, finite_or_none
 from l2bn.storage import describe, enqueue_lock
-from l2bn.config import TrainConfig
 from l2bn.sweep import TRAIN_KEYS, OptimizerSweep, Point
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
