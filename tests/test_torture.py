@@ -60,6 +60,19 @@ def assert_records_complete(study: optuna.Study, epochs: int) -> None:
         assert t.value == history[-1]["val_error"]
 
 
+def assert_nothing_failed(study: optuna.Study) -> None:
+    """No FAIL trial, and no PRUNED one except an empty slot.
+
+    An empty slot is the one race the design allows (l2bn.worker): Optuna's ask() makes a
+    fresh trial when the last queued point was claimed between a worker's look at the
+    queue and its claim. It is PRUNED at once with ``l2bn_skipped = "queue empty"``,
+    never trains and holds no point. Seen under heavy load (CI beside a running sweep).
+    """
+    assert not study.get_trials(states=(TrialState.FAIL,))
+    for t in study.get_trials(states=(TrialState.PRUNED,)):
+        assert t.user_attrs.get("l2bn_skipped") == "queue empty" and not t.params, t
+
+
 def assert_clean_stderr(stderr: str) -> None:
     assert "Traceback" not in stderr, stderr
     assert "database is locked" not in stderr, stderr
@@ -135,7 +148,7 @@ def test_eight_workers_on_postgres_train_each_point_exactly_once(tmp_path: Path)
         assert_clean_stderr(proc.stderr)
         study = optuna.load_study(study_name=name, storage=PG_URL)
         assert_exactly_once(study, 16)
-        assert not study.get_trials(states=(TrialState.FAIL, TrialState.PRUNED))
+        assert_nothing_failed(study)
         assert_records_complete(study, 5)
         print(f"\n8 workers on PostgreSQL: 16 points in {seconds:.1f} s")
     finally:
@@ -160,7 +173,7 @@ def test_four_workers_on_sqlite_never_see_database_is_locked(tmp_path: Path) -> 
     assert_clean_stderr(proc.stderr)
     study = optuna.load_study(study_name=STUDY, storage=url)
     assert_exactly_once(study, 20)
-    assert not study.get_trials(states=(TrialState.FAIL, TrialState.PRUNED))
+    assert_nothing_failed(study)
     assert_records_complete(study, 6)
     print(f"\n4 workers on SQLite: 20 points in {seconds:.1f} s")
 
