@@ -55,6 +55,8 @@ def check_fusable(configs: Sequence[TrainConfig]) -> None:
     base = configs[0]
     if base.dataset is DatasetName.tracking:
         raise ConfigError("the tracking toy is not fused; run it unfused (--fuse 1)")
+    if not base.affine:  # the flat buffer and per-model BN/LN/WN kernels carry γ/β
+        raise ConfigError("--no-affine (affine = false) runs unfused only: use --fuse 1")
     shared = base.with_(lr=1.0, weight_decay=0.0, seed=0)
     for c in configs[1:]:
         if c.with_(lr=1.0, weight_decay=0.0, seed=0) != shared:
@@ -76,9 +78,6 @@ class FusedConvNet:
 
     def __init__(self, configs: Sequence[TrainConfig], device: torch.device) -> None:
         base = configs[0]
-        if not all(c.affine for c in configs):
-            # Its flat buffer and per-model BN/LN/WN kernels are written for learnable γ/β.
-            raise ConfigError("--no-affine (affine = false) runs unfused only: use --fuse 1")
         self.k = len(configs)
         self.norm, self.head, self.width = base.norm, base.head, base.width
         nets = []

@@ -110,6 +110,10 @@ def _with_new_defaults(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "train": {**missing, **config.get("train", {})}}
 
 
+def _without_grid(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in GRID_KEYS}
+
+
 def _adopt_config(study: optuna.Study, sweep: OptimizerSweep, attrs: dict[str, Any]) -> None:
     """Record this sweep on a new study, or check that it is the stored one or extends it.
 
@@ -127,9 +131,7 @@ def _adopt_config(study: optuna.Study, sweep: OptimizerSweep, attrs: dict[str, A
     old, new = _with_new_defaults(json.loads(stored)), json.loads(attrs["config"])
     if old == new:
         return
-    same_training = {k: v for k, v in old.items() if k not in GRID_KEYS} == {
-        k: v for k, v in new.items() if k not in GRID_KEYS
-    }
+    same_training = _without_grid(old) == _without_grid(new)
     grid = set(sweep.points())
     orphans = {point_of(t) for t in study.get_trials(deepcopy=False)} - grid - {None}
     if not same_training or orphans:

@@ -3,7 +3,7 @@
 # then `l2bn analyze` into docs/reproduction/<name>/. The runs are data, not code:
 #   bash scripts/reproduce_cpu.sh                # run 1: sweeps/cpu.toml (≈ 70 min on 2 cores)
 #   bash scripts/reproduce_cpu.sh cpu-long       # run 2: sweeps/cpu-long.toml (≈ 70 min)
-#   bash scripts/reproduce_cpu.sh cpu-noaffine   # run 3: sweeps/cpu-noaffine.toml (≈ 25 min)
+#   bash scripts/reproduce_cpu.sh cpu-noaffine   # run 3: sweeps/cpu-noaffine.toml (≈ 50 min)
 #   L2BN_FRESH=1 bash scripts/reproduce_cpu.sh   # start over: deletes repro/<name>.db first
 # An interrupted run resumes from its database. Data: $L2BN_DATA, else
 # ../shared/data/cifar-10-batches-py (the python-batches layout).

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from l2bn.config import OptimizerName, TrainConfig
 from l2bn.errors import ConfigError
-from l2bn.fused import FusedConvNet, FusedTrainer, check_fusable, train_fused
+from l2bn.fused import FusedTrainer, check_fusable, train_fused
 from l2bn.optim import SPECS, build_optimizer, project_to_unit_norm, projection_targets
 from l2bn.storage import open_storage
 from l2bn.study import point_of, prepare_study
@@ -222,7 +222,7 @@ def test_only_runs_that_differ_in_lr_wd_seed_fuse() -> None:
     with pytest.raises(ConfigError):
         check_fusable([TrainConfig(dataset="tracking")])
     with pytest.raises(ConfigError, match="--fuse 1"):
-        FusedConvNet([BASE.with_(affine=False)], torch.device("cpu"))
+        check_fusable([BASE.with_(affine=False)])
 
 
 @pytest.mark.slow
