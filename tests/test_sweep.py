@@ -88,6 +88,12 @@ def test_shipped_sweeps_parse() -> None:
     points = long.points()
     assert len(points) == 84 and long.base_config().epochs == 100
     assert sum(10 * p.lr * p.weight_decay * 50 * 145 >= 5 for p in points) == 48
+    # Run 4: adam in run 2's design; by the plain η·λ·T ≥ 5 only the top column at λ ≥ 0.64.
+    (adam,) = load_sweep(REPO / "sweeps" / "cpu-adam.toml").select(None)
+    points = adam.points()
+    assert len(points) == 60 and adam.base_config().epochs == 100
+    assert adam.weight_decay.values == long.weight_decay.values
+    assert sum(p.lr * p.weight_decay * 50 * 145 >= 5 for p in points) == 2 * 2
 
 
 def test_grid_values_and_overrides(tmp_path: Path) -> None:
