@@ -53,7 +53,8 @@ JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as nu
         "cells": [{"lr": 0.01, "weight_decay": 0.001, "n_seeds": 2, "val_error": 0.2,
                    "val_error_std": 0.01, "test_error": 0.21, "n_diverged": 0,
                    "eta_lambda_T": 1.2, "equilibrium_index": 12.0,    # c·η·λ·T
-                   "phase1_norms": {"conv1": 3.2, ...}}, ...],
+                   "phase1_norms": {"conv1": 3.2, ...},
+                   "relaxation": {"conv1": 7.5, ...}}, ...],  # measured r·T, phase 1
         "warnings": ["λ=0.1: η* on the lower edge of the η grid (extend the grid)", ...]}]}
 
     ESTIMATE = {"value", "stderr", "ci_low", "ci_high", "n", "method", "confidence"}
@@ -124,6 +125,52 @@ NORM_THEORY: dict[str, float] = {
 # at 2ηλ. A cell is in equilibrium when c·η·λ·T ≥ --equilibrium. Adam/RMSProp with coupled L2
 # relax at a rate set by the gradient scale, not by ηλ alone: c = 1 there is a proxy only.
 EQUILIBRIUM_RATE: dict[str, float] = {"momentum": 10.0, "nesterov": 10.0, "adamw": 2.0}
+
+# The measured counterpart of c·η·λ·T (see relaxation_index): how many time constants a norm
+# history has relaxed through by the end of phase 1, read off the trajectory itself. It needs
+# no clock, so it also speaks for Adam/RMSProp, whose clock depends on the gradient scale.
+RELAXATION_CAP = 20.0  # beyond ~20 time constants the last quarter is pure noise
+
+
+def _last_quarter_share(x: float, n: int) -> float:
+    """Share of an exponential relaxation's movement over epochs 1..n that falls in the
+    last quarter (epochs n − n//4 .. n), with x = r·n time constants over the phase."""
+    q = n // 4
+    if x <= 0:
+        return q / (n - 1)  # a straight-line drift
+    start, mid = 1 / n, (n - q) / n  # epoch 1 is the first record, not the phase's start
+    # (e^(−x·mid) − e^(−x)) / (e^(−x·start) − e^(−x)), scaled by e^x
+    return math.expm1(x * (1 - mid)) / math.expm1(x * (1 - start))
+
+
+def relaxation_index(history: Sequence[float]) -> float:
+    """Time constants r·T a phase-1 norm history (one value per epoch) has relaxed through.
+
+    Model: ‖w‖ approaches its equilibrium exponentially, n(t) = n∞ + (n0 − n∞)·e^(−r·t).
+    Then the share of the recorded movement that falls in the last quarter of the phase,
+    |n(T) − n(3T/4)| / |n(T) − n(1 epoch)|, is a known decreasing function of r·T (about
+    0.25 for a straight drift, 0.017 at r·T = 5), and is inverted here. The denominator is
+    the history's range, so an overshoot (a norm that first grows on the gradient, then
+    decays) counts its whole excursion. A norm that fluctuates or cycles around its
+    equilibrium keeps moving in the last quarter and reads as less relaxed than it is, once
+    the fluctuations are a few % of the excursion (at large η·λ, where the excursion is
+    short): there the index says "not settled" for a settled norm. NaN for fewer than 4
+    epochs or a history that never moved; capped at ``RELAXATION_CAP``.
+    """
+    h = np.asarray(history, dtype=np.float64)
+    n = h.size
+    if n < 4 or not np.isfinite(h).all():
+        return math.nan
+    span = float(h.max() - h.min())
+    if span <= 0:
+        return math.nan
+    share = abs(float(h[-1] - h[-1 - n // 4])) / span
+    if share >= _last_quarter_share(0.0, n):
+        return 0.0
+    if share <= _last_quarter_share(RELAXATION_CAP, n):
+        return RELAXATION_CAP
+    return float(optimize.brentq(lambda x: _last_quarter_share(x, n) - share, 0.0, RELAXATION_CAP))
+
 
 # A λ whose error varies over its η grid by less than this fraction of the group's whole
 # error range has no minimum to speak of (see _optimum).
@@ -236,6 +283,12 @@ class TrialRecord:
             return math.nan
         return self.lr * self.weight_decay * self.steps_per_epoch * self.phase1_epochs
 
+    def relaxation(self, layer: str) -> float:
+        """Measured time constants of ``layer``'s norm over phase 1 (:func:`relaxation_index`)."""
+        n = self.phase1_epochs
+        values = self.norms.get(layer, ())
+        return relaxation_index(values[:n]) if 0 < n <= len(values) else math.nan
+
     def phase1_norm(self, layer: str) -> float:
         """‖w‖ of ``layer`` at the end of phase 1 (NaN when unknown)."""
         n = self.phase1_epochs
@@ -316,6 +369,9 @@ class Cell:
     eta_lambda_t: float  # η·λ·T (NaN when steps unknown)
     equilibrium_index: float  # c·η·λ·T: phase-1 steps over the steps to equilibrium
     phase1_norms: Mapping[str, float]  # layer → geometric mean over seeds of phase-1 ‖w‖
+    # layer → median over seeds of the measured time constants (relaxation_index); a
+    # diagnostic beside equilibrium_index, not a filter of any fit.
+    relaxation: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -329,6 +385,7 @@ class Cell:
             "eta_lambda_T": finite_or_none(self.eta_lambda_t),
             "equilibrium_index": finite_or_none(self.equilibrium_index),
             "phase1_norms": {k: finite_or_none(v) for k, v in self.phase1_norms.items()},
+            "relaxation": {k: finite_or_none(v) for k, v in self.relaxation.items()},
         }
 
 
@@ -855,6 +912,7 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
                 f"only {first.n_cells} equilibrium cell(s) for {first.layer}: the norm fit "
                 "needs ≥ 4 (longer phase 1, larger η·λ, or a lower --equilibrium)"
             )
+        warnings.append(_relaxation_summary(cells, first.layer, cfg.equilibrium))
     elif data.trials:
         warnings.append("no per-epoch histories with layer norms: norm exponents not fitted")
 
@@ -882,9 +940,12 @@ def _make_cell(trials: Sequence[TrialRecord], optimizer: str) -> Cell:
     tests = [t.test_error for t in trials if math.isfinite(t.test_error)]
     healthy = [t for t in trials if not t.diverged]
     norms: dict[str, float] = {}
+    relaxation: dict[str, float] = {}
     for layer in _layer_order(healthy):
         logs = [math.log(x) for t in healthy if (x := t.phase1_norm(layer)) > 0]
         norms[layer] = math.exp(statistics.fmean(logs)) if logs else math.nan
+        measured = [x for t in healthy if math.isfinite(x := t.relaxation(layer))]
+        relaxation[layer] = statistics.median(measured) if measured else math.nan
     eq = [x for t in trials if math.isfinite(x := t.eta_lambda_t)]
     eta_lambda_t = statistics.fmean(eq) if eq else math.nan
     return Cell(
@@ -899,6 +960,18 @@ def _make_cell(trials: Sequence[TrialRecord], optimizer: str) -> Cell:
         eta_lambda_t=eta_lambda_t,
         equilibrium_index=eta_lambda_t * EQUILIBRIUM_RATE.get(optimizer, 1.0),
         phase1_norms=norms,
+        relaxation=relaxation,
+    )
+
+
+def _relaxation_summary(cells: Sequence[Cell], layer: str, threshold: float) -> str:
+    """The measured check of the clock: how many cells relaxed ≥ threshold time constants."""
+    measured = [c for c in cells if math.isfinite(c.relaxation.get(layer, math.nan))]
+    settled = sum(c.relaxation[layer] >= threshold for c in measured)
+    clocked = sum(c.equilibrium_index >= threshold for c in measured)
+    return (
+        f"measured relaxation of {layer} over phase 1: {settled} of {len(measured)} cell(s) "
+        f"≥ {threshold:g} time constants (c·η·λ·T says {clocked}); a diagnostic, no fit uses it"
     )
 
 

@@ -27,6 +27,7 @@ from l2bn.analyze import (
     GroupReport,
     analyze,
     parabolic_argmin,
+    relaxation_index,
     render_report,
     run_analysis,
 )
@@ -82,6 +83,7 @@ def plant_study(
     noise: float = 0.005,
     norms: Callable[[float, float], dict[str, float]] | None = None,
     rng_seed: int = 0,
+    history: Callable[[float, float], list[dict[str, Any]]] | None = None,
 ) -> int:
     """Write every (η, λ, seed) as a COMPLETE trial in one ``add_trials``; return the count.
 
@@ -115,6 +117,8 @@ def plant_study(
                         for layer, v in norms(lr, wd).items()
                     }
                     ua["history"] = planted_history(lr, wd, jitter)
+                if history is not None:
+                    ua["history"] = history(lr, wd)
                 trials.append(
                     optuna.trial.create_trial(
                         params={"lr": lr, "weight_decay": wd, "seed": seed},
@@ -411,6 +415,67 @@ def test_equilibrium_time_follows_the_optimizer(
     )
 
 
+# --- measured relaxation ------------------------------------------------------------------
+
+
+def relaxing(x: float, n: int, n0: float = 3.0, n_inf: float = 1.0) -> np.ndarray:
+    """Norms after epochs 1..n of an exponential approach with x time constants over n."""
+    t = np.arange(1, n + 1) / n
+    return n_inf + (n0 - n_inf) * np.exp(-x * t)
+
+
+@pytest.mark.parametrize("n", [5, 20, 50])
+@pytest.mark.parametrize("x", [0.3, 2.0, 5.0, 12.0])
+def test_relaxation_index_recovers_planted_time_constants(n: int, x: float) -> None:
+    assert relaxation_index(relaxing(x, n)) == pytest.approx(x, rel=1e-6)
+    # Growing or shrinking, at any scale and offset: only the shape counts.
+    assert relaxation_index(relaxing(x, n, n0=0.5, n_inf=7.0)) == pytest.approx(x, rel=1e-6)
+
+
+def test_relaxation_index_limits() -> None:
+    assert relaxation_index(np.linspace(2.0, 2.5, 50)) == pytest.approx(0.0, abs=1e-6)  # drift
+    assert relaxation_index(relaxing(60.0, 50)) == 20.0  # capped: the last quarter is flat
+    for unusable in ([1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0], [1.0, math.nan, 2.0, 3.0]):
+        assert math.isnan(relaxation_index(unusable))
+    # A norm that first grows on the gradient and then decays: the range covers the excursion.
+    overshoot = np.concatenate([[1.0, 2.0, 3.0], relaxing(12.0, 47, n0=3.0, n_inf=2.0)])
+    assert relaxation_index(overshoot) > 5
+    # A norm that cycles around its equilibrium (Lobacheva et al. 2021) keeps moving in the
+    # last quarter: it reads as less relaxed, and as unsettled once the cycles are ~5 % of
+    # the excursion.
+    cycles = np.sin(2 * np.pi * np.arange(1, 51) / 20)
+    readings = [relaxation_index(relaxing(12.0, 50) + a * cycles) for a in (0.01, 0.03, 0.1)]
+    assert 12.0 > readings[0] > readings[1] > 5.0 > readings[2]
+
+
+def test_cells_measure_back_the_clock_they_relaxed_on(tmp_path: Path) -> None:
+    """Histories relaxing with exactly c·η·λ·T time constants over phase 1 (then flat): the
+    measured index of every cell is that number (up to the cap), and the summary line counts
+    the same cells on both sides."""
+
+    def history(lr: float, wd: float) -> list[dict[str, Any]]:
+        x = 10.0 * lr * wd * STEPS_PER_EPOCH * PHASE1  # nesterov: c = 10
+        norms = relaxing(x, PHASE1)
+        return [
+            {"epoch": e, "lr": lr * 0.1 ** ((e > PHASE1) + (e > 8)), "val_error": 0.3,
+             "layers": {"conv1": {"norm": float(norms[min(e, PHASE1) - 1])}}}
+            for e in range(1, EPOCHS + 1)
+        ]  # fmt: skip
+
+    url = f"sqlite:///{tmp_path}/relax.db"
+    lrs = log_grid(1e-3, 1e-1, 5)  # c·η·λ·T = 0.1 … 10 at λ = 0.002 and 1 … 100 at λ = 0.02
+    plant_study(url, "r/nesterov", "nesterov", lrs, [2e-3, 2e-2], surface(1.0, -4.0),
+                seeds=2, history=history)  # fmt: skip
+    g = one_group(url, "r/nesterov", bootstrap=0)
+    for c in g.cells:
+        assert c.relaxation["conv1"] == pytest.approx(min(c.equilibrium_index, 20.0), rel=1e-6)
+    settled = sum(c.equilibrium_index >= 5 for c in g.cells)
+    assert settled == 4
+    assert f"{settled} of {len(g.cells)} cell(s) ≥ 5 time constants (c·η·λ·T says {settled})" in (
+        " ".join(g.warnings)
+    )
+
+
 # --- loading and errors -------------------------------------------------------------------
 
 
@@ -491,7 +556,7 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
         }  # fmt: skip
         assert set(g["cells"][0]) == {
             "lr", "weight_decay", "n_seeds", "val_error", "val_error_std", "test_error",
-            "n_diverged", "eta_lambda_T", "equilibrium_index", "phase1_norms",
+            "n_diverged", "eta_lambda_T", "equilibrium_index", "phase1_norms", "relaxation",
         }  # fmt: skip
         assert g["n_cells"] == len(g["cells"])
     adam, nsgd = sorted(d["groups"], key=lambda g: g["optimizer"] != "adam")
