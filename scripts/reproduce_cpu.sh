@@ -5,6 +5,7 @@
 #   bash scripts/reproduce_cpu.sh cpu-long       # run 2: sweeps/cpu-long.toml (≈ 70 min)
 #   bash scripts/reproduce_cpu.sh cpu-noaffine   # run 3: sweeps/cpu-noaffine.toml (≈ 50 min)
 #   bash scripts/reproduce_cpu.sh cpu-adam       # run 4: sweeps/cpu-adam.toml (≈ 65 min)
+#   bash scripts/reproduce_cpu.sh cpu-200ep      # run 5: sweeps/cpu-200ep.toml (≈ 45 min)
 #   L2BN_FRESH=1 bash scripts/reproduce_cpu.sh   # start over: deletes repro/<name>.db first
 # An interrupted run resumes from its database. Data: $L2BN_DATA, else
 # ../shared/data/cifar-10-batches-py (the python-batches layout).
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:-cpu}
 sweep=sweeps/$name.toml
-[ -f "$sweep" ] || { echo "reproduce_cpu.sh: no $sweep (try: cpu, cpu-long, cpu-noaffine, cpu-adam)" >&2; exit 2; }
+[ -f "$sweep" ] || { echo "reproduce_cpu.sh: no $sweep (try: cpu, cpu-long, cpu-noaffine, cpu-adam, cpu-200ep)" >&2; exit 2; }
 bash scripts/setup.sh
 export L2BN_DATA=${L2BN_DATA:-../shared/data/cifar-10-batches-py}
 work=${L2BN_REPRO_DIR:-repro}
