@@ -765,7 +765,7 @@ def parabolic_argmin(x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArr
     return vertex, np.where(ok, a, 0.0)
 
 
-def _grid_minimum(log_lr: FloatArray, err: FloatArray) -> tuple[FloatArray, FloatArray]:
+def grid_minimum(log_lr: FloatArray, err: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Refined log η* per row of ``err`` (rows: resamples; columns: the η grid).
 
     Returns (log η*, edge) with edge = 1.0 where the minimum is on the grid's edge.
@@ -991,7 +991,7 @@ def _optimum(grid: _LambdaGrid, group_range: float, warnings: list[str]) -> Opti
         warnings.append(f"λ={_fmt(wd)}: only {n} η value(s); η* needs ≥ 3")
         return Optimum(wd, float(grid.lrs[i]), float(grid.lrs[i]), float(means[i]), n,
                        edge=False, used=False, note="fewer than 3 η values")  # fmt: skip
-    log_opt, edge = _grid_minimum(grid.log_lr, means[None, :])
+    log_opt, edge = grid_minimum(grid.log_lr, means[None, :])
     is_edge = bool(edge[0])
     note: str | None = None
     if is_edge:
@@ -1063,7 +1063,7 @@ def _bootstrap_k(
         means = np.empty((b, len(g.cell_values)))
         for c, vals in enumerate(g.cell_values):
             means[:, c] = vals[rng.integers(0, vals.size, size=(b, vals.size))].mean(axis=1)
-        log_opt, edge = _grid_minimum(g.log_lr, means)
+        log_opt, edge = grid_minimum(g.log_lr, means)
         # A resample whose minimum lands on the edge has no η* for this λ.
         ys[:, j] = np.where(edge > 0, np.nan, log_opt)
     mask = np.isfinite(ys)

@@ -1,0 +1,73 @@
+"""Run 5's registered reading (REPRODUCTION.md): how η*·λ moves from one run to another.
+
+    .venv/bin/python scripts/optima_shift.py docs/reproduction/cpu-long/trials.csv \
+        docs/reproduction/cpu-200ep/trials.csv
+
+For the λ values and the η grid points the two runs share (same optimizer, seeds present in
+both), η* per λ is found exactly as `l2bn analyze` finds it (seed-averaged validation error,
+grid minimum refined by the parabola in log η; edge minima flagged), then printed as η*·λ in
+each run with the shift in decades, and k = −d log η*/d log λ over the shared λ in each run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from collections import defaultdict
+
+import numpy as np
+from scipy import stats
+
+from l2bn.analyze import grid_minimum
+
+
+def _key(x: float) -> float:
+    return float(f"{x:.6g}")
+
+
+def load(path: str) -> dict[tuple[float, float, int], float]:
+    """(λ, η, seed) → validation error."""
+    with open(path, newline="") as f:
+        return {
+            (_key(float(r["weight_decay"])), _key(float(r["lr"])), int(r["seed"])): float(
+                r["val_error"]
+            )
+            for r in csv.DictReader(f)
+        }
+
+
+def optima(
+    runs: list[dict[tuple[float, float, int], float]],
+) -> tuple[list[float], list[list[tuple[float, bool]]]]:
+    shared = set.intersection(*(set(r) for r in runs))
+    grid: dict[float, set[float]] = defaultdict(set)
+    for wd, lr, _ in shared:
+        grid[wd].add(lr)
+    wds = sorted(wd for wd, lrs in grid.items() if len(lrs) >= 3)
+    out: list[list[tuple[float, bool]]] = []
+    for run in runs:
+        row = []
+        for wd in wds:
+            lrs = sorted(grid[wd])
+            seeds = sorted({s for w, lr, s in shared if w == wd})
+            err = np.array([[np.mean([run[(wd, lr, s)] for s in seeds]) for lr in lrs]])
+            log_opt, edge = grid_minimum(np.log(np.array(lrs)), err)
+            row.append((math.exp(float(log_opt[0])), bool(edge[0])))
+        out.append(row)
+    return wds, out
+
+
+def main(a: str, b: str) -> None:
+    wds, (opt_a, opt_b) = optima([load(a), load(b)])
+    print(f"{'λ':>8} {'η*·λ (A)':>10} {'η*·λ (B)':>10} {'shift, decades':>15}")
+    for wd, (ea, edge_a), (eb, edge_b) in zip(wds, opt_a, opt_b, strict=True):
+        flag = "  (edge)" if edge_a or edge_b else ""
+        print(f"{wd:8g} {ea * wd:10.3g} {eb * wd:10.3g} {math.log10(eb / ea):15.2f}{flag}")
+    for name, opt in (("A", opt_a), ("B", opt_b)):
+        fit = stats.linregress(np.log(wds), np.log([e for e, _ in opt]))
+        print(f"k over these λ, {name}: {-fit.slope:.2f} ± {fit.stderr:.2f} (OLS stderr)")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
