@@ -5,7 +5,7 @@
 #   bash scripts/reproduce_cpu.sh cpu-long       # run 2: sweeps/cpu-long.toml (≈ 70 min)
 #   bash scripts/reproduce_cpu.sh cpu-noaffine   # run 3: sweeps/cpu-noaffine.toml (≈ 50 min)
 #   bash scripts/reproduce_cpu.sh cpu-adam       # run 4: sweeps/cpu-adam.toml (≈ 65 min)
-#   bash scripts/reproduce_cpu.sh cpu-200ep      # run 5: sweeps/cpu-200ep.toml (≈ 45 min)
+#   bash scripts/reproduce_cpu.sh cpu-200ep      # run 5: sweeps/cpu-200ep.toml (≈ 35 min)
 #   L2BN_FRESH=1 bash scripts/reproduce_cpu.sh   # start over: deletes repro/<name>.db first
 # An interrupted run resumes from its database. Data: $L2BN_DATA, else
 # ../shared/data/cifar-10-batches-py (the python-batches layout).
