@@ -371,7 +371,7 @@ class Cell:
     phase1_norms: Mapping[str, float]  # layer → geometric mean over seeds of phase-1 ‖w‖
     # layer → median over seeds of the measured time constants (relaxation_index); a
     # diagnostic beside equilibrium_index, not a filter of any fit.
-    relaxation: Mapping[str, float] = field(default_factory=dict)
+    relaxation: Mapping[str, float]
 
     def to_dict(self) -> dict[str, Any]:
         return {

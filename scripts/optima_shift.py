@@ -15,6 +15,7 @@ import csv
 import math
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
@@ -23,6 +24,7 @@ from l2bn.analyze import grid_minimum
 
 
 def _key(x: float) -> float:
+    # Matches one grid point across two runs' CSVs despite round-off in η = value·λ^-k.
     return float(f"{x:.6g}")
 
 
@@ -70,4 +72,10 @@ def main(a: str, b: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3 or not all(Path(p).is_file() for p in sys.argv[1:]):
+        print(
+            "usage: optima_shift.py RUN_A/trials.csv RUN_B/trials.csv (two existing files)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     main(*sys.argv[1:3])

@@ -17,6 +17,7 @@ import csv
 import statistics
 import sys
 from collections import defaultdict
+from pathlib import Path
 
 from l2bn.analyze import EQUILIBRIUM_RATE, relaxation_index
 
@@ -61,4 +62,7 @@ def main(path: str, layer: str = "conv1", threshold: float = 5.0) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:2])
+    if len(sys.argv) != 2 or not Path(sys.argv[1]).is_file():
+        print("usage: relaxation_table.py RUN/trials.csv (an existing file)", file=sys.stderr)
+        sys.exit(2)
+    main(sys.argv[1])

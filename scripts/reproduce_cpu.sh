@@ -4,7 +4,7 @@
 #   bash scripts/reproduce_cpu.sh                # run 1: sweeps/cpu.toml (≈ 70 min on 2 cores)
 #   bash scripts/reproduce_cpu.sh cpu-long       # run 2: sweeps/cpu-long.toml (≈ 70 min)
 #   bash scripts/reproduce_cpu.sh cpu-noaffine   # run 3: sweeps/cpu-noaffine.toml (≈ 50 min)
-#   bash scripts/reproduce_cpu.sh cpu-adam       # run 4: sweeps/cpu-adam.toml (≈ 65 min)
+#   bash scripts/reproduce_cpu.sh cpu-adam       # run 4: sweeps/cpu-adam.toml (≈ 90 min)
 #   bash scripts/reproduce_cpu.sh cpu-200ep      # run 5: sweeps/cpu-200ep.toml (≈ 35 min)
 #   L2BN_FRESH=1 bash scripts/reproduce_cpu.sh   # start over: deletes repro/<name>.db first
 # An interrupted run resumes from its database. Data: $L2BN_DATA, else
@@ -13,7 +13,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:-cpu}
 sweep=sweeps/$name.toml
-[ -f "$sweep" ] || { echo "reproduce_cpu.sh: no $sweep (try: cpu, cpu-long, cpu-noaffine, cpu-adam, cpu-200ep)" >&2; exit 2; }
+if [ ! -f "$sweep" ]; then
+  runs=$(cd sweeps && ls cpu*.toml | sed 's/\.toml$//' | paste -sd, - | sed 's/,/, /g')
+  echo "reproduce_cpu.sh: no $sweep (try: $runs)" >&2
+  exit 2
+fi
 bash scripts/setup.sh
 export L2BN_DATA=${L2BN_DATA:-../shared/data/cifar-10-batches-py}
 work=${L2BN_REPRO_DIR:-repro}
