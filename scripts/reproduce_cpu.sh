@@ -6,12 +6,17 @@
 #   bash scripts/reproduce_cpu.sh cpu-noaffine   # run 3: sweeps/cpu-noaffine.toml (≈ 50 min)
 #   bash scripts/reproduce_cpu.sh cpu-adam       # run 4: sweeps/cpu-adam.toml (≈ 90 min)
 #   bash scripts/reproduce_cpu.sh cpu-200ep      # run 5: sweeps/cpu-200ep.toml (≈ 35 min)
+#   bash scripts/reproduce_cpu.sh cpu-adam-noaffine  # run 6 (fp32): ≈ 2.5 h on an AVX2-only CPU
+# Times are for the AVX512-BF16 CPU of runs 1–5 (bf16 runs). On a CPU without bf16 dot
+# products (AVX2 only) bf16 is emulated, ≈ 8× slower than fp32: arguments after the name go to
+# `l2bn sweep`, so `bash scripts/reproduce_cpu.sh cpu-long --set precision=fp32` runs it in fp32.
 #   L2BN_FRESH=1 bash scripts/reproduce_cpu.sh   # start over: deletes repro/<name>.db first
 # An interrupted run resumes from its database. Data: $L2BN_DATA, else
 # ../shared/data/cifar-10-batches-py (the python-batches layout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:-cpu}
+shift || true  # the rest: extra `l2bn sweep` options
 sweep=sweeps/$name.toml
 if [ ! -f "$sweep" ]; then
   runs=$(cd sweeps && ls cpu*.toml | sed 's/\.toml$//' | paste -sd, - | sed 's/,/, /g')
@@ -29,7 +34,7 @@ export COLUMNS=${COLUMNS:-120}  # rich tables at a fixed width in the saved text
 
 start=$(date +%s)
 # 2 workers × 1 torch thread: 1.5× the throughput of one 2-thread worker on this small net.
-.venv/bin/l2bn sweep "$sweep" --storage "$db" --workers 2 --threads 1
+.venv/bin/l2bn sweep "$sweep" --storage "$db" --workers 2 --threads 1 "$@"
 echo "sweep wall time: $(( $(date +%s) - start )) s" | tee "$out/wall_time.txt"
 
 # Analysis settings are the defaults, fixed before the runs: η* by a parabola in log η through

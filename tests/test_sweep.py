@@ -94,6 +94,16 @@ def test_shipped_sweeps_parse() -> None:
     assert len(points) == 60 and adam.base_config().epochs == 100
     assert adam.weight_decay.values == long.weight_decay.values
     assert sum(p.lr * p.weight_decay * 50 * 145 >= 5 for p in points) == 2 * 2
+    # Run 6: run 4 with γ/β frozen, on run 4's middle 3 columns: the very same (η, λ) points,
+    # so scripts/optima_shift.py compares the two runs point for point.
+    (frozen,) = load_sweep(REPO / "sweeps" / "cpu-adam-noaffine.toml").select(None)
+    assert not frozen.base_config().affine and adam.base_config().affine
+    assert len(frozen.points()) == 36 and set(frozen.points()) < set(points)
+    # AdamW's design: its comment promises 3 of 5 columns in equilibrium (c = 2, AdamW's clock).
+    (adamw,) = load_sweep(REPO / "sweeps" / "cpu-adamw.toml").select(None)
+    points = adamw.points()
+    assert len(points) == 40 and adamw.base_config().optimizer.value == "adamw"
+    assert sum(2 * p.lr * p.weight_decay * 50 * 145 >= 5 for p in points) == 3 * 4 * 2
 
 
 def test_grid_values_and_overrides(tmp_path: Path) -> None:
