@@ -4,9 +4,10 @@
         docs/reproduction/*/analysis.json
 
 Reads the `l2bn analyze --json` files given (one run each; the run is named by the file's
-folder), prints one markdown row per group (run, optimizer, k [CI], theory, λ used, verdict),
-and draws them as a forest plot: one line per group, its theory k dashed, the issue's target
-range shaded. Groups whose k is undetermined are listed and not drawn.
+folder), prints one markdown row per group, sorted by optimizer and run (run, optimizer,
+k [CI], theory, λ used, verdict), and draws them as a forest plot: one line per group, its
+theory k dashed, the issue's target range shaded. Groups whose k is undetermined are listed
+and not drawn.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def main(argv: list[str]) -> int:
         return 2
     out, paths = Path(argv[0]), [Path(p) for p in argv[1:]]
     try:
-        rows = [r for p in paths for r in rows_of(p)]
+        rows = sorted((r for p in paths for r in rows_of(p)), key=lambda r: (r.optimizer, r.run))
     except (OSError, ValueError, KeyError, TypeError) as e:
         why = f"cannot read an analysis JSON ({e!r}); give `l2bn analyze --json` files"
         print(f"k_summary.py: {why}", file=sys.stderr)

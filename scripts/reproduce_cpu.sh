@@ -42,3 +42,5 @@ echo "sweep wall time: $(( $(date +%s) - start )) s" | tee "$out/wall_time.txt"
 # and the OLS t-interval, verdict margin 0.05, norm fits on cells with c·η·λ·T ≥ 5.
 .venv/bin/l2bn analyze --storage "$db" --json "$out/analysis.json" --csv "$out/trials.csv" \
   --plots "$out" | tee "$out/analyze.txt"
+# The summary over every run analysed so far: a table of k and docs/reproduction/k_summary.png.
+.venv/bin/python scripts/k_summary.py docs/reproduction/k_summary.png docs/reproduction/*/analysis.json
