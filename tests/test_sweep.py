@@ -98,7 +98,7 @@ def test_shipped_sweeps_parse() -> None:
     # so scripts/optima_shift.py compares the two runs point for point.
     (frozen,) = load_sweep(REPO / "sweeps" / "cpu-adam-noaffine.toml").select(None)
     assert not frozen.base_config().affine and adam.base_config().affine
-    assert len(frozen.points()) == 36 and set(frozen.points()) < set(points)
+    assert len(frozen.points()) == 48 and set(frozen.points()) < set(points)
     # AdamW's design: its comment promises 3 of 5 columns in equilibrium (c = 2, AdamW's clock).
     (adamw,) = load_sweep(REPO / "sweeps" / "cpu-adamw.toml").select(None)
     points = adamw.points()
