@@ -115,7 +115,14 @@ def main(argv: list[str]) -> int:
         print(f"k_summary.py: {why}", file=sys.stderr)
         return 2
     print(markdown(rows))
-    plot(rows, out)
+    try:
+        plot(rows, out)
+    except OSError as e:
+        print(
+            f"k_summary.py: cannot write {out} ({e.strerror}); give a writable path",
+            file=sys.stderr,
+        )
+        return 2
     print(f"wrote {out}")
     return 0
 

@@ -48,5 +48,9 @@ def test_k_summary_bad_input_is_one_line(tmp_path: Path) -> None:
     assert missing.returncode == 2
     assert len(missing.stderr.strip().splitlines()) == 1 and "analysis JSON" in missing.stderr
     assert not (tmp_path / "k.png").exists()
+    real = str(REPO / "docs" / "reproduction" / "cpu-adam" / "analysis.json")
+    unwritable = run_script("k_summary.py", str(tmp_path / "no" / "dir" / "k.png"), real)
+    assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
+    assert "Traceback" not in unwritable.stderr
     usage = run_script("k_summary.py", "not-a-png.txt")
     assert usage.returncode == 2 and usage.stderr.startswith("usage:")
