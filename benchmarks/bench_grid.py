@@ -1,4 +1,4 @@
-"""Grid throughput: K grid points fused into one net (l2bn.fused) against one model at a time.
+"""Grid throughput: K grid points fused into one net (l2bn.train.fused) against one model at a time.
 
 Both sides train the same K configs (same optimizer, different η, λ, seed) with the same
 data pipeline; the unfused side steps the K plain models one after another, the fused side
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from l2bn import data as D
-from l2bn.config import TrainConfig
-from l2bn.fused import FusedTrainer
-from l2bn.optim import build_optimizer
-from l2bn.tasks import make_task
-from l2bn.train import resolve_device
+from l2bn.train import data as D
+from l2bn.train.config import TrainConfig
+from l2bn.train.device import resolve_device
+from l2bn.train.fused import FusedTrainer
+from l2bn.train.optim import build_optimizer
+from l2bn.train.tasks import make_task
 
 from common import endless, l2bn_step
 

@@ -6,7 +6,7 @@ crop, random flip, to float, normalize), a DataLoader (shuffle, ``--loader-worke
 processes), and the paper's net written the usual way (conv → BN → ReLU → pool), fp32 NCHW,
 ``loss.item()`` logged every step.
 
-Candidate: l2bn's loop (l2bn.train): uint8 data resident on the device, one permutation and
+Candidate: l2bn's loop (l2bn.train.engine): uint8 data resident on the device, one permutation and
 augmentation per epoch, ConvNet in channels_last (pool before ReLU), the same optimizer.
 Ablation ``l2bn-nchw``: the same loop in NCHW, to separate layout from data pipeline. Where the
 CPU has bf16 dot products (AVX512-BF16 or AMX; what ``--precision auto`` picks) or with
@@ -33,12 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from l2bn import data as D
-from l2bn.config import TrainConfig
-from l2bn.models import ConvNet
-from l2bn.optim import build_optimizer
-from l2bn.tasks import ImageTask, make_task
-from l2bn.train import fast_bf16
+from l2bn.train import data as D
+from l2bn.train.config import TrainConfig
+from l2bn.train.device import fast_bf16
+from l2bn.train.models import ConvNet
+from l2bn.train.optim import build_optimizer
+from l2bn.train.tasks import ImageTask, make_task
 
 from common import endless, l2bn_step
 

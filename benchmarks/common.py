@@ -20,7 +20,7 @@ def endless(batches: Callable[[int], Iterable[T]]) -> Iterator[T]:
 
 
 def l2bn_step(task: Any, opt: torch.optim.Optimizer, bf16: bool) -> Callable[[], None]:
-    """One step of l2bn.train's loop: bf16 autocast around the forward pass only (fp32
+    """One step of l2bn.train.engine's loop: bf16 autocast around the forward pass only (fp32
     weights and optimizer), no host sync (l2bn fetches metrics once per epoch)."""
     it = endless(task.batches)
     device_type = next(task.model.parameters()).device.type

@@ -22,10 +22,11 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from l2bn import __version__
-from l2bn.config import (
+from l2bn.errors import ConfigError, L2bnError
+from l2bn.files import check_writable, write_json
+from l2bn.train.config import (
     DatasetName,
     DeviceName,
     Head,
@@ -34,9 +35,7 @@ from l2bn.config import (
     Precision,
     TrainConfig,
 )
-from l2bn.errors import ConfigError, L2bnError
-from l2bn.files import check_writable, write_json
-from l2bn.records import EpochRecord, TrainResult
+from l2bn.train.records import EpochRecord
 
 app = typer.Typer(
     name="l2bn",
@@ -73,7 +72,7 @@ def download(
     ] = None,
 ) -> None:
     """Fetch CIFAR-10 (170 MB, md5-checked) unless it is already there."""
-    from l2bn.data import ensure_cifar10
+    from l2bn.train.data import ensure_cifar10
 
     folder = ensure_cifar10(TrainConfig(data_dir=data_dir).resolved_data_dir())
     console.print(f"CIFAR-10 is in {folder}")
@@ -154,7 +153,7 @@ def train(
     ] = None,
 ) -> None:
     """Train one network and record every layer's weight norm each epoch."""
-    from l2bn.train import train as run_training
+    from l2bn.train.engine import train as run_training
 
     config = TrainConfig(
         optimizer=optimizer,
@@ -182,6 +181,8 @@ def train(
         result = run_training(
             config, on_epoch=progress.epoch, on_batch=progress.batch, download=download
         )
+    from l2bn.render import render_result
+
     console.print(render_result(result))
     if json_path is not None:
         write_json(json_path, result.to_dict())
@@ -277,8 +278,8 @@ def _sweep_specs(
     threads: int | None = None,
     fuse: int | None = None,
 ) -> list[Any]:
-    from l2bn.sweep import parse_settings, sweep_from_cli
-    from l2bn.worker import WorkerSpec
+    from l2bn.sweep.spec import parse_settings, sweep_from_cli
+    from l2bn.sweep.worker import WorkerSpec
 
     overrides = parse_settings(settings or [])
     if epochs is not None:
@@ -334,8 +335,8 @@ def sweep_run(
     grid point trained exactly once."""
     import optuna
 
-    from l2bn.progress import LiveProgress, summary_line
-    from l2bn.worker import run_sweep
+    from l2bn.render import LiveProgress, summary_line
+    from l2bn.sweep.worker import run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads is None:
@@ -381,37 +382,13 @@ def sweep_status(
     study: SweepStudy = None,
 ) -> None:
     """Print a sweep's grid: each point's state (done, diverged, running, failed, waiting)."""
-    from l2bn.progress import status_table, summary_line
-    from l2bn.worker import status_of
+    from l2bn.render import status_table, summary_line
+    from l2bn.sweep.worker import status_of
 
     for spec in _sweep_specs(path, optimizer, storage, study, settings):
         status = status_of(spec.storage, spec.sweep, spec.study_name)
         console.print(status_table(status))
         console.print(summary_line(status))
-
-
-def render_result(result: TrainResult) -> Table:
-    c = result.config
-    table = Table(
-        title=f"{c.optimizer.value}  η={c.lr:g}  λ={c.weight_decay:g}  {c.dataset.value}  "
-        f"{result.device}/{result.precision}  {result.seconds:.1f} s"
-    )
-    table.add_column("layer")
-    table.add_column("‖w‖", justify="right")
-    table.add_column("mean unit ‖w‖", justify="right")
-    table.add_column("η_eff", justify="right")
-    last = result.history[-1]
-    for name, rec in last.layers.items():
-        table.add_row(name, f"{rec.norm:.4g}", f"{rec.unit_norm:.4g}", f"{rec.eff_lr:.4g}")
-    status = "[red]diverged[/red]" if result.diverged else "ok"
-    table.caption = (
-        f"{status} after {last.epoch} epochs · train loss {last.train_loss:.4f} · "
-        f"val error {result.val_error:.4f} · test error {result.test_error:.4f}"
-    )
-    return table
-
-
-# --- analyze --------------------------------------------------------------------------------
 
 
 @app.command()
@@ -464,7 +441,8 @@ def analyze(
     ] = None,
 ) -> None:
     """Fit η* ∝ λ^-k and ‖w‖ ∝ η^a λ^-b per optimizer and compare them with theory."""
-    from l2bn.analyze import AnalyzeConfig, render_report, run_analysis
+    from l2bn.analysis.pipeline import AnalyzeConfig, run_analysis
+    from l2bn.render import render_report
 
     for path in (json_path, csv_path):
         if path is not None:
@@ -511,7 +489,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(message: str, code: int, debug: bool) -> None:
-    storage = sys.modules.get("l2bn.storage")  # loaded: some storage URL was parsed
+    storage = sys.modules.get("l2bn.sweep.storage")  # loaded: some storage URL was parsed
     if storage is not None:
         message = storage.scrub(message)  # never print its password
     if debug:

@@ -19,7 +19,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from l2bn.analyze import EQUILIBRIUM_RATE, relaxation_index
+from l2bn.analysis.pipeline import EQUILIBRIUM_RATE, relaxation_index
 
 
 def main(path: str, layer: str = "conv1", threshold: float = 5.0) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 import pytest
 
-from l2bn.analyze import (
+from l2bn.analysis.pipeline import (
     CONSISTENT,
     INCONSISTENT,
     UNDETERMINED,
@@ -28,10 +28,10 @@ from l2bn.analyze import (
     analyze,
     parabolic_argmin,
     relaxation_index,
-    render_report,
     run_analysis,
 )
 from l2bn.errors import AnalysisError, ConfigError, StorageError
+from l2bn.render import render_report
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -265,13 +265,13 @@ def test_theory_mismatch_is_inconsistent(planted: str) -> None:
     report = analyze(AnalyzeConfig(storage=planted, studies=("p/adam",)))
     g = report.groups[0]
     assert not g.scaling.k.covers(1.0)
-    from l2bn.analyze import _verdict
+    from l2bn.analysis.pipeline import _verdict
 
     assert _verdict(g.scaling.k, 1.0, tolerance=0.05) == INCONSISTENT
 
 
 def test_tolerance_is_a_practical_equivalence_margin() -> None:
-    from l2bn.analyze import Estimate, _verdict
+    from l2bn.analysis.pipeline import Estimate, _verdict
 
     tight = Estimate(0.249, 0.0005, 0.248, 0.2499, 20, "ols-t")
     assert _verdict(tight, 0.25, tolerance=0.0) == INCONSISTENT
@@ -301,7 +301,7 @@ def test_with_seeds_the_wider_of_bootstrap_and_regression_interval_is_reported(
 ) -> None:
     from scipy import stats
 
-    from l2bn.analyze import AnalyzeConfig, analyze_group, group_studies, load_studies
+    from l2bn.analysis.pipeline import AnalyzeConfig, analyze_group, group_studies, load_studies
 
     studies, _ = load_studies(planted, ["p/sgd"])
     (data,) = group_studies(studies)
@@ -329,7 +329,7 @@ def test_edge_minimum_is_flagged_and_left_out(planted: str) -> None:
 
 def test_too_few_interior_optima_is_undetermined(planted: str) -> None:
     # With λ restricted so that only one interior η* is left, there is no slope to fit.
-    from l2bn.analyze import analyze_group, group_studies, load_studies
+    from l2bn.analysis.pipeline import analyze_group, group_studies, load_studies
 
     studies, _ = load_studies(planted, ["edge/nesterov"])
     (data,) = group_studies(studies)
@@ -603,7 +603,7 @@ def test_render_report_builds_a_table_without_printing(
 
 
 def test_diverged_trials_are_counted_and_kept_out_of_norm_fits() -> None:
-    from l2bn.analyze import GroupData, TrialRecord, analyze_group
+    from l2bn.analysis.pipeline import GroupData, TrialRecord, analyze_group
 
     def record(lr: float, wd: float, seed: int, diverged: bool) -> TrialRecord:
         history = planted_history(lr, wd, norms_law(0.25)(lr, wd))
@@ -636,7 +636,7 @@ def test_diverged_trials_are_counted_and_kept_out_of_norm_fits() -> None:
 
 
 def test_flat_lambda_column_has_no_minimum_and_is_left_out() -> None:
-    from l2bn.analyze import GroupData, TrialRecord, analyze_group
+    from l2bn.analysis.pipeline import GroupData, TrialRecord, analyze_group
 
     rng = np.random.default_rng(7)
     lrs = centred_grid(1.0)

@@ -184,9 +184,9 @@ def _setup(tmp: Path, case: Case) -> None:
     if case.study:
         import tomllib
 
-        from l2bn.storage import open_storage
-        from l2bn.study import prepare_study
-        from l2bn.sweep import parse_sweep
+        from l2bn.sweep.spec import parse_sweep
+        from l2bn.sweep.storage import open_storage
+        from l2bn.sweep.study import prepare_study
 
         storage = open_storage(f"sqlite:///{tmp / 'x.db'}")
         prepare_study(

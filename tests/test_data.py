@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from l2bn import data as D
 from l2bn.errors import DataError
+from l2bn.train import data as D
 
 
 def _write_batch(path: Path, data: object, labels: object) -> Path:

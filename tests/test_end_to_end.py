@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from l2bn.analyze import CONSISTENT, AnalyzeConfig, analyze
+from l2bn.analysis.pipeline import CONSISTENT, AnalyzeConfig, analyze
 
 REPO = Path(__file__).resolve().parent.parent
 

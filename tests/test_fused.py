@@ -9,16 +9,16 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from l2bn.config import OptimizerName, TrainConfig
 from l2bn.errors import ConfigError
-from l2bn.fused import FusedTrainer, check_fusable, train_fused
-from l2bn.optim import SPECS, build_optimizer, project_to_unit_norm, projection_targets
-from l2bn.storage import open_storage
-from l2bn.study import point_of, prepare_study
-from l2bn.sweep import load_sweep
-from l2bn.tasks import ImageTask, make_task
-from l2bn.train import train
-from l2bn.worker import WorkerSpec, run_worker
+from l2bn.sweep.spec import load_sweep
+from l2bn.sweep.storage import open_storage
+from l2bn.sweep.study import point_of, prepare_study
+from l2bn.sweep.worker import WorkerSpec, run_worker
+from l2bn.train.config import OptimizerName, TrainConfig
+from l2bn.train.engine import train
+from l2bn.train.fused import FusedTrainer, check_fusable, train_fused
+from l2bn.train.optim import SPECS, build_optimizer, project_to_unit_norm, projection_targets
+from l2bn.train.tasks import ImageTask, make_task
 
 CPU = torch.device("cpu")
 BASE = TrainConfig(
@@ -35,7 +35,7 @@ STEPS = 3
 
 
 class Plain:
-    """The unfused run of ``config``, stepped by hand the way l2bn.train does."""
+    """The unfused run of ``config``, stepped by hand the way l2bn.train.engine does."""
 
     def __init__(self, config: TrainConfig) -> None:
         task = make_task(config, CPU, channels_last=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from l2bn.config import Head, Norm
-from l2bn.models import ConvNet, scale_invariant_layers, weight_tensors
+from l2bn.train.config import Head, Norm
+from l2bn.train.models import ConvNet, scale_invariant_layers, weight_tensors
 
 
 def _exact(model: ConvNet) -> ConvNet:

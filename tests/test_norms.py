@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from l2bn.models import ConvNet, weight_tensors
-from l2bn.norms import layer_records
+from l2bn.train.models import ConvNet, weight_tensors
+from l2bn.train.norms import layer_records
 
 
 @pytest.mark.parametrize("power", [0, 1, 2])

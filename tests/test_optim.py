@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from l2bn.config import OptimizerName, TrainConfig
-from l2bn.models import ConvNet
-from l2bn.optim import build_optimizer, param_groups, project_to_unit_norm, projection_targets
+from l2bn.train.config import OptimizerName, TrainConfig
+from l2bn.train.models import ConvNet
+from l2bn.train.optim import build_optimizer, param_groups, project_to_unit_norm, projection_targets
 
 LR, WD, EPS = 0.1, 0.05, 1e-8
 G = np.array([[0.3, -1.2, 0.5], [2.0, 0.1, -0.7]])  # a fixed gradient, the same every step

@@ -18,8 +18,8 @@ from test_analyze import (
     surface,
 )
 
-from l2bn.analyze import AnalyzeConfig, analyze, run_analysis
-from l2bn.plots import FIGURES, plot_eta_star
+from l2bn.analysis.pipeline import AnalyzeConfig, analyze, run_analysis
+from l2bn.analysis.plots import FIGURES, plot_eta_star
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,4 +1,4 @@
-"""l2bn.storage: URLs, redaction, SQLite claims that are atomic, and the PostgreSQL path."""
+"""l2bn.sweep.storage: URLs, redaction, SQLite claims that are atomic, and the PostgreSQL path."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from l2bn.errors import StorageError
-from l2bn.storage import enqueue_lock, open_storage, redact
-from l2bn.study import enqueue_missing, point_of
-from l2bn.sweep import Point
+from l2bn.sweep.spec import Point
+from l2bn.sweep.storage import enqueue_lock, open_storage, redact
+from l2bn.sweep.study import enqueue_missing, point_of
 
 REPO = Path(__file__).resolve().parent.parent
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -95,9 +95,9 @@ def test_enqueue_is_idempotent_across_processes(tmp_path: Path) -> None:
     optuna.create_study(storage=storage, study_name="s")
     code = (
         "import optuna, sys\n"
-        "from l2bn.storage import open_storage\n"
-        "from l2bn.study import enqueue_missing\n"
-        "from l2bn.sweep import Point\n"
+        "from l2bn.sweep.storage import open_storage\n"
+        "from l2bn.sweep.study import enqueue_missing\n"
+        "from l2bn.sweep.spec import Point\n"
         f"s = optuna.load_study(study_name='s', storage=open_storage({url!r}))\n"
         "enqueue_missing(s, [Point(lr, 1e-3, 0) for lr in (0.1, 0.2, 0.3, 0.4, 0.5)])\n"
     )
@@ -150,7 +150,7 @@ def test_postgres_enqueue_lock_excludes() -> None:
     storage = open_storage(PG_URL)
     engine = storage.engine
     with enqueue_lock(storage, "k"), engine.connect() as conn:
-        key = __import__("l2bn.storage", fromlist=["_lock_key"])._lock_key("k")
+        key = __import__("l2bn.sweep.storage", fromlist=["_lock_key"])._lock_key("k")
         got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
         assert got.scalar() is False
     with engine.connect() as conn:

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from l2bn import __version__
 from l2bn.cli import app
 from l2bn.errors import ConfigError
-from l2bn.study import point_of
-from l2bn.sweep import load_sweep, parse_sweep
+from l2bn.sweep.spec import load_sweep, parse_sweep
+from l2bn.sweep.study import point_of
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = """
@@ -377,7 +377,7 @@ def test_sigterm_requeues_the_running_point(tmp_path: Path) -> None:
 
 
 def test_set_flags_parse_toml_values_and_bare_words() -> None:
-    from l2bn.sweep import parse_settings
+    from l2bn.sweep.spec import parse_settings
 
     got = parse_settings(
         ["epochs=5", "lr={min=1e-3, max=1.0, num=4}", "dataset=synthetic", "seeds=[0, 1]"]
@@ -393,7 +393,7 @@ def test_set_flags_parse_toml_values_and_bare_words() -> None:
 
 
 def test_set_overrides_a_file_and_builds_a_sweep_without_one(tmp_path: Path) -> None:
-    from l2bn.sweep import sweep_from_cli
+    from l2bn.sweep.spec import sweep_from_cli
 
     path = tiny_sweep(tmp_path, n=2)
     (s,) = sweep_from_cli(path, [], {"epochs": 3, "weight_decay": [1e-3]}).select([])

@@ -63,7 +63,7 @@ def assert_records_complete(study: optuna.Study, epochs: int) -> None:
 def assert_nothing_failed(study: optuna.Study) -> None:
     """No FAIL trial, and no PRUNED one except an empty slot.
 
-    An empty slot is the one race the design allows (l2bn.worker): Optuna's ask() makes a
+    An empty slot is the one race the design allows (l2bn.sweep.worker): Optuna's ask() makes a
     fresh trial when the last queued point was claimed between a worker's look at the
     queue and its claim. It is PRUNED at once with ``l2bn_skipped = "queue empty"``,
     never trains and holds no point. Seen under heavy load (CI beside a running sweep).
@@ -320,9 +320,9 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def _prepare(path: Path, url: str) -> None:
-    from l2bn.storage import open_storage
-    from l2bn.study import prepare_study
-    from l2bn.sweep import load_sweep
+    from l2bn.sweep.spec import load_sweep
+    from l2bn.sweep.storage import open_storage
+    from l2bn.sweep.study import prepare_study
 
     storage = open_storage(url)
     prepare_study(storage, load_sweep(path).select(None)[0])
@@ -400,7 +400,7 @@ def test_read_only_file_system_is_one_line_exit_2_and_nothing_changes(
 def test_postgres_engine_settings_survive_long_runs() -> None:
     from sqlalchemy.engine import make_url
 
-    from l2bn.storage import _engine_kwargs
+    from l2bn.sweep.storage import _engine_kwargs
 
     kwargs = _engine_kwargs(make_url("postgresql+psycopg://u:p@db.example.org/l2bn"))
     assert kwargs["pool_pre_ping"] is True and 0 < kwargs["pool_recycle"] <= 3600
@@ -417,7 +417,7 @@ def test_connection_errors_are_told_apart_from_database_errors() -> None:
     import sqlalchemy
 
     from l2bn.errors import StorageError
-    from l2bn.storage import database_error, is_connection_error
+    from l2bn.sweep.storage import database_error, is_connection_error
 
     lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("refused"))
     wrapped = optuna.exceptions.StorageInternalError("commit failed")
@@ -439,7 +439,7 @@ def test_connection_errors_are_told_apart_from_database_errors() -> None:
 
 
 def test_scrub_removes_every_form_of_a_parsed_password() -> None:
-    from l2bn.storage import parse_url, scrub
+    from l2bn.sweep.storage import parse_url, scrub
 
     parse_url("postgresql+psycopg://bob:p%40ss%2Fw0rd@db.example.org/x")
     text = "failed: p@ss/w0rd, as typed: p%40ss%2Fw0rd"
@@ -452,7 +452,7 @@ def test_unreachable_storage_gives_up_in_bounded_time_without_the_password() -> 
     import sqlalchemy
 
     from l2bn.errors import StorageError
-    from l2bn.storage import open_storage, wait_for_storage
+    from l2bn.sweep.storage import open_storage, wait_for_storage
 
     url = "postgresql+psycopg://bob:Sup3rS3cret@127.0.0.1:1/x"
     with pytest.raises(StorageError) as info:
@@ -489,7 +489,7 @@ def test_bad_role_and_password_on_the_real_server_are_not_printed(
 def test_failed_heartbeats_are_skipped_not_a_dead_thread(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from l2bn.storage import open_storage
+    from l2bn.sweep.storage import open_storage
 
     storage = open_storage(f"sqlite:///{tmp_path / 'x.db'}", heartbeat_interval=1)
     study = optuna.create_study(storage=storage, study_name="s")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import l2bn.train as train_mod
-from l2bn.config import Precision, TrainConfig
-from l2bn.records import EpochRecord
-from l2bn.train import train
+import l2bn.train.device as train_mod
+from l2bn.train.config import Precision, TrainConfig
+from l2bn.train.engine import train
+from l2bn.train.records import EpochRecord
 
 FAST = TrainConfig(dataset="synthetic", width=4, epochs=2, batch_size=128, lr=0.05)
 
@@ -84,8 +84,8 @@ def test_the_synthetic_task_is_learned() -> None:
 
 @pytest.mark.parametrize("norm", ["bn", "wn"])
 def test_without_affine_only_the_weights_train_and_the_task_is_still_learned(norm: str) -> None:
-    from l2bn.models import ConvNet, weight_tensors
-    from l2bn.optim import param_groups
+    from l2bn.train.models import ConvNet, weight_tensors
+    from l2bn.train.optim import param_groups
 
     model = ConvNet(width=4, norm=norm, head="bn", affine=False)
     trained = [p for group in param_groups(model, 0.1, decay_all=False) for p in group["params"]]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from l2bn.config import Head, Norm
+from l2bn.train.config import Head, Norm
 
 NUM_CLASSES = 10
 

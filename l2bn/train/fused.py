@@ -11,7 +11,7 @@ end of that epoch, as the unfused loop would, while the others train on untouche
 
 All K models' parameters live in one flat buffer (``FusedConvNet.flat``), each parameter a
 contiguous K×shape view of it, and autograd accumulates into a matching flat gradient: the
-optimizer step (l2bn.functional_optim) is a few elementwise kernels for the whole grid.
+optimizer step (l2bn.train.functional_optim) is a few elementwise kernels for the whole grid.
 
 With K = 1 this is the plain ConvNet step for step (tests/test_fused.py), and each fused model
 produces the same :class:`~l2bn.records.TrainResult` as :func:`l2bn.train.train`.
@@ -29,16 +29,17 @@ import torch
 from torch.nn import functional as F
 
 from l2bn import __version__
-from l2bn import data as D
-from l2bn.config import DatasetName, Head, Norm, Precision, TrainConfig
 from l2bn.errors import ConfigError
-from l2bn.functional_optim import FlatOptimizer
-from l2bn.models import ConvNet, scale_invariant_layers, weight_tensors
-from l2bn.norms import layer_record
-from l2bn.optim import SPECS
-from l2bn.records import EpochRecord, LayerRecord, TrainResult
-from l2bn.tasks import ImageTask
-from l2bn.train import resolve_device, resolve_precision
+from l2bn.theory import THEORY
+from l2bn.train import data as D
+from l2bn.train.config import DatasetName, Head, Norm, Precision, TrainConfig
+from l2bn.train.device import resolve_device, resolve_precision
+from l2bn.train.functional_optim import FlatOptimizer
+from l2bn.train.models import ConvNet, scale_invariant_layers, weight_tensors
+from l2bn.train.norms import layer_record
+from l2bn.train.optim import SPECS
+from l2bn.train.records import EpochRecord, LayerRecord, TrainResult
+from l2bn.train.tasks import ImageTask
 
 FusedEpochCallback = Callable[[int, EpochRecord], None]  # (model index, its record)
 BatchCallback = Callable[[int, int, int], None]  # (epoch, batch, batches per epoch), 1-based
@@ -257,7 +258,7 @@ class FusedTrainer:
         ]
         spec = SPECS[base.optimizer]
         self.project = spec.project
-        self.eff_lr_power = spec.eff_lr_power
+        self.eff_lr_power = THEORY[base.optimizer].eff_lr_power
         wd = torch.tensor([c.weight_decay for c in self.configs], device=self.device)
         self.optimizer = FlatOptimizer(
             base.optimizer,
@@ -273,7 +274,7 @@ class FusedTrainer:
         # Normalization of K models' channels at once: the CIFAR statistics tiled K times.
         self.mean = self.data.mean.repeat(1, self.k, 1, 1)
         self.std = self.data.std.repeat(1, self.k, 1, 1)
-        self.memory_format = torch.channels_last  # see l2bn.train: fast on CPU and GPU
+        self.memory_format = torch.channels_last  # see l2bn.train.engine: fast on CPU and GPU
         bf16 = self.precision is Precision.bf16
         self.autocast: contextlib.AbstractContextManager[object] = (
             torch.autocast(self.device.type, dtype=torch.bfloat16)

@@ -1,10 +1,10 @@
 """A sweep worker's fused round: claim up to K queued grid points, train them as one fused net
-(l2bn.fused), and finish each as its own Optuna trial.
+(l2bn.train.fused), and finish each as its own Optuna trial.
 
 Each point keeps the unfused layout exactly (README, "Study layout"): params, one report per
 epoch, the same user attrs, one COMPLETE trial. Claiming goes through ``study.ask()``, which
 pops a WAITING trial with the same atomic compare-and-set as ``study.optimize`` (see
-l2bn.storage); a heartbeat thread beats for every claimed trial, so a killed worker's points
+l2bn.sweep.storage); a heartbeat thread beats for every claimed trial, so a killed worker's points
 go stale and are queued again exactly as unfused ones are. On SIGINT/SIGTERM or a crash every
 unfinished trial of the round is failed and its point queued again.
 """
@@ -21,10 +21,10 @@ from types import TracebackType
 import optuna
 from optuna.trial import TrialState
 
-from l2bn.config import TrainConfig
-from l2bn.records import EpochRecord
-from l2bn.study import SKIPPED_ATTR, RequeueCallback, point_of, result_attrs
-from l2bn.sweep import OptimizerSweep
+from l2bn.sweep.spec import OptimizerSweep
+from l2bn.sweep.study import SKIPPED_ATTR, RequeueCallback, point_of, result_attrs
+from l2bn.train.config import TrainConfig
+from l2bn.train.records import EpochRecord
 
 
 class Heartbeats:
@@ -60,8 +60,8 @@ CUDA_FUSE = 16  # HFTA-sized; not yet measured here (no GPU session): tune with 
 def auto_fuse(sweep: OptimizerSweep) -> int:
     """How many points a worker fuses when --fuse is not given: 1 where fusing was measured
     slower per model (the CPU, see benchmarks/bench_grid.py) or is not supported."""
-    from l2bn.config import DatasetName
-    from l2bn.train import resolve_device
+    from l2bn.train.config import DatasetName
+    from l2bn.train.device import resolve_device
 
     base = sweep.base_config()
     if base.dataset is DatasetName.tracking or resolve_device(base.device).type != "cuda":
@@ -107,7 +107,7 @@ def run_fused_round(
     requeue: RequeueCallback,
 ) -> int:
     """Claim and train up to k points together; returns how many trials completed."""
-    from l2bn.fused import train_fused  # torch only in workers
+    from l2bn.train.fused import train_fused  # torch only in workers
 
     with Heartbeats(storage, heartbeat_interval) as beats:
         claimed = claim(study, sweep, k, beats)

@@ -31,11 +31,11 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from l2bn import __version__
-from l2bn.config import TrainConfig
 from l2bn.errors import ConfigError, StorageError
-from l2bn.records import TrainResult, finite_or_none
-from l2bn.storage import describe, enqueue_lock
-from l2bn.sweep import TRAIN_KEYS, OptimizerSweep, Point
+from l2bn.sweep.spec import TRAIN_KEYS, OptimizerSweep, Point
+from l2bn.sweep.storage import describe, enqueue_lock
+from l2bn.train.config import TrainConfig
+from l2bn.train.records import TrainResult, finite_or_none
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 SKIPPED_ATTR = "l2bn_skipped"

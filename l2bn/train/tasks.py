@@ -1,6 +1,6 @@
 """What is trained: the image classification task and the tracking toy, behind one interface.
 
-The training loop (l2bn.train) only sees a :class:`Task`: a model, batches, a loss, and an
+The training loop (l2bn.train.engine) only sees a :class:`Task`: a model, batches, a loss, and an
 error to report. Everything that differs between data sets lives here.
 """
 
@@ -13,10 +13,10 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from l2bn import data as D
-from l2bn.config import DatasetName, TrainConfig
 from l2bn.errors import ConfigError
-from l2bn.models import ConvNet
+from l2bn.train import data as D
+from l2bn.train.config import DatasetName, TrainConfig
+from l2bn.train.models import ConvNet
 
 
 class Task(Protocol):

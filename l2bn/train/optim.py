@@ -14,18 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from l2bn.config import OptimizerName, TrainConfig
-from l2bn.models import scale_invariant_layers, weight_tensors
+from l2bn.train.config import OptimizerName, TrainConfig
+from l2bn.train.models import scale_invariant_layers, weight_tensors
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
     factory: Callable[..., torch.optim.Optimizer]
     kwargs: dict[str, Any] = field(default_factory=dict)
-    # η_eff = η / ‖w‖^eff_lr_power: 2 for the SGD family (the update is ∝ η/‖w‖ and moves the
-    # direction by that over ‖w‖), 1 for Adam-like updates (∝ η regardless of ‖w‖), 0 when
-    # ‖w‖ is pinned to 1.
-    eff_lr_power: int = 2
     project: bool = False  # rescale scale-invariant units to norm 1 after each step
 
 
@@ -34,11 +30,11 @@ SPECS: dict[OptimizerName, OptimizerSpec] = {
     OptimizerName.momentum: OptimizerSpec(torch.optim.SGD, {"momentum": 0.9}),  # heavy ball
     OptimizerName.nesterov: OptimizerSpec(torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
     # ρ = 0.9 as in the paper; PyTorch calls it alpha. eps = 1e-8 (PyTorch's default).
-    OptimizerName.rmsprop: OptimizerSpec(torch.optim.RMSprop, {"alpha": 0.9}, eff_lr_power=1),
-    OptimizerName.adam: OptimizerSpec(torch.optim.Adam, {"betas": (0.9, 0.999)}, eff_lr_power=1),
-    OptimizerName.adamw: OptimizerSpec(torch.optim.AdamW, {"betas": (0.9, 0.999)}, eff_lr_power=1),
+    OptimizerName.rmsprop: OptimizerSpec(torch.optim.RMSprop, {"alpha": 0.9}),
+    OptimizerName.adam: OptimizerSpec(torch.optim.Adam, {"betas": (0.9, 0.999)}),
+    OptimizerName.adamw: OptimizerSpec(torch.optim.AdamW, {"betas": (0.9, 0.999)}),
     # Paper §5.5: plain SGD, then every scale-invariant unit is put back on the unit sphere.
-    OptimizerName.normalized_sgd: OptimizerSpec(torch.optim.SGD, eff_lr_power=0, project=True),
+    OptimizerName.normalized_sgd: OptimizerSpec(torch.optim.SGD, project=True),
 }
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from l2bn.analyze import AnalysisReport, Cell, GroupReport
+from l2bn.analysis.pipeline import AnalysisReport, Cell, GroupReport
 from l2bn.files import atomic_open
 
 if TYPE_CHECKING:

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from l2bn.config import OptimizerName, TrainConfig
 from l2bn.errors import ConfigError
+from l2bn.train.config import OptimizerName, TrainConfig
 
 GRID_KEYS = ("lr", "weight_decay", "lr_scale_exponent", "seeds")
 SWEEP_ONLY_KEYS = ("name", "optimizers")

@@ -1,7 +1,7 @@
 """Sweep workers: processes that claim queued grid points and train them, until none is left.
 
 A worker is ``study.optimize(objective, n_trials=1)`` in a loop, so Optuna itself claims the
-next WAITING trial (an atomic compare-and-set, see :mod:`l2bn.storage`), runs the heartbeat
+next WAITING trial (an atomic compare-and-set, see :mod:`l2bn.sweep.storage`), runs the heartbeat
 thread, fails stale trials of dead workers (whose points the stale callback queues again) and
 records the result. The loop stops when nothing is queued and nothing is running; while
 another worker's trial runs it waits, because that trial may yet go stale and need a retry.
@@ -27,8 +27,8 @@ import optuna
 from optuna.trial import TrialState
 
 from l2bn.errors import L2bnError, StorageError
-from l2bn.records import EpochRecord
-from l2bn.storage import (
+from l2bn.sweep.spec import OptimizerSweep
+from l2bn.sweep.storage import (
     database_error,
     is_connection_error,
     open_storage,
@@ -36,7 +36,7 @@ from l2bn.storage import (
     scrub,
     wait_for_storage,
 )
-from l2bn.study import (
+from l2bn.sweep.study import (
     LIVE,
     SKIPPED_ATTR,
     GridStatus,
@@ -46,7 +46,7 @@ from l2bn.study import (
     prepare_study,
     result_attrs,
 )
-from l2bn.sweep import OptimizerSweep
+from l2bn.train.records import EpochRecord
 
 DEFAULT_HEARTBEAT_S = 30
 POLL_S = 1.0
@@ -113,7 +113,7 @@ def make_objective(
     current: _Current,
     storage: optuna.storages.RDBStorage | None = None,
 ) -> Callable[[optuna.Trial], float]:
-    from l2bn.train import train  # imported here: the parent process never needs torch
+    from l2bn.train.engine import train  # imported here: the parent process never needs torch
 
     lr_lo, lr_hi = sweep.lr_range()
     wd_lo, wd_hi = sweep.weight_decay.low, sweep.weight_decay.high
@@ -196,7 +196,7 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
     )
     current = _Current()
     objective = make_objective(spec.sweep, stop, current, storage)
-    from l2bn.fused_sweep import auto_fuse, run_fused_round  # torch only in workers
+    from l2bn.sweep.fused_sweep import auto_fuse, run_fused_round  # torch only in workers
 
     fuse = spec.fuse or auto_fuse(spec.sweep)
     report = WorkerReport()
@@ -215,7 +215,7 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
             time.sleep(min(POLL_S * 5, spec.heartbeat_interval))
             continue
         try:
-            if fuse > 1:  # K points at once, each still its own trial (l2bn.fused_sweep)
+            if fuse > 1:  # K points at once, each still its own trial (l2bn.sweep.fused_sweep)
                 report.trials += run_fused_round(
                     study, storage, spec.sweep, fuse, spec.heartbeat_interval, stop.check, requeue
                 )

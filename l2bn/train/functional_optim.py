@@ -1,6 +1,6 @@
 """torch.optim's update rules on one flat buffer that holds the parameters of K models.
 
-The fused engine (l2bn.fused) keeps all K models' parameters in one 1-D tensor, so an
+The fused engine (l2bn.train.fused) keeps all K models' parameters in one 1-D tensor, so an
 optimizer step is a handful of elementwise kernels however many layers and models there are.
 Each element knows its model (``model_of``), which gives it that model's η and λ: every model
 keeps its own learning rate, weight decay and optimizer state, and nothing is global (no
@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from l2bn.config import OptimizerName
-from l2bn.optim import SPECS
+from l2bn.train.config import OptimizerName
+from l2bn.train.optim import SPECS
 
 
 class FlatOptimizer:

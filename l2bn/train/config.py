@@ -46,7 +46,7 @@ class Head(StrEnum):
 class DatasetName(StrEnum):
     cifar10 = "cifar10"  # the official python-batches folder
     synthetic = "synthetic"  # seeded class templates + noise, in memory, for fast tests
-    tracking = "tracking"  # scale-invariant toy with a known optimum (see l2bn.tasks)
+    tracking = "tracking"  # scale-invariant toy with a known optimum (see l2bn.train.tasks)
 
 
 class DeviceName(StrEnum):

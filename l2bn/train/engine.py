@@ -4,64 +4,24 @@ each epoch (and, cheaply, each batch) through callbacks, which may raise to stop
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 from l2bn import __version__
-from l2bn.config import DatasetName, DeviceName, Precision, TrainConfig
-from l2bn.errors import ConfigError
-from l2bn.models import weight_tensors
-from l2bn.norms import layer_records
-from l2bn.optim import SPECS, build_optimizer, project_to_unit_norm, projection_targets
-from l2bn.records import EpochRecord, TrainResult
-from l2bn.tasks import make_task
+from l2bn.theory import THEORY
+from l2bn.train.config import DatasetName, Precision, TrainConfig
+from l2bn.train.device import resolve_device, resolve_precision
+from l2bn.train.models import weight_tensors
+from l2bn.train.norms import layer_records
+from l2bn.train.optim import SPECS, build_optimizer, project_to_unit_norm, projection_targets
+from l2bn.train.records import EpochRecord, TrainResult
+from l2bn.train.tasks import make_task
 
 EpochCallback = Callable[[EpochRecord], None]
 BatchCallback = Callable[[int, int, int], None]  # (epoch, batch, batches per epoch), 1-based
-
-
-def resolve_device(name: DeviceName) -> torch.device:
-    if name is DeviceName.cuda and not torch.cuda.is_available():
-        raise ConfigError(
-            "--device cuda was asked for but no CUDA GPU is visible; use --device cpu"
-        )
-    if name is DeviceName.auto:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name.value)
-
-
-def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast pays here: CUDA GPUs with bf16, and CPUs with AMX or AVX512-BF16."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty elsewhere). torch's own
-    get_cpu_capability() stops at "AVX512" and cannot tell a CPU with bf16 dot products
-    (where bf16 convolutions run ~1.5× faster) from one without (where they are emulated)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return frozenset(value.split())
-    return frozenset()
-
-
-def resolve_precision(precision: Precision, device: torch.device) -> Precision:
-    if precision is Precision.auto:
-        return Precision.bf16 if fast_bf16(device) else Precision.fp32
-    return precision
 
 
 def train(
@@ -130,7 +90,7 @@ def train(
             train_error=task.chance_error if diverged else train_error,
             val_error=val_error,
             seconds=time.perf_counter() - epoch_start,
-            layers=layer_records(weights, lr, spec.eff_lr_power),
+            layers=layer_records(weights, lr, THEORY[config.optimizer].eff_lr_power),
         )
         history.append(record)
         if on_epoch is not None:
@@ -152,3 +112,18 @@ def train(
         precision=precision.value,
         version=__version__,
     )
+
+
+ManyEpochCallback = Callable[[int, EpochRecord], None]  # (run index, its record)
+
+
+def train_many(
+    configs: list[TrainConfig],
+    on_epoch: ManyEpochCallback | None = None,
+    on_batch: BatchCallback | None = None,
+    download: bool = False,
+) -> list[TrainResult]:
+    """Train K runs that differ only in η, λ and seed side by side; one result per config."""
+    from l2bn.train.fused import train_fused
+
+    return train_fused(configs, on_epoch=on_epoch, on_batch=on_batch, download=download)

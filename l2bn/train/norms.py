@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from l2bn.records import LayerRecord
+from l2bn.train.records import LayerRecord
 
 
 @torch.no_grad()

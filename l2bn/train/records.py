@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from l2bn.config import TrainConfig
+from l2bn.train.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ Pipeline (every step is a pure function; nothing here prints):
      from :data:`EQUILIBRIUM_RATE` (10 for momentum 0.9, 2 for AdamW, else 1).
 
 4. :func:`analyze` runs 1-3; :func:`run_analysis` also writes ``--json``, ``--csv`` and
-   ``--plots`` outputs; :func:`render_report` turns a report into rich renderables.
+   ``--plots`` outputs; :func:`l2bn.render.render_report` turns a report into rich renderables.
 
 JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as null)::
 
@@ -92,39 +92,19 @@ from scipy import optimize, stats
 import l2bn
 from l2bn import files
 from l2bn.errors import AnalysisError, ConfigError, StorageError
-from l2bn.records import finite_or_none
-from l2bn.storage import parse_url, redact, sqlite_path
+from l2bn.sweep.storage import parse_url, redact, sqlite_path
+from l2bn.theory import THEORY
+from l2bn.train.records import finite_or_none
 
 FloatArray = npt.NDArray[np.float64]
 
 DEFAULT_STORAGE = "sqlite:///l2bn.db"
 
-# η* ∝ λ^-k (van Laarhoven 2017; NOTES.md). normalized-sgd: η* independent of λ, i.e. k = 0.
-K_THEORY: dict[str, float] = {
-    "sgd": 1.0,
-    "momentum": 1.0,
-    "nesterov": 1.0,
-    "adamw": 1.0,
-    "rmsprop": 0.5,
-    "adam": 0.5,
-    "normalized-sgd": 0.0,
-}
-# ‖w‖ ∝ η^a λ^-b with a = b at equilibrium.
-NORM_THEORY: dict[str, float] = {
-    "sgd": 0.25,
-    "momentum": 0.25,
-    "nesterov": 0.25,
-    "rmsprop": 1 / 3,
-    "adam": 1 / 3,
-    "adamw": 0.5,
-    "normalized-sgd": 0.0,
-}
-
-# Steps to equilibrium are ~1/(c·η·λ) (NOTES.md's table; van Laarhoven §3, Wan et al. 2020):
-# momentum α = 0.9 multiplies the decay per step by 1/(1−α) = 10, PyTorch AdamW's ‖w‖² relaxes
-# at 2ηλ. A cell is in equilibrium when c·η·λ·T ≥ --equilibrium. Adam/RMSProp with coupled L2
-# relax at a rate set by the gradient scale, not by ηλ alone: c = 1 there is a proxy only.
-EQUILIBRIUM_RATE: dict[str, float] = {"momentum": 10.0, "nesterov": 10.0, "adamw": 2.0}
+# The predictions, per optimizer name, from the one table (l2bn.theory).
+K_THEORY: dict[str, float] = {name: t.k for name, t in THEORY.items()}
+NORM_THEORY: dict[str, float] = {name: t.norm_exponent for name, t in THEORY.items()}
+# Steps to equilibrium are ~1/(c·η·λ); a cell is in equilibrium when c·η·λ·T ≥ --equilibrium.
+EQUILIBRIUM_RATE: dict[str, float] = {name: t.relaxation_rate for name, t in THEORY.items()}
 
 # The measured counterpart of c·η·λ·T (see relaxation_index): how many time constants a norm
 # history has relaxed through by the end of phase 1, read off the trajectory itself. It needs
@@ -1229,7 +1209,7 @@ def run_analysis(config: AnalyzeConfig | None = None) -> AnalysisReport:
     if cfg.csv_path is not None:
         written.append(write_csv(report, cfg.csv_path))
     if cfg.plots_dir is not None:
-        from l2bn.plots import write_plots
+        from l2bn.analysis.plots import write_plots
 
         written.extend(write_plots(report, cfg.plots_dir))
     return AnalysisReport(report.storage, cfg, report.groups, report.warnings, tuple(written))
@@ -1302,87 +1282,6 @@ def write_csv(report: AnalysisReport, path: Path) -> Path:
 # --- rendering ----------------------------------------------------------------------------
 
 
-def _est(e: Estimate, digits: int = 2) -> str:
-    if not math.isfinite(e.value):
-        return "–"
-    if not e.determined:
-        return f"{e.value:.{digits}f} [?]"
-    return f"{e.value:.{digits}f} [{e.ci_low:.{digits}f}, {e.ci_high:.{digits}f}]"
-
-
-_VERDICT_STYLE = {CONSISTENT: "green", INCONSISTENT: "red", UNDETERMINED: "yellow"}
-
-
-def render_report(report: AnalysisReport) -> Any:
-    """Rich renderables (a ``rich.console.Group``): one table per optimizer group, then its
-    warnings. The caller prints them."""
-    from rich.console import Group
-    from rich.text import Text
-
-    parts: list[Any] = []
-    if report.warnings:
-        parts.append(Text("\n".join(f"• {w}" for w in report.warnings), style="yellow"))
-    for g in report.groups:
-        parts.append(render_group(g, report.settings))
-        if g.warnings:
-            parts.append(Text("\n".join(f"• {w}" for w in g.warnings), style="yellow"))
-    if report.written:
-        parts.append(Text("wrote: " + ", ".join(str(p) for p in report.written)))
-    return Group(*parts)
-
-
-def render_group(g: GroupReport, settings: AnalyzeConfig) -> Any:
-    """One optimizer group as a rich Table: estimate with CI, theory, verdict, data used."""
-    from rich.table import Table
-    from rich.text import Text
-
-    seeds = f"≤ {g.max_seeds} seeds" if g.max_seeds > 1 else "1 seed"
-    table = Table(
-        title=f"{g.label}  ({', '.join(g.studies)}: {g.n_trials} trials, "
-        f"{len(g.cells)} cells, {seeds})",
-        title_justify="left",
-        title_style="bold",
-    )
-    table.add_column("quantity")
-    table.add_column(f"estimate [{settings.confidence:.0%} CI]", justify="right")
-    table.add_column("theory", justify="right")
-    table.add_column("verdict")
-    table.add_column("data used", justify="right")
-
-    def verdict(v: str) -> Text:
-        return Text(v, style=_VERDICT_STYLE[v])
-
-    def theory(x: float | None) -> str:
-        return "–" if x is None else f"{x:.3g}"
-
-    s = g.scaling
-    table.add_row(
-        "k  (η* ∝ λ^-k)",
-        _est(s.k) + (f" {s.k.method}" if math.isfinite(s.k.value) else ""),
-        theory(s.theory),
-        verdict(s.verdict),
-        f"{s.n_lambda}/{g.n_lambda} λ"
-        + (f", R² {s.r_squared:.3f}" if math.isfinite(s.r_squared) else ""),
-    )
-    if g.collapse is not None:
-        c = g.collapse
-        table.add_row(
-            "k  (collapse in η·λ^k)",
-            _est(c.k) + (f" {c.k.method}" if math.isfinite(c.k.value) else ""),
-            theory(c.theory),
-            verdict(c.verdict),
-            f"{c.n_cells} cells",
-        )
-    nf = g.first_layer_norm
-    if nf is not None:
-        used = f"{nf.n_cells} cells ({nf.n_excluded} excl.)"
-        table.add_row(
-            f"a  (‖w_{nf.layer}‖ ∝ η^a)", _est(nf.a), theory(nf.theory), verdict(nf.verdict), used
-        )
-        table.add_row(f"b  (‖w_{nf.layer}‖ ∝ λ^-b)", _est(nf.b), theory(nf.theory), "", used)
-    return table
-
-
 # --- small utilities ----------------------------------------------------------------------
 
 
@@ -1430,8 +1329,6 @@ __all__ = [
     "load_studies",
     "open_storage",
     "parabolic_argmin",
-    "render_group",
-    "render_report",
     "run_analysis",
     "write_csv",
     "write_json",

@@ -1,0 +1,220 @@
+"""Every rich view l2bn shows, in one place: a train result, a sweep's live progress and status
+table (fed by the runner's ``on_status`` callback; nothing here touches a storage), and an
+analysis report. Computing lives in the library; this module only renders, and cli.py prints.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from l2bn.analysis.pipeline import (
+    CONSISTENT,
+    INCONSISTENT,
+    UNDETERMINED,
+    AnalysisReport,
+    AnalyzeConfig,
+    Estimate,
+    GroupReport,
+)
+from l2bn.sweep.study import GridStatus, PointState
+from l2bn.train.records import TrainResult
+
+_STYLE = {
+    PointState.done: "green",
+    PointState.diverged: "yellow",
+    PointState.running: "cyan",
+    PointState.failed: "red",
+    PointState.waiting: "dim",
+}
+
+
+def summary_line(status: GridStatus, eta_s: float | None = None) -> Text:
+    s = status
+    text = Text(f"{s.study_name}: ")
+    text.append(f"{s.finished}/{s.total} done", style="bold")
+    text.append(f" ({s.count(PointState.diverged)} diverged)", style="yellow")
+    text.append(f", {s.count(PointState.running)} running", style="cyan")
+    text.append(f", {s.count(PointState.failed)} failed", style="red")
+    text.append(f", {s.count(PointState.waiting)} waiting")
+    if eta_s is not None:
+        text.append(f", ETA {_hms(eta_s)}")
+    return text
+
+
+def status_table(status: GridStatus, running_only: bool = False) -> Table:
+    table = Table(title=None if running_only else status.study_name, show_edge=False)
+    for col in ("lr", "weight_decay", "seed", "state", "epoch", "val_error", "runs"):
+        table.add_column(col, justify="right" if col != "state" else "left")
+    for p in status.points:
+        if running_only and p.state is not PointState.running:
+            continue
+        epoch = f"{p.epoch}/{status.epochs}" if p.state is PointState.running else ""
+        value = "" if p.value is None else f"{p.value:.4f}"
+        table.add_row(
+            f"{p.point.lr:.4g}",
+            f"{p.point.weight_decay:.4g}",
+            str(p.point.seed),
+            Text(p.state.value, style=_STYLE[p.state]),
+            epoch,
+            value,
+            str(p.attempts),
+        )
+    return table
+
+
+class LiveProgress:
+    """A context manager; call it with each polled GridStatus."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self._live = Live(console=console, refresh_per_second=2, transient=False)
+        self._start = time.monotonic()
+        self._first_finished: int | None = None
+
+    def __enter__(self) -> LiveProgress:
+        self._live.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._live.__exit__(exc_type, exc, tb)
+
+    def __call__(self, status: GridStatus) -> None:
+        if self._first_finished is None:
+            self._first_finished = status.finished  # points done by earlier runs: no rate
+        done_now = status.finished - self._first_finished
+        left = status.total - status.finished
+        eta = None
+        if done_now > 0 and left > 0:
+            eta = (time.monotonic() - self._start) / done_now * left
+        parts: list[Table | Text] = [summary_line(status, eta)]
+        if status.count(PointState.running):
+            parts.append(status_table(status, running_only=True))
+        self._live.update(Group(*parts))
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+# --- l2bn train ----------------------------------------------------------------------
+
+
+def render_result(result: TrainResult) -> Table:
+    c = result.config
+    table = Table(
+        title=f"{c.optimizer.value}  η={c.lr:g}  λ={c.weight_decay:g}  {c.dataset.value}  "
+        f"{result.device}/{result.precision}  {result.seconds:.1f} s"
+    )
+    table.add_column("layer")
+    table.add_column("‖w‖", justify="right")
+    table.add_column("mean unit ‖w‖", justify="right")
+    table.add_column("η_eff", justify="right")
+    last = result.history[-1]
+    for name, rec in last.layers.items():
+        table.add_row(name, f"{rec.norm:.4g}", f"{rec.unit_norm:.4g}", f"{rec.eff_lr:.4g}")
+    status = "[red]diverged[/red]" if result.diverged else "ok"
+    table.caption = (
+        f"{status} after {last.epoch} epochs · train loss {last.train_loss:.4f} · "
+        f"val error {result.val_error:.4f} · test error {result.test_error:.4f}"
+    )
+    return table
+
+
+# --- analyze --------------------------------------------------------------------------------
+
+
+# --- l2bn analyze --------------------------------------------------------------------
+
+
+def _est(e: Estimate, digits: int = 2) -> str:
+    if not math.isfinite(e.value):
+        return "–"
+    if not e.determined:
+        return f"{e.value:.{digits}f} [?]"
+    return f"{e.value:.{digits}f} [{e.ci_low:.{digits}f}, {e.ci_high:.{digits}f}]"
+
+
+_VERDICT_STYLE = {CONSISTENT: "green", INCONSISTENT: "red", UNDETERMINED: "yellow"}
+
+
+def render_report(report: AnalysisReport) -> Any:
+    """Rich renderables (a ``rich.console.Group``): one table per optimizer group, then its
+    warnings. The caller prints them."""
+    from rich.console import Group
+    from rich.text import Text
+
+    parts: list[Any] = []
+    if report.warnings:
+        parts.append(Text("\n".join(f"• {w}" for w in report.warnings), style="yellow"))
+    for g in report.groups:
+        parts.append(render_group(g, report.settings))
+        if g.warnings:
+            parts.append(Text("\n".join(f"• {w}" for w in g.warnings), style="yellow"))
+    if report.written:
+        parts.append(Text("wrote: " + ", ".join(str(p) for p in report.written)))
+    return Group(*parts)
+
+
+def render_group(g: GroupReport, settings: AnalyzeConfig) -> Any:
+    """One optimizer group as a rich Table: estimate with CI, theory, verdict, data used."""
+    from rich.table import Table
+    from rich.text import Text
+
+    seeds = f"≤ {g.max_seeds} seeds" if g.max_seeds > 1 else "1 seed"
+    table = Table(
+        title=f"{g.label}  ({', '.join(g.studies)}: {g.n_trials} trials, "
+        f"{len(g.cells)} cells, {seeds})",
+        title_justify="left",
+        title_style="bold",
+    )
+    table.add_column("quantity")
+    table.add_column(f"estimate [{settings.confidence:.0%} CI]", justify="right")
+    table.add_column("theory", justify="right")
+    table.add_column("verdict")
+    table.add_column("data used", justify="right")
+
+    def verdict(v: str) -> Text:
+        return Text(v, style=_VERDICT_STYLE[v])
+
+    def theory(x: float | None) -> str:
+        return "–" if x is None else f"{x:.3g}"
+
+    s = g.scaling
+    table.add_row(
+        "k  (η* ∝ λ^-k)",
+        _est(s.k) + (f" {s.k.method}" if math.isfinite(s.k.value) else ""),
+        theory(s.theory),
+        verdict(s.verdict),
+        f"{s.n_lambda}/{g.n_lambda} λ"
+        + (f", R² {s.r_squared:.3f}" if math.isfinite(s.r_squared) else ""),
+    )
+    if g.collapse is not None:
+        c = g.collapse
+        table.add_row(
+            "k  (collapse in η·λ^k)",
+            _est(c.k) + (f" {c.k.method}" if math.isfinite(c.k.value) else ""),
+            theory(c.theory),
+            verdict(c.verdict),
+            f"{c.n_cells} cells",
+        )
+    nf = g.first_layer_norm
+    if nf is not None:
+        used = f"{nf.n_cells} cells ({nf.n_excluded} excl.)"
+        table.add_row(
+            f"a  (‖w_{nf.layer}‖ ∝ η^a)", _est(nf.a), theory(nf.theory), verdict(nf.verdict), used
+        )
+        table.add_row(f"b  (‖w_{nf.layer}‖ ∝ λ^-b)", _est(nf.b), theory(nf.theory), "", used)
+    return table
