@@ -168,7 +168,7 @@ def train(
         data_dir=data_dir,
         val_fraction=val_fraction,
         augment=augment,
-        lr_drops=_parse_fractions(lr_drops),
+        lr_drops=lr_drops,  # parsed by TrainConfig ("0.5,0.8" or "none")
         decay_all=decay_all,
         affine=affine,
         device=device,
@@ -187,15 +187,6 @@ def train(
     if json_path is not None:
         write_json(json_path, result.to_dict())
         console.print(f"record written to {json_path}")
-
-
-def _parse_fractions(text: str) -> tuple[float, ...]:
-    if text.strip().lower() in ("", "none"):
-        return ()
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError(f"lr-drops {text!r} must be comma-separated numbers or 'none'") from None
 
 
 class _TrainProgress:

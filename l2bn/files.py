@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -50,3 +51,8 @@ def write_json(path: Path, payload: Any) -> None:
     with atomic_open(path) as f:
         json.dump(payload, f, indent=2, allow_nan=False)
         f.write("\n")
+
+
+def finite_or_none(x: float) -> float | None:
+    """JSON has no NaN or infinity: a diverged run's non-finite numbers are written as null."""
+    return x if math.isfinite(x) else None

@@ -81,6 +81,15 @@ CASES = [
         "seeds must be",
         sweep=GOOD_SWEEP.replace("seeds = [0]", "seeds = -1"),
     ),
+    # A word where fractions belong, by --set or in the file (was: exit 1, "unexpected ValueError").
+    Case("sweep-set-lr-drops-word", ["sweep", "{sweep}", "--set", "lr_drops=half"], "lr-drops"),
+    Case(
+        "sweep-file-lr-drops-word",
+        ["sweep", "{sweep}"],
+        "lr-drops 'half'",
+        sweep='lr_drops = "half"\n' + GOOD_SWEEP,
+    ),
+    Case("sweep-set-lr-drops-number", ["sweep", "{sweep}", "--set", "lr_drops=3"], "lr-drops 3"),
     Case("sweep-optimizer-not-in-file", ["sweep", "{sweep}", "--optimizer", "adamw"], "adamw"),
     Case("sweep-optimizer-unknown", ["sweep", "{sweep}", "--optimizer", "sgdx"], "'sgdx'"),
     Case(

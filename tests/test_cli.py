@@ -121,3 +121,18 @@ def test_json_is_not_written_when_training_fails(
         capsys,
     )
     assert code == 2 and not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("spelling", ["none", "", [], ()])
+def test_lr_drops_none_means_constant_lr(spelling: object) -> None:
+    from l2bn.sweep.spec import parse_settings, sweep_from_cli
+    from l2bn.train.config import TrainConfig
+
+    config = TrainConfig(lr_drops=spelling, epochs=10)  # type: ignore[arg-type]
+    assert config.lr_drops == () and {config.lr_at(e) for e in range(10)} == {config.lr}
+    # `l2bn sweep --set lr_drops=none` (once exit 1, "unexpected ValueError"): no drops.
+    settings = parse_settings(["lr=[0.1]", "weight_decay=[0.01]", "lr_drops=none"])
+    sweep = sweep_from_cli(None, ["sgd"], settings)
+    assert sweep.optimizers["sgd"].base_config().lr_drops == ()
+    assert TrainConfig(lr_drops="0.5, 0.8").lr_drops == (0.5, 0.8)  # the CLI's text form
+

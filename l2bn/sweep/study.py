@@ -35,7 +35,8 @@ from l2bn.errors import ConfigError, StorageError
 from l2bn.sweep.spec import TRAIN_KEYS, OptimizerSweep, Point
 from l2bn.sweep.storage import describe, enqueue_lock
 from l2bn.train.config import TrainConfig
-from l2bn.train.records import TrainResult, finite_or_none
+from l2bn.files import finite_or_none
+from l2bn.train.records import TrainResult
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 SKIPPED_ATTR = "l2bn_skipped"

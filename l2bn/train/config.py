@@ -106,7 +106,7 @@ class TrainConfig:
                     ) from None
         if self.data_dir is not None and not isinstance(self.data_dir, Path):
             object.__setattr__(self, "data_dir", Path(self.data_dir))
-        object.__setattr__(self, "lr_drops", tuple(float(x) for x in self.lr_drops))
+        object.__setattr__(self, "lr_drops", _fractions(self.lr_drops))
         self._validate()
 
     def _validate(self) -> None:
@@ -181,3 +181,24 @@ def _positive_finite(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be a number, got {value!r}")
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _fractions(value: Any) -> tuple[float, ...]:
+    """lr_drops from any of its spellings: a list of numbers (TOML, JSON), or the CLI's text
+    "0.5,0.8", where "none" (or "") means no drop."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        parts: list[Any] = [] if text in ("", "none") else text.split(",")
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        parts = [value]  # refused below: a lone number is not a list
+    if not isinstance(value, str | list | tuple) or any(isinstance(x, bool) for x in parts):
+        parts = ["?"]
+    try:
+        return tuple(float(x) for x in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"lr-drops {value!r} must be fractions in (0, 1): a list such as [0.5, 0.8], "
+            f"the text '0.5,0.8', or 'none'"
+        ) from None

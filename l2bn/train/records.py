@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from l2bn.files import finite_or_none
 from l2bn.train.config import TrainConfig
 
 
@@ -104,8 +105,3 @@ class TrainResult:
             "seconds": self.seconds,
             "history": [e.to_dict() for e in self.history],
         }
-
-
-def finite_or_none(x: float) -> float | None:
-    """JSON has no NaN or infinity: a diverged run's non-finite numbers are written as null."""
-    return x if math.isfinite(x) else None
