@@ -135,4 +135,3 @@ def test_lr_drops_none_means_constant_lr(spelling: object) -> None:
     sweep = sweep_from_cli(None, ["sgd"], settings)
     assert sweep.optimizers["sgd"].base_config().lr_drops == ()
     assert TrainConfig(lr_drops="0.5, 0.8").lr_drops == (0.5, 0.8)  # the CLI's text form
-

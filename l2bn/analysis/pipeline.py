@@ -92,9 +92,9 @@ from scipy import optimize, stats
 import l2bn
 from l2bn import files
 from l2bn.errors import AnalysisError, ConfigError, StorageError
+from l2bn.files import finite_or_none
 from l2bn.sweep.storage import parse_url, redact, sqlite_path
 from l2bn.theory import THEORY
-from l2bn.files import finite_or_none
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -32,10 +32,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from l2bn import __version__
 from l2bn.errors import ConfigError, StorageError
+from l2bn.files import finite_or_none
 from l2bn.sweep.spec import TRAIN_KEYS, OptimizerSweep, Point
 from l2bn.sweep.storage import describe, enqueue_lock
 from l2bn.train.config import TrainConfig
-from l2bn.files import finite_or_none
 from l2bn.train.records import TrainResult
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)

@@ -18,7 +18,6 @@ family, η/‖w‖ for RMSProp/Adam/AdamW, η for normalized SGD).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
