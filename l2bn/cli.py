@@ -34,6 +34,7 @@ from l2bn.train.config import (
     OptimizerName,
     Precision,
     TrainConfig,
+    parse_lr_drops,
 )
 from l2bn.train.records import EpochRecord
 
@@ -168,7 +169,7 @@ def train(
         data_dir=data_dir,
         val_fraction=val_fraction,
         augment=augment,
-        lr_drops=lr_drops,  # parsed by TrainConfig ("0.5,0.8" or "none")
+        lr_drops=parse_lr_drops(lr_drops),
         decay_all=decay_all,
         affine=affine,
         device=device,

@@ -106,7 +106,7 @@ class TrainConfig:
                     ) from None
         if self.data_dir is not None and not isinstance(self.data_dir, Path):
             object.__setattr__(self, "data_dir", Path(self.data_dir))
-        object.__setattr__(self, "lr_drops", _fractions(self.lr_drops))
+        object.__setattr__(self, "lr_drops", parse_lr_drops(self.lr_drops))
         self._validate()
 
     def _validate(self) -> None:
@@ -183,7 +183,7 @@ def _positive_finite(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
 
 
-def _fractions(value: Any) -> tuple[float, ...]:
+def parse_lr_drops(value: Any) -> tuple[float, ...]:
     """lr_drops from any of its spellings: a list of numbers (TOML, JSON), or the CLI's text
     "0.5,0.8", where "none" (or "") means no drop."""
     if isinstance(value, str):
