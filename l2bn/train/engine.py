@@ -123,7 +123,19 @@ def train_many(
     on_batch: BatchCallback | None = None,
     download: bool = False,
 ) -> list[TrainResult]:
-    """Train K runs that differ only in η, λ and seed side by side; one result per config."""
-    from l2bn.train.fused import train_fused
+    """Train K runs that differ only in η, λ and seed side by side; one result per config.
 
+    TRANSITIONAL (the one-engine work replaces this body): fused where the fused engine
+    accepts the configs, else one plain run after another."""
+    from l2bn.errors import ConfigError
+    from l2bn.train.fused import check_fusable, train_fused
+
+    try:
+        check_fusable(configs)
+    except ConfigError:
+        results = []
+        for m, c in enumerate(configs):
+            cb = None if on_epoch is None else (lambda r, m=m: on_epoch(m, r))
+            results.append(train(c, on_epoch=cb, on_batch=on_batch, download=download))
+        return results
     return train_fused(configs, on_epoch=on_epoch, on_batch=on_batch, download=download)
