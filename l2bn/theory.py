@@ -23,7 +23,32 @@ else; tests/test_theory.py checks that the two agree.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+# The optimizers' own constants that enter the predictions (l2bn.train.optim uses the same;
+# tests/test_theory.py checks that they agree).
+MOMENTUM = 0.9  # α of momentum and Nesterov (the paper's 0.9)
+ADAM_BETA1 = 0.9  # β₁ of Adam and AdamW
+
+
+def heavy_ball_rate(alpha: float) -> float:
+    """c in θ_eq = √(c·η·λ) for heavy-ball momentum α (PyTorch's SGD with momentum)."""
+    return 2 / (1 + alpha)
+
+
+def nesterov_rate(alpha: float) -> float:
+    """c in θ_eq = √(c·η·λ) for PyTorch's Nesterov form (the step is g + α·buffer): the
+    consecutive steps' correlation differs from heavy ball's, ≈ 1.41 at α = 0.9 (16 % above
+    heavy ball in θ)."""
+    return 2 * ((1 - alpha) * (1 + alpha) ** 2 + alpha**4 / (1 + alpha))
+
+
+def adamw_rate(beta1: float) -> float:
+    """c in θ_eq = √(c·η·λ) for PyTorch's AdamW: each step moves every coordinate by about η·m̂/√v̂,
+    whose square averages (1−β₁)/(1+β₁) for uncorrelated gradients; the norm settles where the
+    decay 2ηλ‖w‖² per step balances the random walk's η²·d."""
+    return 2 * (1 - beta1) / (1 + beta1)
 
 
 @dataclass(frozen=True)
@@ -38,18 +63,36 @@ class Theory:
     # 1/(1−α) = 10, PyTorch AdamW's ‖w‖² relaxes at 2ηλ. Adam/RMSProp with coupled L2 relax
     # at a rate set by the gradient scale, not by ηλ alone: c = 1 there is a proxy only.
     relaxation_rate: float = 1.0
+    # θ_eq = √(angular_rate·η·λ): the mean angular update per step (radians, per output unit)
+    # at equilibrium, where the decay's radial shrink balances the tangential growth. None
+    # where it depends on the gradient scale (Adam/RMSProp with coupled L2: their equilibrium
+    # is tested by that balance itself, growth ÷ shrink = 1) or where there is no decay to
+    # balance (normalized SGD: θ = η·G̃).
+    angular_rate: float | None = None
+
+    def angular_update(self, lr: float, weight_decay: float) -> float | None:
+        """θ_eq in radians per step for this η and λ (None where the table has no formula)."""
+        if self.angular_rate is None:
+            return None
+        return math.sqrt(self.angular_rate * lr * weight_decay)
 
 
-SGD_FAMILY = Theory(k=1.0, norm_exponent=0.25, eff_lr_power=2)
 ADAPTIVE_L2 = Theory(k=0.5, norm_exponent=1 / 3, eff_lr_power=1)
+MOMENTUM_RELAXATION = 10.0  # 1/(1−α) at α = MOMENTUM: the decay per step is amplified
 
 THEORY: dict[str, Theory] = {
-    "sgd": SGD_FAMILY,
-    "momentum": Theory(1.0, 0.25, 2, relaxation_rate=10.0),
-    "nesterov": Theory(1.0, 0.25, 2, relaxation_rate=10.0),
+    "sgd": Theory(k=1.0, norm_exponent=0.25, eff_lr_power=2, angular_rate=2.0),
+    "momentum": Theory(1.0, 0.25, 2, MOMENTUM_RELAXATION, angular_rate=heavy_ball_rate(MOMENTUM)),
+    "nesterov": Theory(1.0, 0.25, 2, MOMENTUM_RELAXATION, angular_rate=nesterov_rate(MOMENTUM)),
     "rmsprop": ADAPTIVE_L2,
     "adam": ADAPTIVE_L2,
-    "adamw": Theory(k=1.0, norm_exponent=0.5, eff_lr_power=1, relaxation_rate=2.0),
+    "adamw": Theory(
+        k=1.0,
+        norm_exponent=0.5,
+        eff_lr_power=1,
+        relaxation_rate=2.0,
+        angular_rate=adamw_rate(ADAM_BETA1),
+    ),
     "normalized-sgd": Theory(k=0.0, norm_exponent=0.0, eff_lr_power=0),
 }
 
