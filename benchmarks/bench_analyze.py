@@ -24,13 +24,8 @@ from typing import Any
 import numpy as np
 import optuna
 
-from l2bn.analysis.pipeline import (
-    AnalyzeConfig,
-    analyze,
-    analyze_group,
-    group_studies,
-    load_studies,
-)
+from l2bn.analysis.loading import load_studies
+from l2bn.analysis.pipeline import AnalyzeConfig, analyze, analyze_group, group_studies
 
 OPTIMIZERS = {"sgd": 1.0, "nesterov": 1.0, "adam": 0.5, "rmsprop": 0.5, "adamw": 1.0}
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc")

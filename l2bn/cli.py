@@ -14,14 +14,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from l2bn import __version__
 from l2bn.errors import ConfigError, L2bnError
@@ -36,7 +28,6 @@ from l2bn.train.config import (
     TrainConfig,
     parse_lr_drops,
 )
-from l2bn.train.records import EpochRecord
 
 app = typer.Typer(
     name="l2bn",
@@ -82,6 +73,9 @@ def download(
 # --- train --------------------------------------------------------------------------------
 
 
+_D = TrainConfig()  # every default below is TrainConfig's: one place, not two
+
+
 @app.command()
 def train(
     optimizer: Annotated[
@@ -89,27 +83,27 @@ def train(
         typer.Option(
             help="sgd | momentum | nesterov (0.9) | rmsprop | adam | adamw | normalized-sgd."
         ),
-    ] = OptimizerName.nesterov,
+    ] = _D.optimizer,
     lr: Annotated[
         float, typer.Option(help="η, the initial learning rate (÷10 at 50 % and 80 %).")
-    ] = 0.01,
+    ] = _D.lr,
     weight_decay: Annotated[
         float,
         typer.Option(
             help="λ, PyTorch weight_decay (gradient += λw; adamw: decoupled w -= ηλw). "
             "The paper's penalty λ‖w‖² is weight_decay 2λ."
         ),
-    ] = 5e-4,
-    epochs: Annotated[int, typer.Option(help="Epochs (the paper: 100).")] = 100,
-    batch_size: Annotated[int, typer.Option(help="Batch size (the paper: 128).")] = 128,
-    width: Annotated[int, typer.Option(help="c: the convs have widths c, 2c, 4c, 8c.")] = 32,
-    norm: Annotated[Norm, typer.Option(help="Normalization after each conv.")] = Norm.bn,
+    ] = _D.weight_decay,
+    epochs: Annotated[int, typer.Option(help="Epochs (the paper: 100).")] = _D.epochs,
+    batch_size: Annotated[int, typer.Option(help="Batch size (the paper: 128).")] = _D.batch_size,
+    width: Annotated[int, typer.Option(help="c: the convs have widths c, 2c, 4c, 8c.")] = _D.width,
+    norm: Annotated[Norm, typer.Option(help="Normalization after each conv.")] = _D.norm,
     head: Annotated[
         Head, typer.Option(help="linear, or bn: bias-free linear + BatchNorm on the logits.")
-    ] = Head.linear,
+    ] = _D.head,
     dataset: Annotated[
         DatasetName, typer.Option(help="cifar10, synthetic (in memory), or tracking (toy).")
-    ] = DatasetName.cifar10,
+    ] = _D.dataset,
     data_dir: Annotated[
         Path | None,
         typer.Option(
@@ -121,39 +115,38 @@ def train(
     ] = False,
     val_fraction: Annotated[
         float, typer.Option(help="Share of the training set held out for validation.")
-    ] = 0.1,
+    ] = _D.val_fraction,
     augment: Annotated[
         bool, typer.Option(help="Random translation ≤ 4 px and horizontal flips.")
-    ] = True,
+    ] = _D.augment,
     lr_drops: Annotated[
         str,
         typer.Option(help="Fractions of training where η ÷= 10, comma-separated, or 'none'."),
-    ] = "0.5,0.8",
+    ] = ",".join(f"{x:g}" for x in _D.lr_drops),
     decay_all: Annotated[
         bool, typer.Option("--decay-all", help="Also decay normalization γ/β and biases.")
-    ] = False,
+    ] = _D.decay_all,
     affine: Annotated[
         bool,
         typer.Option(
             help="Learnable normalization γ/β (and WN gains), as in the paper; --no-affine "
             "freezes them, so that every trained parameter is scale-invariant."
         ),
-    ] = True,
-    device: Annotated[
-        DeviceName, typer.Option(help="auto picks cuda when visible.")
-    ] = DeviceName.auto,
+    ] = _D.affine,
+    device: Annotated[DeviceName, typer.Option(help="auto picks cuda when visible.")] = _D.device,
     precision: Annotated[
         Precision, typer.Option(help="auto: bf16 where the hardware has fast bf16, else fp32.")
-    ] = Precision.auto,
+    ] = _D.precision,
     seed: Annotated[
         int, typer.Option(help="Seed for initialization, data order, augmentation.")
-    ] = 0,
+    ] = _D.seed,
     json_path: Annotated[
         Path | None,
         typer.Option("--json", help="Write the whole record (config, per-epoch norms) here."),
     ] = None,
 ) -> None:
     """Train one network and record every layer's weight norm each epoch."""
+    from l2bn.render import TrainProgress
     from l2bn.train.engine import train as run_training
 
     config = TrainConfig(
@@ -178,7 +171,7 @@ def train(
     )
     if json_path is not None:
         check_writable(json_path)
-    with _TrainProgress(config.epochs) as progress:
+    with TrainProgress(config.epochs) as progress:
         result = run_training(
             config, on_epoch=progress.epoch, on_batch=progress.batch, download=download
         )
@@ -188,41 +181,6 @@ def train(
     if json_path is not None:
         write_json(json_path, result.to_dict())
         console.print(f"record written to {json_path}")
-
-
-class _TrainProgress:
-    """Epoch and batch bars fed by the training loop's callbacks."""
-
-    def __init__(self, epochs: int) -> None:
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=False,
-        )
-        self.epochs = self.progress.add_task("epochs", total=epochs, info="")
-        self.batches = self.progress.add_task("batches", total=None, info="")
-
-    def __enter__(self) -> _TrainProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress.live.is_started:  # stopping a bar never started prints a blank line
-            self.progress.stop()
-
-    def batch(self, epoch: int, batch: int, total: int) -> None:
-        # Started on the first batch, so that an error while loading data stays one line.
-        if not self.progress.live.is_started:
-            self.progress.start()
-        self.progress.update(self.batches, completed=batch, total=total)
-
-    def epoch(self, record: EpochRecord) -> None:
-        info = f"val err {record.val_error:.3f}  loss {record.train_loss:.3f}"
-        self.progress.update(self.epochs, completed=record.epoch, info=info)
 
 
 # --- sweep ----------------------------------------------------------------------------------

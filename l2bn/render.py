@@ -8,14 +8,21 @@ from __future__ import annotations
 import math
 import time
 from types import TracebackType
-from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
-from l2bn.analysis.pipeline import (
+from l2bn.analysis.results import (
     CONSISTENT,
     INCONSISTENT,
     UNDETERMINED,
@@ -25,7 +32,7 @@ from l2bn.analysis.pipeline import (
     GroupReport,
 )
 from l2bn.sweep.study import GridStatus, PointState
-from l2bn.train.records import TrainResult
+from l2bn.train.records import EpochRecord, TrainResult
 
 _STYLE = {
     PointState.done: "green",
@@ -112,6 +119,41 @@ def _hms(seconds: float) -> str:
 # --- l2bn train ----------------------------------------------------------------------
 
 
+class TrainProgress:
+    """Epoch and batch bars fed by the training loop's callbacks."""
+
+    def __init__(self, epochs: int) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),  # stdout stays for the result table
+            transient=False,
+        )
+        self.epochs = self.progress.add_task("epochs", total=epochs, info="")
+        self.batches = self.progress.add_task("batches", total=None, info="")
+
+    def __enter__(self) -> TrainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress.live.is_started:  # stopping a bar never started prints a blank line
+            self.progress.stop()
+
+    def batch(self, epoch: int, batch: int, total: int) -> None:
+        # Started on the first batch, so that an error while loading data stays one line.
+        if not self.progress.live.is_started:
+            self.progress.start()
+        self.progress.update(self.batches, completed=batch, total=total)
+
+    def epoch(self, record: EpochRecord) -> None:
+        info = f"val err {record.val_error:.3f}  loss {record.train_loss:.3f}"
+        self.progress.update(self.epochs, completed=record.epoch, info=info)
+
+
 def render_result(result: TrainResult) -> Table:
     c = result.config
     table = Table(
@@ -133,9 +175,6 @@ def render_result(result: TrainResult) -> Table:
     return table
 
 
-# --- analyze --------------------------------------------------------------------------------
-
-
 # --- l2bn analyze --------------------------------------------------------------------
 
 
@@ -150,13 +189,10 @@ def _est(e: Estimate, digits: int = 2) -> str:
 _VERDICT_STYLE = {CONSISTENT: "green", INCONSISTENT: "red", UNDETERMINED: "yellow"}
 
 
-def render_report(report: AnalysisReport) -> Any:
-    """Rich renderables (a ``rich.console.Group``): one table per optimizer group, then its
+def render_report(report: AnalysisReport) -> Group:
+    """Rich renderables: one table per group (studies of one training identity), then its
     warnings. The caller prints them."""
-    from rich.console import Group
-    from rich.text import Text
-
-    parts: list[Any] = []
+    parts: list[Table | Text] = []
     if report.warnings:
         parts.append(Text("\n".join(f"• {w}" for w in report.warnings), style="yellow"))
     for g in report.groups:
@@ -168,15 +204,17 @@ def render_report(report: AnalysisReport) -> Any:
     return Group(*parts)
 
 
-def render_group(g: GroupReport, settings: AnalyzeConfig) -> Any:
-    """One optimizer group as a rich Table: estimate with CI, theory, verdict, data used."""
-    from rich.table import Table
-    from rich.text import Text
-
+def render_group(g: GroupReport, settings: AnalyzeConfig) -> Table:
+    """One group as a rich Table: estimate with CI, theory, verdict, data used. The title
+    names the group's studies and, in its label, what tells it from the optimizer's other
+    groups (``sgd / bn / cifar10 [affine=false]``)."""
     seeds = f"≤ {g.max_seeds} seeds" if g.max_seeds > 1 else "1 seed"
     table = Table(
-        title=f"{g.label}  ({', '.join(g.studies)}: {g.n_trials} trials, "
-        f"{len(g.cells)} cells, {seeds})",
+        # Text, not markup: "[affine=false]" in a label is not a style.
+        title=Text(
+            f"{g.label}  ({', '.join(g.studies)}: {g.n_trials} trials, "
+            f"{len(g.cells)} cells, {seeds})"
+        ),
         title_justify="left",
         title_style="bold",
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from l2bn.analysis.pipeline import grid_minimum
+from l2bn.analysis.fits import grid_minimum
 
 
 def _key(x: float) -> float:

@@ -1,8 +1,8 @@
 """Measured relaxation of the reproduction runs, from their exported trials.csv.
 
-`l2bn analyze` reports the measured relaxation (l2bn.analyze.relaxation_index) for the studies
-it reads; runs 1–3 of REPRODUCTION.md were analyzed before it existed and their databases are
-not kept, so this reads the per-epoch norms from the committed CSV instead:
+`l2bn analyze` reports the measured relaxation (l2bn.analysis.fits.relaxation_index) for the
+studies it reads; runs 1–3 of REPRODUCTION.md were analyzed before it existed and their
+databases are not kept, so this reads the per-epoch norms from the committed CSV instead:
 
     .venv/bin/python scripts/relaxation_table.py docs/reproduction/cpu-long/trials.csv
 
@@ -19,7 +19,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from l2bn.analysis.pipeline import EQUILIBRIUM_RATE, relaxation_index
+from l2bn.analysis.fits import relaxation_index
+from l2bn.theory import theory_of
 
 
 def main(path: str, layer: str = "conv1", threshold: float = 5.0) -> None:
@@ -31,7 +32,8 @@ def main(path: str, layer: str = "conv1", threshold: float = 5.0) -> None:
     for r in rows:
         by_opt[r["optimizer"]][(float(r["weight_decay"]), float(r["lr"]))].append(r)
     for opt, cells in sorted(by_opt.items()):
-        c = EQUILIBRIUM_RATE.get(opt, 1.0)
+        theory = theory_of(opt)
+        c = 1.0 if theory is None else theory.relaxation_rate
         print(f"{opt}: c = {c:g}, layer {layer}; cells as c·η·λ·T / measured r·T")
         clocked = measured = 0
         best: dict[float, tuple[float, float, float, float]] = {}

@@ -1,7 +1,9 @@
-"""PNG figures of an :class:`~l2bn.analyze.AnalysisReport` (``l2bn analyze --plots DIR``).
+"""PNG figures of an :class:`~l2bn.analysis.results.AnalysisReport` (``l2bn analyze --plots``).
 
 One file per figure per group, named ``<optimizer>-<norm>-<dataset>_<figure>.png``
-(:attr:`GroupReport.slug`; "any" stands for a missing norm/dataset attr):
+(:attr:`GroupReport.slug`; "any" stands for a missing norm/dataset attr; a group whose
+optimizer has other groups gets its distinguishing fields too, e.g.
+``sgd-bn-cifar10-affine_false_<figure>.png``):
 
 ==========================  ================================================================
 ``_error_heatmap.png``      seed-averaged validation (and test) error over (λ, η), η* marked
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from l2bn.analysis.pipeline import AnalysisReport, Cell, GroupReport
+from l2bn.analysis.results import AnalysisReport, Cell, GroupReport
 from l2bn.files import atomic_open
 
 if TYPE_CHECKING:

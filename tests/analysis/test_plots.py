@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-# The planting helpers live with the analysis tests (tests/ is on sys.path under pytest).
-from test_analyze import (
-    NORM_LRS,
-    NORM_WDS,
-    fast_sqlite,
-    log_grid,
-    norms_law,
-    plant_study,
-    surface,
-)
-
 from l2bn.analysis.pipeline import AnalyzeConfig, analyze, run_analysis
 from l2bn.analysis.plots import FIGURES, plot_eta_star
+
+from .planting import NORM_LRS, NORM_WDS, fast_sqlite, log_grid, norms_law, plant_study, surface
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -47,6 +40,12 @@ def assert_png(path: Path) -> None:
     assert img.shape[0] >= 300 and img.shape[1] >= 400
     # Not a blank canvas: a drawn figure has many distinct colours.
     assert len({tuple(px) for px in img[::7, ::7].reshape(-1, img.shape[2])}) > 20
+
+
+def test_plots_need_no_pipeline() -> None:
+    code = "import sys, l2bn.analysis.plots; print('l2bn.analysis.pipeline' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_plots_dir_gets_every_documented_figure(storage: str, tmp_path: Path) -> None:

@@ -1,0 +1,102 @@
+"""l2bn.analysis.export: the --json and --csv files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from l2bn.analysis.export import CSV_FIXED_COLUMNS, write_csv, write_json
+from l2bn.analysis.pipeline import (
+    CONSISTENT,
+    INCONSISTENT,
+    UNDETERMINED,
+    AnalyzeConfig,
+    analyze,
+    run_analysis,
+)
+
+from .planting import EPOCHS, NORM_LRS, NORM_WDS, PHASE1, STEPS_PER_EPOCH
+
+ESTIMATE_KEYS = {"value", "stderr", "ci_low", "ci_high", "n", "method", "confidence"}
+GROUP_KEYS = {
+    "optimizer", "norm", "dataset", "identity", "distinct", "studies", "n_trials", "n_cells",
+    "n_lambda", "max_seeds", "n_diverged", "first_layer", "k", "collapse", "optima", "norms",
+    "cells", "warnings",
+}  # fmt: skip
+
+
+def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "report.json"
+    report = run_analysis(
+        AnalyzeConfig(storage=planted, studies=("p/adam", "n/sgd"), json_path=out, bootstrap=100)
+    )
+    assert out in report.written
+    d = json.loads(out.read_text())
+    assert set(d) == {"l2bn_version", "storage", "settings", "warnings", "groups"}
+    assert set(d["settings"]) >= {"storage", "studies", "equilibrium", "bootstrap", "seed"}
+    assert len(d["groups"]) == 2
+    for g in d["groups"]:
+        assert set(g) == GROUP_KEYS
+        assert set(g["k"]) == {
+            "estimate",
+            "intercept",
+            "r_squared",
+            "n_lambda",
+            "theory",
+            "verdict",
+        }
+        assert set(g["k"]["estimate"]) == ESTIMATE_KEYS
+        assert set(g["collapse"]) == {"estimate", "theory", "verdict", "degree", "n_cells", "rss"}
+        assert set(g["collapse"]["estimate"]) == ESTIMATE_KEYS
+        assert g["k"]["verdict"] in (CONSISTENT, INCONSISTENT, UNDETERMINED)
+        assert set(g["optima"][0]) == {
+            "weight_decay", "lr_opt", "lr_grid", "val_error", "n_lr", "edge", "used", "note",
+        }  # fmt: skip
+        assert set(g["cells"][0]) == {
+            "lr", "weight_decay", "n_seeds", "val_error", "val_error_std", "test_error",
+            "n_diverged", "eta_lambda_T", "equilibrium_index", "phase1_norms", "relaxation",
+        }  # fmt: skip
+        assert g["n_cells"] == len(g["cells"])
+        # Planted studies have no config attr: known by their attrs alone.
+        assert g["identity"]["optimizer"] == g["optimizer"] and g["identity"]["epochs"] == EPOCHS
+        assert g["identity"]["affine"] is None and g["distinct"] == {}
+    adam, nsgd = sorted(d["groups"], key=lambda g: g["optimizer"] != "adam")
+    assert adam["k"]["estimate"]["value"] == pytest.approx(0.5, abs=0.05)
+    assert adam["norms"] == [] and adam["first_layer"] is None
+    assert nsgd["first_layer"] == "conv1"
+    norm = nsgd["norms"][0]
+    assert set(norm) == {
+        "layer", "a", "b", "intercept", "r_squared", "n_cells", "n_excluded", "theory", "verdict",
+    }  # fmt: skip
+    assert set(norm["a"]) == ESTIMATE_KEYS and norm["a"]["value"] == pytest.approx(0.25, abs=0.02)
+
+
+def test_csv_has_one_row_per_trial_with_per_epoch_norms(planted: str, tmp_path: Path) -> None:
+    out = tmp_path / "trials.csv"
+    run_analysis(AnalyzeConfig(storage=planted, studies=("n/sgd",), csv_path=out, bootstrap=0))
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == len(NORM_LRS) * len(NORM_WDS)
+    cols = list(rows[0])
+    assert cols[:3] == ["study", "trial", "optimizer"]
+    assert tuple(cols[: len(CSV_FIXED_COLUMNS)]) == CSV_FIXED_COLUMNS
+    assert [c for c in cols if c.startswith("norm_conv1_")] == [
+        f"norm_conv1_e{e}" for e in range(1, EPOCHS + 1)
+    ]
+    row = max(rows, key=lambda r: float(r["lr"]) * float(r["weight_decay"]))  # in equilibrium
+    lr, wd = float(row["lr"]), float(row["weight_decay"])
+    assert int(row["phase1_epochs"]) == PHASE1
+    assert float(row["eta_lambda_T"]) == pytest.approx(lr * wd * STEPS_PER_EPOCH * PHASE1)
+    assert float(row["norm_conv1_e5"]) == pytest.approx(2.0 * (lr / wd) ** 0.25, rel=0.05)
+
+
+def test_writers_make_folders_and_leave_no_temporary_file(planted: str, tmp_path: Path) -> None:
+    report = analyze(AnalyzeConfig(storage=planted, studies=("p/sgd",), bootstrap=0))
+    target = tmp_path / "new" / "dir" / "r.json"  # folders made as needed
+    assert write_json(report, target) == target
+    assert json.loads(target.read_text())["groups"][0]["studies"] == ["p/sgd"]
+    table = write_csv(report, tmp_path / "t.csv")
+    assert {p.name for p in tmp_path.iterdir()} == {"new", "t.csv"}  # no temporary file left
+    assert len(table.read_text().splitlines()) == 1 + report.groups[0].n_trials

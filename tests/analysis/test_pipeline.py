@@ -1,0 +1,409 @@
+"""l2bn.analysis.pipeline: grouping and the per-group analysis, on planted scaling laws."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from l2bn.analysis.fits import verdict
+from l2bn.analysis.loading import TrialRecord, load_studies
+from l2bn.analysis.pipeline import (
+    CONSISTENT,
+    INCONSISTENT,
+    UNDETERMINED,
+    AnalysisReport,
+    AnalyzeConfig,
+    GroupData,
+    analyze,
+    analyze_group,
+    group_studies,
+)
+from l2bn.errors import AnalysisError
+from l2bn.render import render_report
+
+from .planting import (
+    EPOCHS,
+    NORM_LRS,
+    NORM_WDS,
+    PHASE1,
+    STEPS_PER_EPOCH,
+    centred_grid,
+    error_surface,
+    expected_equilibrium_cells,
+    log_grid,
+    norms_law,
+    one_group,
+    plant_study,
+    planted_history,
+    relaxing,
+    surface,
+    sweep_attrs,
+)
+
+
+def test_the_analysis_imports_no_training_code() -> None:
+    code = (
+        "import sys, l2bn.analysis.pipeline, l2bn.analysis.export; "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('l2bn.train')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['l2bn.train', 'l2bn.train.config']"  # defaults of old studies
+
+
+# --- η* and k -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("study", "k"), [("p/sgd", 1.0), ("p/adam", 0.5)])
+def test_planted_k_is_recovered_with_a_covering_ci(planted: str, study: str, k: float) -> None:
+    g = one_group(planted, study)
+    est = g.scaling.k
+    assert est.method in ("bootstrap", "bootstrap|ols-t")  # 2 seeds per cell
+    assert est.value == pytest.approx(k, abs=0.05)
+    assert est.ci_low <= k <= est.ci_high
+    assert est.ci_high - est.ci_low < 0.2  # informative, not just wide
+    assert g.scaling.n_lambda == 3 and g.scaling.r_squared > 0.99
+    assert g.scaling.theory == k and g.scaling.verdict == CONSISTENT
+    # The collapse estimate is independent of η* and must agree.
+    assert g.collapse is not None
+    assert g.collapse.k.value == pytest.approx(k, abs=0.05)
+    assert g.collapse.k.covers(k) and g.collapse.verdict == CONSISTENT
+    # η* itself: the planted optimum exp(-6)·λ^-k, found between grid points.
+    for o in g.optima:
+        assert o.used and not o.edge
+        assert math.log(o.lr_opt) == pytest.approx(-6.0 - k * math.log(o.weight_decay), abs=0.05)
+    assert any(o.lr_opt != o.lr_grid for o in g.optima)
+
+
+def test_bootstrap_is_deterministic(planted: str) -> None:
+    a = one_group(planted, "p/adam").scaling.k
+    b = one_group(planted, "p/adam").scaling.k
+    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
+    # The bootstrap's seed moves neither the estimate nor, here, where the t-interval is the
+    # wider one, the reported interval.
+    c = one_group(planted, "p/adam", seed=1).scaling.k
+    assert c.value == a.value
+
+
+def test_theory_mismatch_is_inconsistent(planted: str) -> None:
+    # Adam's data, labelled as SGD (k = 1 predicted, ½ planted): the verdict must say so.
+    report = analyze(AnalyzeConfig(storage=planted, studies=("p/adam",)))
+    g = report.groups[0]
+    assert not g.scaling.k.covers(1.0)
+    assert verdict(g.scaling.k, 1.0, tolerance=0.05) == INCONSISTENT
+
+
+def test_normalized_sgd_eta_star_does_not_depend_on_lambda(planted: str) -> None:
+    g = one_group(planted, "p/normalized-sgd")
+    assert g.scaling.theory == 0.0
+    assert g.scaling.k.covers(0.0) and abs(g.scaling.k.value) < 0.05
+    assert g.scaling.verdict == CONSISTENT
+    assert g.collapse is not None and g.collapse.k.covers(0.0)
+
+
+def test_one_seed_uses_the_regression_t_interval(planted: str) -> None:
+    g = one_group(planted, "one/momentum")
+    est = g.scaling.k
+    assert est.method == "ols-t" and est.n == 4
+    assert est.value == pytest.approx(1.0, abs=0.05) and est.covers(1.0)
+    assert g.scaling.verdict == CONSISTENT
+
+
+def test_with_seeds_the_wider_of_bootstrap_and_regression_interval_is_reported(
+    planted: str,
+) -> None:
+    from scipy import stats
+
+    studies, _ = load_studies(planted, ["p/sgd"])
+    (data,) = group_studies(studies)
+    g = analyze_group(data, AnalyzeConfig(storage=planted))
+    used = [o for o in g.optima if o.used]
+    fit = stats.linregress(np.log([o.weight_decay for o in used]), np.log([o.lr_opt for o in used]))
+    half_t = float(stats.t.ppf(0.975, len(used) - 2)) * fit.stderr
+    est = g.scaling.k
+    assert est.ci_high - est.ci_low >= 2 * half_t - 1e-12
+    no_boot = analyze_group(data, AnalyzeConfig(storage=planted, bootstrap=0)).scaling.k
+    assert no_boot.method == "ols-t"
+    assert no_boot.ci_high - no_boot.ci_low == pytest.approx(2 * half_t)
+
+
+def test_edge_minimum_is_flagged_and_left_out(planted: str) -> None:
+    g = one_group(planted, "edge/nesterov")
+    edges = [o for o in g.optima if o.edge]
+    assert [o.weight_decay for o in edges] == [0.1]
+    assert not edges[0].used and "extend the grid" in (edges[0].note or "")
+    assert any("λ=0.1" in w and "extend the grid" in w for w in g.warnings)
+    # k from the three interior λ values only: still the planted 1.
+    assert g.scaling.n_lambda == 3
+    assert g.scaling.k.value == pytest.approx(1.0, abs=0.05)
+
+
+def test_too_few_interior_optima_is_undetermined(planted: str) -> None:
+    # With λ restricted so that only one interior η* is left, there is no slope to fit.
+    studies, _ = load_studies(planted, ["edge/nesterov"])
+    (data,) = group_studies(studies)
+    kept = tuple(t for t in data.trials if t.weight_decay in (1e-4, 1e-1))
+    g = analyze_group(type(data)(data.optimizer, data.norm, data.dataset, data.studies, kept))
+    assert g.scaling.n_lambda == 1
+    assert g.scaling.verdict == UNDETERMINED and math.isnan(g.scaling.k.value)
+
+
+def test_single_lambda_study_is_a_clear_error(planted: str) -> None:
+    with pytest.raises(AnalysisError, match=r"single weight_decay value \(0\.001\).*≥ 2 λ"):
+        analyze(AnalyzeConfig(storage=planted, studies=("single/sgd",)))
+
+
+def test_flat_lambda_column_has_no_minimum_and_is_left_out() -> None:
+    rng = np.random.default_rng(7)
+    lrs = centred_grid(1.0)
+
+    def record(lr: float, wd: float, seed: int, value: float) -> TrialRecord:
+        return TrialRecord(
+            study="mem/sgd", number=seed, lr=lr, weight_decay=wd, seed=seed, val_error=value,
+            test_error=math.nan, train_loss=math.nan, diverged=False, steps_per_epoch=None,
+            epoch_lrs=(), norms={},
+        )  # fmt: skip
+
+    trials = [
+        record(lr, wd, s, error_surface(lr, wd, 1.0) + 0.005 * float(rng.standard_normal()))
+        for wd in (1e-4, 1e-3, 1e-2)
+        for lr in lrs(wd)
+        for s in range(2)
+    ]
+    # λ = 1: every η at chance level (say, all diverged); its argmin is pure noise.
+    trials += [
+        record(lr, 1.0, s, 0.9 + 0.005 * float(rng.standard_normal()))
+        for lr in lrs(1e-2)
+        for s in range(2)
+    ]
+    g = analyze_group(GroupData("sgd", "bn", "mem", ("mem/sgd",), tuple(trials)))
+    flat = next(o for o in g.optima if o.weight_decay == 1.0)
+    assert not flat.used and not flat.edge and "no clear minimum" in (flat.note or "")
+    assert any("λ=1: no clear minimum" in w for w in g.warnings)
+    assert g.scaling.n_lambda == 3 and g.scaling.k.covers(1.0)
+
+
+# --- norm exponents -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("study", "a"), [("n/sgd", 0.25), ("n/rmsprop", 1 / 3)])
+def test_norm_exponents_are_recovered_on_equilibrium_cells(
+    planted: str, study: str, a: float
+) -> None:
+    g = one_group(planted, study)
+    assert g.first_layer == "conv1"
+    assert [n.layer for n in g.norms] == ["conv1", "conv2", "fc"]
+    conv1, conv2, fc = g.norms
+    n_eq = expected_equilibrium_cells(5.0)
+    assert 6 <= n_eq < len(NORM_LRS) * len(NORM_WDS)  # the filter has cells on both sides
+    assert conv1.n_cells == n_eq
+    assert conv1.n_excluded == len(NORM_LRS) * len(NORM_WDS) - n_eq
+    for est in (conv1.a, conv1.b):
+        assert est.value == pytest.approx(a, abs=0.02) and est.covers(a)
+        assert est.method == "ols-t" and est.n == n_eq
+    assert conv1.theory == pytest.approx(a) and conv1.verdict == CONSISTENT
+    assert conv1.r_squared > 0.99
+    # Each layer gets its own fit: conv2 grows as η^{2a}, fc not at all.
+    assert conv2.a.value == pytest.approx(2 * a, abs=0.02) and conv2.verdict == INCONSISTENT
+    assert fc.a.covers(0.0) and fc.b.covers(0.0)
+    assert any("out of equilibrium" in w for w in g.warnings)
+
+
+def test_equilibrium_threshold_is_configurable(planted: str) -> None:
+    g = one_group(planted, "n/sgd", equilibrium=50.0)
+    assert g.norms[0].n_cells == expected_equilibrium_cells(50.0)
+    # Without the filter the initialization norms of young cells spoil the fit.
+    g0 = one_group(planted, "n/sgd", equilibrium=0.0)
+    assert g0.norms[0].n_excluded == 0
+    assert not g0.norms[0].a.covers(0.25)
+
+
+@pytest.mark.parametrize(("optimizer", "rate"), [("sgd", 1.0), ("nesterov", 10.0), ("adamw", 2.0)])
+def test_equilibrium_time_follows_the_optimizer(
+    tmp_path: Path, optimizer: str, rate: float
+) -> None:
+    """Steps to equilibrium ~(1−α)/(ηλ) with momentum α = 0.9 and 1/(2ηλ) for AdamW: the same
+    grid has 10× (2×) the η·λ·T reach there, so a threshold of 5 admits the cells an SGD
+    study would admit at 0.5 (2.5)."""
+    url = f"sqlite:///{tmp_path}/eq.db"
+    plant_study(url, f"eq/{optimizer}", optimizer, NORM_LRS, NORM_WDS, surface(1.0, -4.0),
+                seeds=1, norms=norms_law(0.25))  # fmt: skip
+    g = one_group(url, f"eq/{optimizer}")
+    assert g.norms[0].n_cells == expected_equilibrium_cells(5.0 / rate)
+    for c in g.cells:
+        assert c.equilibrium_index == pytest.approx(rate * c.eta_lambda_t)
+    assert (
+        expected_equilibrium_cells(0.5)
+        > expected_equilibrium_cells(2.5)
+        > (expected_equilibrium_cells(5.0))
+    )
+
+
+def test_cells_measure_back_the_clock_they_relaxed_on(tmp_path: Path) -> None:
+    """Histories relaxing with exactly c·η·λ·T time constants over phase 1 (then flat): the
+    measured index of every cell is that number (up to the cap), and the summary line counts
+    the same cells on both sides."""
+
+    def history(lr: float, wd: float) -> list[dict[str, Any]]:
+        x = 10.0 * lr * wd * STEPS_PER_EPOCH * PHASE1  # nesterov: c = 10
+        norms = relaxing(x, PHASE1)
+        return [
+            {"epoch": e, "lr": lr * 0.1 ** ((e > PHASE1) + (e > 8)), "val_error": 0.3,
+             "layers": {"conv1": {"norm": float(norms[min(e, PHASE1) - 1])}}}
+            for e in range(1, EPOCHS + 1)
+        ]  # fmt: skip
+
+    url = f"sqlite:///{tmp_path}/relax.db"
+    lrs = log_grid(1e-3, 1e-1, 5)  # c·η·λ·T = 0.1 … 10 at λ = 0.002 and 1 … 100 at λ = 0.02
+    plant_study(url, "r/nesterov", "nesterov", lrs, [2e-3, 2e-2], surface(1.0, -4.0),
+                seeds=2, history=history)  # fmt: skip
+    g = one_group(url, "r/nesterov", bootstrap=0)
+    for c in g.cells:
+        assert c.relaxation["conv1"] == pytest.approx(min(c.equilibrium_index, 20.0), rel=1e-6)
+    settled = sum(c.equilibrium_index >= 5 for c in g.cells)
+    assert settled == 4
+    assert f"{settled} of {len(g.cells)} cell(s) ≥ 5 time constants (c·η·λ·T says {settled})" in (
+        " ".join(g.warnings)
+    )
+
+
+def test_diverged_trials_are_counted_and_kept_out_of_norm_fits() -> None:
+    def record(lr: float, wd: float, seed: int, diverged: bool) -> TrialRecord:
+        history = planted_history(lr, wd, norms_law(0.25)(lr, wd))
+        norms = tuple(1e6 if diverged else e["layers"]["conv1"]["norm"] for e in history)
+        return TrialRecord(
+            study="mem/sgd", number=seed, lr=lr, weight_decay=wd, seed=seed,
+            val_error=0.9 if diverged else error_surface(lr, wd, 1.0, -4.0),
+            test_error=math.nan, train_loss=math.nan, diverged=diverged,
+            steps_per_epoch=STEPS_PER_EPOCH, epoch_lrs=tuple(e["lr"] for e in history),
+            norms={"conv1": norms},
+        )  # fmt: skip
+
+    # The largest η of every λ diverged in one of its two seeds, with an absurd norm.
+    top = NORM_LRS[-1]
+    trials = tuple(
+        record(lr, wd, seed, diverged=(lr == top and seed == 1))
+        for lr in NORM_LRS
+        for wd in NORM_WDS
+        for seed in range(2)
+    )
+    g = analyze_group(GroupData("sgd", "bn", "mem", ("mem/sgd",), trials))
+    assert g.n_diverged == len(NORM_WDS)
+    assert any(f"{len(NORM_WDS)} diverged trial(s)" in w for w in g.warnings)
+    assert sum(c.n_diverged for c in g.cells) == len(NORM_WDS)
+    # The diverged runs' error counts (cell mean pulled towards chance) …
+    cell = next(c for c in g.cells if c.lr == top and c.weight_decay == NORM_WDS[-1])
+    assert cell.val_error == pytest.approx((0.9 + error_surface(top, NORM_WDS[-1], 1.0, -4.0)) / 2)
+    # … but their norms do not: the planted exponent survives.
+    assert g.norms[0].a.covers(0.25) and g.norms[0].b.covers(0.25)
+
+
+# --- grouping by training identity --------------------------------------------------------
+
+
+def test_default_selects_every_l2bn_study_and_groups_them(planted: str) -> None:
+    report = analyze(AnalyzeConfig(storage=planted, bootstrap=50))
+    labels = {(g.optimizer, g.dataset) for g in report.groups}
+    assert ("sgd", "p") in labels and ("rmsprop", "n") in labels
+    assert all(g.optimizer for g in report.groups)  # "not-l2bn" was not picked up
+    assert any("single/sgd" in w for w in report.warnings)  # skipped, not fatal
+    # Planted studies have no config: each is its own group, and none is told apart further.
+    assert all(g.distinct == {} and len(g.studies) == 1 for g in report.groups)
+
+
+def plant_identities(url: str, **studies: dict[str, Any]) -> None:
+    """One small SGD study per keyword (name "<key>/sgd"), with the attrs of a sweep with
+    those training settings (``drop``: fields its config lacks)."""
+    for i, (name, train) in enumerate(studies.items()):
+        attrs = sweep_attrs("sgd", **train)
+        plant_study(url, f"{name}/sgd", "sgd", centred_grid(1.0, n=7), [1e-4, 1e-3, 1e-2],
+                    surface(1.0), seeds=1, rng_seed=i, attrs=attrs)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "a", "b"), [("affine", True, False), ("epochs", 100, 40), ("head", "linear", "bn")]
+)
+def test_one_optimizer_with_different_training_is_never_pooled(
+    tmp_path: Path, field: str, a: object, b: object
+) -> None:
+    url = f"sqlite:///{tmp_path}/g.db"
+    plant_identities(url, a={field: a}, b={field: b}, c={field: a})
+    report = analyze(AnalyzeConfig(storage=url, bootstrap=0))
+    groups = {g.studies: g for g in report.groups}
+    assert set(groups) == {("a/sgd", "c/sgd"), ("b/sgd",)}
+    pooled, apart = groups[("a/sgd", "c/sgd")], groups[("b/sgd",)]
+    assert pooled.n_trials == 2 * apart.n_trials
+    assert pooled.identity[field] == a and apart.identity[field] == b
+    assert pooled.distinct == {field: a} and apart.distinct == {field: b}
+    assert pooled.slug != apart.slug  # their plots do not overwrite each other
+    # Said in the report's warnings, shown in the JSON and in each table's title.
+    assert any(
+        "2 groups of 'sgd' studies" in w and "a/sgd, c/sgd" in w and f"b/sgd ({field}=" in w
+        for w in report.warnings
+    )
+    d = apart.to_dict()
+    assert d["distinct"] == {field: b} and d["identity"][field] == b and d["studies"] == ["b/sgd"]
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    console.print(render_report(report))
+    text = console.export_text()
+    assert apart.label.startswith("sgd / bn / cifar10 [") and f"{apart.label}  (b/sgd: " in text
+    assert f"{pooled.label}  (a/sgd, c/sgd: " in text
+
+
+def test_data_location_and_device_do_not_split_a_group(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/g.db"
+    plant_identities(
+        url, a={"data_dir": "/data/a", "device": "cpu"}, b={"data_dir": "/b", "device": "cuda"}
+    )
+    report = analyze(AnalyzeConfig(storage=url, bootstrap=0))
+    (g,) = report.groups
+    assert g.studies == ("a/sgd", "b/sgd") and g.distinct == {}
+    assert "data_dir" not in g.identity and "device" not in g.identity
+    assert not any("groups of" in w for w in report.warnings)
+
+
+def test_old_studies_group_with_new_ones_holding_the_defaults(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/g.db"
+    plant_identities(
+        url,
+        old={"drop": ("affine", "head", "precision")},
+        new={},
+        frozen={"affine": False},
+    )
+    report = analyze(AnalyzeConfig(storage=url, bootstrap=0))
+    groups = {g.studies: g for g in report.groups}
+    assert set(groups) == {("frozen/sgd",), ("new/sgd", "old/sgd")}
+    assert groups[("new/sgd", "old/sgd")].identity["affine"] is True
+
+
+def test_studies_without_config_are_pooled_on_their_attrs_with_a_warning(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/g.db"
+    for i, name in enumerate(("x/sgd", "y/sgd")):
+        plant_study(url, name, "sgd", centred_grid(1.0, n=7), [1e-4, 1e-3, 1e-2], surface(1.0),
+                    seeds=1, rng_seed=i, attrs={"dataset": "cifar10"})  # fmt: skip
+    report = analyze(AnalyzeConfig(storage=url, bootstrap=0))
+    (g,) = report.groups
+    assert g.studies == ("x/sgd", "y/sgd")
+    assert any("pooled x/sgd, y/sgd" in w and "'config'" in w for w in report.warnings)
+
+
+def test_render_report_builds_a_table_without_printing(
+    planted: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rich.console import Console
+
+    report: AnalysisReport = analyze(
+        AnalyzeConfig(storage=planted, studies=("edge/nesterov", "n/sgd"), bootstrap=0)
+    )
+    assert capsys.readouterr().out == ""  # computing prints nothing
+    console = Console(record=True, width=200)
+    console.print(render_report(report))
+    text = console.export_text()
+    assert "nesterov" in text and "consistent" in text and "extend the grid" in text
