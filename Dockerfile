@@ -6,11 +6,14 @@
 #       -v "$PWD/data:/data" -v "$PWD/results:/results" \
 #       l2bn sweep sweeps/paper.toml --optimizer adam --storage sqlite:////results/l2bn.db
 #
-# The base is the official PyTorch runtime image, pinned to an exact tag (torch 2.5.1, CUDA
-# 12.4, cuDNN 9, Python 3.11). l2bn is installed on top of it with the `vision` and `postgres`
-# extras, under a constraint that keeps the image's own CUDA build of torch (and torchvision):
-# pip may not replace them with wheels from PyPI. The build fails if it did anyway.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# The base is the official Python image at an exact release (Python 3.11.14, Debian 12
+# bookworm). torch comes from PyPI at the version every test runs on: TORCH_VERSION below is
+# scripts/setup.sh's default, and tests/test_docker.py fails when the two differ. PyPI's Linux
+# x86_64 torch is a CUDA build (CUDA 13) that brings its CUDA libraries as nvidia-* wheels, so
+# the image needs only the host's NVIDIA driver (and the NVIDIA Container Toolkit for --gpus).
+FROM python:3.11.14-slim-bookworm
+
+ARG TORCH_VERSION=2.13.0
 
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -25,21 +28,24 @@ WORKDIR /opt/l2bn
 COPY pyproject.toml README.md ./
 COPY l2bn/ l2bn/
 COPY sweeps/ sweeps/
+COPY deploy/check_torch.py /tmp/check_torch.py
 
-# Keep the image's torch: its versions become pip constraints, checked again after the install.
-COPY deploy/keep_torch.py /tmp/keep_torch.py
-RUN python /tmp/keep_torch.py pin > /tmp/keep.txt \
- && pip install --constraint /tmp/keep.txt "/opt/l2bn[vision,postgres]" \
- && python /tmp/keep_torch.py check /tmp/keep.txt --cuda \
+# torch is pinned in the same resolve as l2bn and its `vision` and `postgres` extras, so pip
+# picks the torchvision built for that torch and cannot move torch itself. The build fails if
+# any installed requirement is unmet (pip check), or torch is not that version or not CUDA.
+RUN pip install "torch==${TORCH_VERSION}" "/opt/l2bn[vision,postgres]" \
+ && pip check \
+ && python /tmp/check_torch.py "${TORCH_VERSION}" --cuda \
+ && rm /tmp/check_torch.py \
  && l2bn version
 
-# A non-root user; data (CIFAR-10, read) and results (the SQLite study, JSON, figures) live on
-# mounted volumes it owns.
+# A non-root user, by number (Kubernetes' runAsNonRoot can only verify a numeric USER); data
+# (CIFAR-10, read) and results (the SQLite study, JSON, figures) live on volumes it owns.
 RUN useradd --create-home --uid 1000 --user-group l2bn \
  && mkdir -p /data /results \
  && chown l2bn:l2bn /data /results
 VOLUME ["/data", "/results"]
-USER l2bn
+USER 1000:1000
 
 ENTRYPOINT ["l2bn"]
 CMD ["--help"]

