@@ -6,7 +6,12 @@ with plain Optuna (``add_trials``), then times, in the same process:
 
 * baseline: ``optuna.load_study(...).trials_dataframe()`` for every study (pandas needed;
   without pandas, ``study.get_trials()`` with deep copies, Optuna's default);
-* ``analyze``: load (one bulk ``get_trials(deepcopy=False)`` per study) + every fit.
+* ``load_studies(bulk_sql=False)``: analyze's reader through Optuna's API (one
+  ``get_trials(deepcopy=False)`` per study), as analyze read before the bulk SQL reader;
+* ``analyze``: load (one SQL query per table, :mod:`l2bn.analysis.loading`) + every fit.
+
+Each line gives wall-clock seconds and the process's CPU seconds: on a shared machine the
+wall clock also counts the time other processes held the cores, the CPU time does not.
 
 Usage: ``python benchmarks/bench_analyze.py [--db PATH] [--seeds 10]`` (``--db`` keeps the
 file and reuses it when it exists: writing 10 000 trials to SQLite takes minutes).
@@ -128,32 +133,51 @@ def main() -> None:
             base_label = "optuna load_study + get_trials (pandas missing: no trials_dataframe)"
 
         cfg = AnalyzeConfig(storage=url)
-        base_s, load_s, fit_s, all_s = [], [], [], []
+        times: dict[str, list[tuple[float, float]]] = {}
+
+        def timed(name: str, fn: Any) -> Any:
+            t0, c0 = time.perf_counter(), time.process_time()
+            out = fn()
+            times.setdefault(name, []).append((time.perf_counter() - t0, time.process_time() - c0))
+            return out
+
         n = 0
         # Interleaved repeats, best of each: the machine is shared and the page cache warms.
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            baseline()
-            base_s.append(time.perf_counter() - t0)
-
-            t0 = time.perf_counter()
-            studies, _ = load_studies(url)
-            load_s.append(time.perf_counter() - t0)
+            timed("baseline", baseline)
+            timed("api", lambda: load_studies(url, bulk_sql=False))
+            studies, _ = timed("load", lambda: load_studies(url))
             n = sum(len(s.trials) for s in studies)
-            t0 = time.perf_counter()
-            for g in group_studies(studies):
-                analyze_group(g, cfg)
-            fit_s.append(time.perf_counter() - t0)
 
-            t0 = time.perf_counter()
-            analyze(cfg)
-            all_s.append(time.perf_counter() - t0)
+            def fit(studies: Any = studies) -> None:
+                for g in group_studies(studies):
+                    analyze_group(g, cfg)
+
+            timed("fit", fit)
+            timed("all", lambda: analyze(cfg))
+
+        def best(name: str) -> tuple[float, float]:
+            wall = min(w for w, _ in times[name])
+            cpu = min(c for _, c in times[name])
+            return wall, cpu
+
+        def show(name: str) -> str:
+            wall, cpu = best(name)
+            return f"{wall:.2f} s (cpu {cpu:.2f} s)"
 
         print(f"trials: {n} in {len(names)} studies; best of {args.repeats}")
-        print(f"baseline ({base_label}): {min(base_s):.2f} s")
-        print(f"analyze load: {min(load_s):.2f} s, fit: {min(fit_s):.2f} s")
-        print(f"analyze end to end: {min(all_s):.2f} s")
-        print(f"ratio analyze / baseline: {min(all_s) / min(base_s):.2f}")
+        print(f"baseline ({base_label}): {show('baseline')}")
+        print(f"analyze's reader through Optuna's API (bulk_sql=False): {show('api')}")
+        print(f"analyze load: {show('load')}, fit: {show('fit')}")
+        print(f"analyze end to end: {show('all')}")
+        print(
+            f"ratio analyze / baseline: {best('all')[0] / best('baseline')[0]:.2f} wall, "
+            f"{best('all')[1] / best('baseline')[1]:.2f} cpu"
+        )
+        print(
+            f"ratio load / API reader: {best('load')[0] / best('api')[0]:.2f} wall, "
+            f"{best('load')[1] / best('api')[1]:.2f} cpu"
+        )
 
 
 if __name__ == "__main__":

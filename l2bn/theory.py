@@ -69,6 +69,12 @@ class Theory:
     # is tested by that balance itself, growth ÷ shrink = 1) or where there is no decay to
     # balance (normalized SGD: θ = η·G̃).
     angular_rate: float | None = None
+    # s in the invariant coordinates of the norm law, ‖w‖·λ^s ∝ (η·λ^k)^p: with
+    # ‖w‖ ∝ (η/λ)^p at equilibrium, s = p·(1 + k): ½ for the SGD family
+    # ((η/λ)^¼ = (ηλ)^¼·λ^-½) and Adam/RMSProp with L2 ((η/λ)^⅓ = (η√λ)^⅓·λ^-½), 1 for AdamW
+    # ((η/λ)^½ = (ηλ)^½·λ^-1), 0 for normalized SGD (‖w‖ = 1). l2bn analyze fits
+    # log(‖w‖·λ^s) = c + p·log(η·λ^k) + q·log λ: q ≠ 0 is memory of the initial weights.
+    norm_scale_power: float = 0.5
 
     def angular_update(self, lr: float, weight_decay: float) -> float | None:
         """θ_eq in radians per step for this η and λ (None where the table has no formula)."""
@@ -77,13 +83,19 @@ class Theory:
         return math.sqrt(self.angular_rate * lr * weight_decay)
 
 
-ADAPTIVE_L2 = Theory(k=0.5, norm_exponent=1 / 3, eff_lr_power=1)
+ADAPTIVE_L2 = Theory(k=0.5, norm_exponent=1 / 3, eff_lr_power=1, norm_scale_power=0.5)
 MOMENTUM_RELAXATION = 10.0  # 1/(1−α) at α = MOMENTUM: the decay per step is amplified
 
 THEORY: dict[str, Theory] = {
-    "sgd": Theory(k=1.0, norm_exponent=0.25, eff_lr_power=2, angular_rate=2.0),
-    "momentum": Theory(1.0, 0.25, 2, MOMENTUM_RELAXATION, angular_rate=heavy_ball_rate(MOMENTUM)),
-    "nesterov": Theory(1.0, 0.25, 2, MOMENTUM_RELAXATION, angular_rate=nesterov_rate(MOMENTUM)),
+    "sgd": Theory(
+        k=1.0, norm_exponent=0.25, eff_lr_power=2, angular_rate=2.0, norm_scale_power=0.5
+    ),
+    "momentum": Theory(
+        1.0, 0.25, 2, MOMENTUM_RELAXATION, heavy_ball_rate(MOMENTUM), norm_scale_power=0.5
+    ),
+    "nesterov": Theory(
+        1.0, 0.25, 2, MOMENTUM_RELAXATION, nesterov_rate(MOMENTUM), norm_scale_power=0.5
+    ),
     "rmsprop": ADAPTIVE_L2,
     "adam": ADAPTIVE_L2,
     "adamw": Theory(
@@ -92,8 +104,9 @@ THEORY: dict[str, Theory] = {
         eff_lr_power=1,
         relaxation_rate=2.0,
         angular_rate=adamw_rate(ADAM_BETA1),
+        norm_scale_power=1.0,
     ),
-    "normalized-sgd": Theory(k=0.0, norm_exponent=0.0, eff_lr_power=0),
+    "normalized-sgd": Theory(k=0.0, norm_exponent=0.0, eff_lr_power=0, norm_scale_power=0.0),
 }
 
 

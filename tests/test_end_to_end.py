@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from l2bn.analysis.pipeline import CONSISTENT, AnalyzeConfig, analyze
+from l2bn.analysis.pipeline import EQUIVALENT, AnalyzeConfig, analyze
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def test_tracking_sweep_then_analyze_recovers_k_and_norm_exponents(tmp_path: Pat
         assert g.n_trials == 20 and g.n_lambda == 4
         assert all(o.used for o in g.optima), g.warnings  # every η* inside its grid
         assert g.scaling.k.value == pytest.approx(k, abs=0.06)
-        assert g.scaling.verdict == CONSISTENT
+        assert g.scaling.verdict == EQUIVALENT
         assert g.collapse is not None and g.collapse.k.value == pytest.approx(k, abs=0.06)
         norm = g.first_layer_norm
         assert norm is not None and norm.layer == "w"

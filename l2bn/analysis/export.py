@@ -5,8 +5,10 @@ is documented in :mod:`l2bn.analysis.results`.
 
 CSV (:func:`write_csv`): one row per COMPLETE trial, wide format: the columns
 :data:`CSV_FIXED_COLUMNS`, then ``norm_<layer>_e<epoch>`` (Frobenius ‖w‖ after that 1-based
-epoch) for every layer and epoch seen; empty where a trial has no such value. A trial's group
-is the one of its ``study``.
+epoch) for every layer and epoch seen, then ``val_error_e<epoch>`` and ``val_loss_e<epoch>``
+where histories record them; empty where a trial has no such value. A trial's group is the one
+of its ``study``. ``l2bn analyze --from-csv`` reads such a file back
+(:mod:`l2bn.analysis.csvload`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from l2bn import files
 from l2bn.analysis.results import AnalysisReport
+from l2bn.analysis.trials import trial_history, trial_value
 
 CSV_FIXED_COLUMNS = (
     "study",
@@ -34,7 +37,11 @@ CSV_FIXED_COLUMNS = (
     "steps_per_epoch",
     "phase1_epochs",
     "eta_lambda_T",
+    "val_loss",
 )
+# Per-epoch validation metrics (TrialRecord.metrics, where loading provides them), after the
+# norm columns: ``<metric>_e<epoch>``.
+METRIC_COLUMNS = ("val_error", "val_loss")
 
 
 def write_json(report: AnalysisReport, path: Path) -> Path:
@@ -52,10 +59,21 @@ def write_csv(report: AnalysisReport, path: Path) -> Path:
             for name, values in t.norms.items():
                 layers[name] = max(layers.get(name, 0), len(values))
     norm_cols = [(n, e) for n, count in layers.items() for e in range(count)]
+    metric_len = {
+        m: max((len(trial_history(t, m)) for g in report.groups for t in g.trials), default=0)
+        for m in METRIC_COLUMNS
+    }
+    metric_cols = [(m, e) for m, count in metric_len.items() for e in range(count)]
     _mkparent(path)
     with files.atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow([*CSV_FIXED_COLUMNS, *(f"norm_{n}_e{e + 1}" for n, e in norm_cols)])
+        w.writerow(
+            [
+                *CSV_FIXED_COLUMNS,
+                *(f"norm_{n}_e{e + 1}" for n, e in norm_cols),
+                *(f"{m}_e{e + 1}" for m, e in metric_cols),
+            ]
+        )
         for g in report.groups:
             for t in g.trials:
                 fixed = (
@@ -74,12 +92,17 @@ def write_csv(report: AnalysisReport, path: Path) -> Path:
                     "" if t.steps_per_epoch is None else t.steps_per_epoch,
                     t.phase1_epochs,
                     _csv_num(t.eta_lambda_t),
+                    _csv_num(trial_value(t, "val_loss")),
                 )
                 norms = [
                     _csv_num(vals[e]) if e < len(vals := t.norms.get(n, ())) else ""
                     for n, e in norm_cols
                 ]
-                w.writerow([*fixed, *norms])
+                histories = {m: trial_history(t, m) for m in metric_len}
+                metrics = [
+                    _csv_num(h[e]) if e < len(h := histories[m]) else "" for m, e in metric_cols
+                ]
+                w.writerow([*fixed, *norms, *metrics])
     return path
 
 

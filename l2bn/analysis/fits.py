@@ -30,23 +30,21 @@ import numpy.typing as npt
 from scipy import optimize, stats
 
 from l2bn.analysis.results import (
-    CONSISTENT,
-    INCONSISTENT,
+    CONSTANT,
+    DIFFERENT,
+    EQUIVALENT,
+    INCONCLUSIVE,
     UNDETERMINED,
+    VARIES,
     AnalyzeConfig,
     Cell,
     CollapseFit,
+    ColumnCheck,
     Estimate,
     NormFit,
-    Optimum,
-    ScalingFit,
 )
 
 FloatArray = npt.NDArray[np.float64]
-
-# A λ whose error varies over its η grid by less than this fraction of the group's whole
-# error range has no minimum to speak of (see optimum).
-FLAT_FRACTION = 0.1
 
 # The measured counterpart of c·η·λ·T (see relaxation_index): how many time constants a norm
 # history has relaxed through by the end of phase 1, read off the trajectory itself. It needs
@@ -167,143 +165,17 @@ def t_estimate(value: float, stderr: float, dof: int, n: int, confidence: float)
     return Estimate(value, stderr, value - half, value + half, n, "ols-t", confidence)
 
 
-def verdict(est: Estimate, theory: float | None, tolerance: float) -> str:
-    """Whether the CI of ``est`` comes within ``tolerance`` of ``theory`` (see results)."""
-    if theory is None or not est.determined:
+def verdict(est: Estimate, theory: float | None, margin: float) -> str:
+    """Three outcomes against theory ± ``margin`` (see results): "equivalent" (the CI lies
+    inside), "different" (entirely outside), "inconclusive" (otherwise, or no finite CI);
+    "undetermined" only without an estimate or a theory."""
+    if theory is None or not math.isfinite(est.value):
         return UNDETERMINED
-    return CONSISTENT if est.covers(theory, tolerance) else INCONSISTENT
-
-
-# --- η* and k -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LambdaGrid:
-    """One λ's η grid: η per column and each cell's per-seed errors."""
-
-    weight_decay: float
-    lrs: FloatArray
-    cell_values: tuple[FloatArray, ...]
-
-    @property
-    def log_lr(self) -> FloatArray:
-        return np.log(self.lrs)
-
-    def means(self) -> FloatArray:
-        return np.array([v.mean() for v in self.cell_values])
-
-
-def optimum(grid: LambdaGrid, group_range: float) -> tuple[Optimum, str | None]:
-    """η* of one λ, and a warning when it cannot enter the k fit for a reason worth telling.
-
-    ``group_range``: the spread of the seed-averaged error over the whole group, against
-    which a flat column (:data:`FLAT_FRACTION`) is judged.
-    """
-    means = grid.means()
-    i = int(np.argmin(means))
-    n = grid.lrs.size
-    wd = grid.weight_decay
-    if n < 3:
-        lr = float(grid.lrs[i])
-        found = Optimum(wd, lr, lr, float(means[i]), n, edge=False, used=False,
-                        note="fewer than 3 η values")  # fmt: skip
-        return found, f"λ={wd:.3g}: only {n} η value(s); η* needs ≥ 3"
-    log_opt, edge = grid_minimum(grid.log_lr, means[None, :])
-    is_edge = bool(edge[0])
-    note: str | None = None
-    warning: str | None = None
-    if is_edge:
-        side = "lower" if i == 0 else "upper"
-        note = f"η* on the {side} edge of the η grid (extend the grid)"
-        warning = f"λ={wd:.3g}: {note}"
-    elif float(means.max() - means.min()) < FLAT_FRACTION * group_range:
-        # A column at chance level everywhere (all diverged, or the optimum far off the grid)
-        # still has an argmin: noise. Its η* would drag k anywhere.
-        note = "no clear minimum: the error is flat over this λ's η grid (extend the grid)"
-        warning = f"λ={wd:.3g}: {note}"
-    elif wd <= 0:
-        note = "λ = 0 has no logarithm"
-    found = Optimum(
-        weight_decay=wd,
-        lr_opt=float(np.exp(log_opt[0])),
-        lr_grid=float(grid.lrs[i]),
-        val_error=float(means[i]),
-        n_lr=n,
-        edge=is_edge,
-        used=note is None,
-        note=note,
-    )
-    return found, warning
-
-
-def fit_k(
-    grids: Sequence[LambdaGrid],
-    optima: Sequence[Optimum],
-    cfg: AnalyzeConfig,
-    theory: float | None,
-    median_seeds: float,
-) -> ScalingFit:
-    """k from the used optima (one per grid in ``grids``, same order)."""
-    n = len(optima)
-    if n < 2:
-        return ScalingFit(Estimate.missing(n), math.nan, math.nan, n, theory, UNDETERMINED)
-    log_wd = np.log([o.weight_decay for o in optima])
-    log_opt = np.log([o.lr_opt for o in optima])
-    fit = stats.linregress(log_wd, log_opt)
-    k = -float(fit.slope)
-    r2 = float(fit.rvalue**2) if n > 2 else 1.0
-    # linregress's stderr is NaN-free only for n > 2; with 2 points the interval is unbounded.
-    se = float(fit.stderr) if n > 2 else math.nan
-    est = t_estimate(k, se, n - 2, n, cfg.confidence)
-    if median_seeds >= 2 and cfg.bootstrap > 0:
-        boot = bootstrap_k(grids, log_wd, k, cfg)
-        # Resampling seeds cannot see the grid's resolution; the residuals can. Report the
-        # wider interval, so that a coarse grid cannot pass for a precise k.
-        if not est.determined or (
-            boot.determined and boot.ci_high - boot.ci_low >= est.ci_high - est.ci_low
-        ):
-            est = boot
-        else:
-            est = Estimate(
-                k, est.stderr, est.ci_low, est.ci_high, n, "bootstrap|ols-t", cfg.confidence
-            )
-    return ScalingFit(est, float(fit.intercept), r2, n, theory, verdict(est, theory, cfg.tolerance))
-
-
-def bootstrap_k(
-    grids: Sequence[LambdaGrid], log_wd: FloatArray, k: float, cfg: AnalyzeConfig
-) -> Estimate:
-    """Percentile CI of k: resample seeds within each cell, redo η* and the fit."""
-    rng = np.random.default_rng(cfg.seed)
-    b = cfg.bootstrap
-    ys = np.empty((b, len(grids)))
-    for j, g in enumerate(grids):
-        means = np.empty((b, len(g.cell_values)))
-        for c, vals in enumerate(g.cell_values):
-            means[:, c] = vals[rng.integers(0, vals.size, size=(b, vals.size))].mean(axis=1)
-        log_opt, edge = grid_minimum(g.log_lr, means)
-        # A resample whose minimum lands on the edge has no η* for this λ.
-        ys[:, j] = np.where(edge > 0, np.nan, log_opt)
-    mask = np.isfinite(ys)
-    w = mask.astype(np.float64)
-    cnt = w.sum(axis=1)
-    x = np.broadcast_to(log_wd, ys.shape)
-    y0 = np.where(mask, ys, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        xm = (w * x).sum(axis=1) / cnt
-        ym = (w * y0).sum(axis=1) / cnt
-        sxy = (w * (x - xm[:, None]) * (y0 - ym[:, None])).sum(axis=1)
-        sxx = (w * (x - xm[:, None]) ** 2).sum(axis=1)
-        ks = -sxy / sxx
-    ks = ks[(cnt >= 2) & np.isfinite(ks)]
-    if ks.size < max(20, b // 2):
-        # Too many resamples lost their η*: the percentile interval would be biased.
-        return Estimate(k, math.nan, math.nan, math.nan, len(grids), "bootstrap", cfg.confidence)
-    alpha = (1 - cfg.confidence) / 2
-    lo, hi = np.quantile(ks, [alpha, 1 - alpha])
-    return Estimate(
-        k, float(ks.std(ddof=1)), float(lo), float(hi), len(grids), "bootstrap", cfg.confidence
-    )
+    if est.within(theory - margin, theory + margin):
+        return EQUIVALENT
+    if est.outside(theory - margin, theory + margin):
+        return DIFFERENT
+    return INCONCLUSIVE
 
 
 # --- the collapse k -----------------------------------------------------------------------
@@ -333,7 +205,7 @@ def fit_collapse(
         return None
     log_lr = np.log([c.lr for c in usable])
     log_wd = np.log([c.weight_decay for c in usable])
-    err = np.array([c.val_error for c in usable])
+    err = np.array([c.value if math.isfinite(c.value) else c.val_error for c in usable])
     n = err.size
     degree = min(cfg.collapse_degree, len({c.lr for c in usable}) - 1)
     dof = n - (degree + 1) - 1  # polynomial coefficients + k
@@ -366,7 +238,7 @@ def fit_collapse(
     if ci_low <= lo or ci_high >= hi:
         # The interval ran into the search bounds: it is not a real confidence interval.
         est = Estimate(k_hat, math.nan, math.nan, math.nan, n, "profile", cfg.confidence)
-    return CollapseFit(est, theory, verdict(est, theory, cfg.tolerance), degree, n, rss_min)
+    return CollapseFit(est, theory, verdict(est, theory, cfg.margin), degree, n, rss_min)
 
 
 def _profile_edge(
@@ -380,56 +252,224 @@ def _profile_edge(
     return bound
 
 
-# --- norm exponents -----------------------------------------------------------------------
+# --- norm exponents ---------------------------------------------------------------------
 
 
-def fit_norms(
-    cells: Sequence[Cell], layer: str, cfg: AnalyzeConfig, theory: float | None
-) -> NormFit:
-    """a and b of ``layer`` over the cells with c·η·λ·T ≥ ``cfg.equilibrium``."""
+def _equilibrium_cells(
+    cells: Sequence[Cell], layer: str, cfg: AnalyzeConfig
+) -> tuple[list[Cell], int]:
     have = [
         c
         for c in cells
         if c.weight_decay > 0 and math.isfinite(v := c.phase1_norms.get(layer, math.nan)) and v > 0
     ]
     used = [c for c in have if c.equilibrium_index >= cfg.equilibrium]
+    return used, len(have) - len(used)
+
+
+def fit_norms(
+    cells: Sequence[Cell],
+    layer: str,
+    cfg: AnalyzeConfig,
+    theory: float | None,
+    scale_power: float = 0.5,
+    k: float = 1.0,
+) -> NormFit:
+    """The norm law of ``layer`` over the cells with c·η·λ·T ≥ ``cfg.equilibrium``.
+
+    Invariant coordinates: log(‖w‖·λ^s) = c + p·log(η·λ^k) + q·log λ (s = ``scale_power``,
+    k the theory's), OLS with t-intervals; p against ``theory`` (verdict), q against 0
+    (``memory``), both with ``cfg.norm_margin``. The old log ‖w‖ = c + a log η − b log λ on
+    the same cells beside it (a = p, b = s − p·k − q). The cells' errors are treated as
+    independent (the seed-averaged norms vary little between seeds).
+    """
+    used, excluded = _equilibrium_cells(cells, layer, cfg)
     n = len(used)
-    excluded = len(have) - n
+    miss = Estimate.missing(n, "ols-t")
+    blank = NormFit(layer, miss, miss, math.nan, math.nan, n, excluded, theory,
+                    UNDETERMINED, miss, miss, scale_power, k)  # fmt: skip
     if n < 4:  # 3 coefficients need at least one residual degree of freedom
-        miss = Estimate.missing(n, "ols-t")
-        return NormFit(layer, miss, miss, math.nan, math.nan, n, excluded, theory, UNDETERMINED)
+        return blank
     log_lr = np.log([c.lr for c in used])
     log_wd = np.log([c.weight_decay for c in used])
-    y = np.log([c.phase1_norms[layer] for c in used])
-    design = np.column_stack([np.ones(n), log_lr, -log_wd])
-    fit = ols(design, y)
-    if fit.rank < 3:  # a single η or a single λ among equilibrium cells
-        miss = Estimate.missing(n, "ols-t")
-        return NormFit(layer, miss, miss, math.nan, fit.r_squared, n, excluded, theory,
-                       UNDETERMINED)  # fmt: skip
-    a = t_estimate(float(fit.coef[1]), float(fit.stderr[1]), fit.dof, n, cfg.confidence)
-    b = t_estimate(float(fit.coef[2]), float(fit.stderr[2]), fit.dof, n, cfg.confidence)
-    if theory is None or not (a.determined and b.determined):
-        found = UNDETERMINED
-    else:
-        tol = cfg.tolerance
-        found = CONSISTENT if a.covers(theory, tol) and b.covers(theory, tol) else INCONSISTENT
-    return NormFit(layer, a, b, float(fit.coef[0]), fit.r_squared, n, excluded, theory, found)
+    log_norm = np.log([c.phase1_norms[layer] for c in used])
+    old = ols(np.column_stack([np.ones(n), log_lr, -log_wd]), log_norm)
+    new = ols(
+        np.column_stack([np.ones(n), log_lr + k * log_wd, log_wd]), log_norm + scale_power * log_wd
+    )
+    if old.rank < 3 or new.rank < 3:  # a single η or a single λ among equilibrium cells
+        return NormFit(layer, miss, miss, math.nan, old.r_squared, n, excluded, theory,
+                       UNDETERMINED, miss, miss, scale_power, k)  # fmt: skip
+    conf = cfg.confidence
+    a = t_estimate(float(old.coef[1]), float(old.stderr[1]), old.dof, n, conf)
+    b = t_estimate(float(old.coef[2]), float(old.stderr[2]), old.dof, n, conf)
+    p = t_estimate(float(new.coef[1]), float(new.stderr[1]), new.dof, n, conf)
+    q = t_estimate(float(new.coef[2]), float(new.stderr[2]), new.dof, n, conf)
+    return NormFit(
+        layer=layer,
+        a=a,
+        b=b,
+        intercept=float(new.coef[0]),
+        r_squared=new.r_squared,
+        n_cells=n,
+        n_excluded=excluded,
+        theory=theory,
+        verdict=verdict(p, theory, cfg.norm_margin),
+        p=p,
+        q=q,
+        s=scale_power,
+        k=k,
+        memory=verdict(q, 0.0, cfg.norm_margin),
+    )
+
+
+# --- columns ------------------------------------------------------------------------------
+
+
+def column_verdict(slope: Estimate, band: float) -> str:
+    """ "constant" (the CI inside ±band), "varies" (entirely outside), else "inconclusive";
+    "undetermined" without an estimate."""
+    if not math.isfinite(slope.value) or not math.isfinite(band):
+        return UNDETERMINED
+    if slope.within(-band, band):
+        return CONSTANT
+    if slope.outside(-band, band):
+        return VARIES
+    return INCONCLUSIVE
+
+
+def column_slopes(
+    log_lr: Sequence[FloatArray],
+    log_wd: FloatArray,
+    values: Sequence[FloatArray],
+    k: float,
+    confidence: float,
+) -> list[tuple[float, Estimate, int]]:
+    """Along each column log(η·λ^k) = x: the slope of ``values`` against log λ.
+
+    Rows are λ values; row i has its η grid ``log_lr[i]`` (increasing) and ``values[i]``
+    (NaN where unknown). Columns sit at the x of the row with the most finite values; each
+    other row's value there is interpolated linearly in x between its two neighbouring cells
+    (both finite), or left out beyond its grid. OLS slope with a t-interval (≥ 3 rows).
+    """
+    xs = [lr + k * wd for lr, wd in zip(log_lr, log_wd, strict=True)]
+    counts = [int(np.isfinite(v).sum()) for v in values]
+    if not counts or max(counts) == 0:
+        return []
+    ref = int(np.argmax(counts))
+    out: list[tuple[float, Estimate, int]] = []
+    for x_c in xs[ref][np.isfinite(values[ref])]:
+        ws: list[float] = []
+        ys: list[float] = []
+        for x, v, wd in zip(xs, values, log_wd, strict=True):
+            y = _interpolate(x, v, float(x_c))
+            if math.isfinite(y):
+                ws.append(float(wd))
+                ys.append(y)
+        n = len(ws)
+        if n < 3:
+            continue
+        fit = ols(np.column_stack([np.ones(n), ws]), np.asarray(ys))
+        est = t_estimate(float(fit.coef[1]), float(fit.stderr[1]), fit.dof, n, confidence)
+        out.append((float(x_c), est, n))
+    return out
+
+
+def _interpolate(x: FloatArray, v: FloatArray, at: float) -> float:
+    """``v`` at ``at``: the cell itself when a grid point sits there, else the parabola through
+    the three nearest cells around it (all finite), so that a curved profile is not read as a
+    slope; NaN beyond the row's grid."""
+    tol = 1e-9 * max(1.0, abs(at))
+    hit = np.flatnonzero(np.abs(x - at) <= tol)
+    if hit.size:
+        return float(v[hit[0]])
+    i = int(np.searchsorted(x, at))
+    if i == 0 or i >= x.size:
+        return math.nan
+    lo = i - 1
+    # The third point on the side of the nearer neighbour's far side, within the grid.
+    third = i + 1 if (at - x[i - 1] > x[i] - at and i + 1 < x.size) or lo == 0 else i - 2
+    idx = sorted({lo, i, third} & set(range(x.size)))
+    xs, ys = x[idx], v[idx]
+    if not np.isfinite(ys).all():
+        # Fall back to the two neighbours alone.
+        y0, y1 = float(v[lo]), float(v[i])
+        if not (math.isfinite(y0) and math.isfinite(y1)):
+            return math.nan
+        t = (at - float(x[lo])) / float(x[i] - x[lo])
+        return y0 + t * (y1 - y0)
+    total = 0.0
+    for a in range(len(idx)):
+        term = float(ys[a])
+        for b in range(len(idx)):
+            if a != b:
+                term *= (at - float(xs[b])) / float(xs[a] - xs[b])
+        total += term
+    return total
+
+
+def column_checks(
+    cells: Sequence[Cell],
+    k: float,
+    scale_power: float,
+    layers: Sequence[str],
+    cfg: AnalyzeConfig,
+    noise_sd: float,
+) -> list[ColumnCheck]:
+    """The column test (see :func:`column_slopes`): the metric's seed mean, and for each of
+    ``layers`` log(‖w‖·λ^s) over equilibrium cells, must be constant along η·λ^k = const.
+
+    Bands: the metric's slope may change it across the column's λ span by less than 2
+    cell-mean noise sds; log(‖w‖·λ^s)'s slope is an exponent, held to ``cfg.norm_margin``.
+    """
+    by_wd: dict[float, list[Cell]] = {}
+    for c in cells:
+        if c.weight_decay > 0:
+            by_wd.setdefault(c.weight_decay, []).append(c)
+    wds = sorted(by_wd)
+    if len(wds) < 3:
+        return []
+    rows = [sorted(by_wd[w], key=lambda c: c.lr) for w in wds]
+    log_wd = np.log(np.array(wds))
+    log_lr = [np.log([c.lr for c in r]) for r in rows]
+    out: list[ColumnCheck] = []
+    metric = [np.array([c.value if math.isfinite(c.value) else c.val_error for c in r])
+              for r in rows]  # fmt: skip
+    seeds = float(np.median([c.n_seeds for c in cells]))
+    sd_mean = noise_sd / math.sqrt(max(seeds, 1.0))
+    for x_c, est, n in column_slopes(log_lr, log_wd, metric, k, cfg.confidence):
+        band = 2 * sd_mean / float(np.ptp(log_wd))
+        out.append(ColumnCheck("error", x_c, est, band, n, column_verdict(est, band)))
+    for layer in layers:
+        values = [
+            np.array([
+                math.log(c.phase1_norms.get(layer, math.nan))
+                + scale_power * math.log(c.weight_decay)
+                if c.equilibrium_index >= cfg.equilibrium
+                and c.phase1_norms.get(layer, math.nan) > 0
+                else math.nan
+                for c in r
+            ])
+            for r in rows
+        ]  # fmt: skip
+        band = cfg.norm_margin
+        for x_c, est, n in column_slopes(log_lr, log_wd, values, k, cfg.confidence):
+            quantity = f"norm:{layer}"
+            out.append(ColumnCheck(quantity, x_c, est, band, n, column_verdict(est, band)))
+    return out
 
 
 __all__ = [
-    "FLAT_FRACTION",
     "OLS",
     "RELAXATION_CAP",
-    "LambdaGrid",
-    "bootstrap_k",
     "collapse_rss",
+    "column_checks",
+    "column_slopes",
+    "column_verdict",
     "fit_collapse",
-    "fit_k",
     "fit_norms",
     "grid_minimum",
     "ols",
-    "optimum",
     "parabolic_argmin",
     "relaxation_index",
     "t_estimate",

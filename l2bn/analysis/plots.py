@@ -12,9 +12,11 @@ optimizer has other groups gets its distinguishing fields too, e.g.
 ``_norm_heatmap.png``       first-layer ‖w‖ at the end of LR phase 1 over (λ, η); cells out
                             of equilibrium (c·η·λ·T below the threshold) crossed out
 ``_norm_trajectories.png``  first-layer ‖w‖ per epoch, one panel per λ, colour = η
+``_k_by_epoch.png``         the primary k from each epoch's validation metric, with its CI
 ==========================  ================================================================
 
-The two norm figures need per-epoch histories and are skipped without them. normalized-sgd
+The two norm figures need per-epoch histories and are skipped without them; so is
+``_k_by_epoch.png`` without per-epoch validation metrics. normalized-sgd
 is a group like any other, so its heatmaps come out as ``normalized-sgd-…_*.png``.
 
 matplotlib is imported inside the functions (the CLI should not pay for it unless --plots is
@@ -39,7 +41,14 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-FIGURES = ("error_heatmap", "eta_star", "collapse", "norm_heatmap", "norm_trajectories")
+FIGURES = (
+    "error_heatmap",
+    "eta_star",
+    "collapse",
+    "norm_heatmap",
+    "norm_trajectories",
+    "k_by_epoch",
+)
 DPI = 120
 
 
@@ -58,6 +67,8 @@ def write_plots(report: AnalysisReport, out_dir: Path) -> list[Path]:
             written.append(
                 _save(plot_norm_trajectories(g), out_dir / f"{g.slug}_norm_trajectories.png")
             )
+        if g.k_by_epoch:
+            written.append(_save(plot_k_by_epoch(g), out_dir / f"{g.slug}_k_by_epoch.png"))
     return written
 
 
@@ -235,7 +246,7 @@ def plot_eta_star(group: GroupReport) -> Figure:
     ax.set_yscale("log")
     ax.set_xlabel("λ (weight_decay)")
     ax.set_ylabel("η* (best learning rate)")
-    ax.set_title(f"{group.label}: η* ∝ λ^-k ({s.verdict})")
+    ax.set_title(f"{group.label}: η* ∝ λ^-k ({s.verdict}, {s.k.method})", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     return fig
@@ -269,6 +280,32 @@ def plot_collapse(group: GroupReport) -> Figure:
         # An explicit place: loc="best" scans every point and triples the render time.
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(f"{group.label}: error against the effective learning rate η·λ^k")
+    return fig
+
+
+def plot_k_by_epoch(group: GroupReport) -> Figure:
+    """The primary k after each epoch (the validation metric's history), CI as a band, the
+    theory as a line: whether k still moves at the end of training."""
+    fig, axes = _figure()
+    ax = axes[0]
+    rows = group.k_by_epoch
+    epochs = [r.epoch for r in rows]
+    ax.plot(epochs, [r.k.value for r in rows], "o-", ms=3, color="C0", label="k (joint fit)")
+    ax.fill_between(epochs, [r.k.ci_low for r in rows], [r.k.ci_high for r in rows],
+                    color="C0", alpha=0.2, label="CI")  # fmt: skip
+    theory = group.scaling.theory
+    if theory is not None:
+        ax.axhline(theory, color="0.4", ls="--", label=f"theory: k = {theory:g}")
+    finite = [v for r in rows for v in (r.k.value, r.k.ci_low, r.k.ci_high) if math.isfinite(v)]
+    if finite:  # a wild early epoch must not flatten the rest
+        lo, hi = np.percentile(finite, [5, 95])
+        pad = 0.1 * (hi - lo) + 0.05
+        ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"k from {group.metric}")
+    ax.set_title(f"{group.label}: k over training")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
     return fig
 
 
@@ -342,6 +379,7 @@ __all__ = [
     "plot_collapse",
     "plot_error_heatmap",
     "plot_eta_star",
+    "plot_k_by_epoch",
     "plot_norm_heatmap",
     "plot_norm_trajectories",
     "write_plots",

@@ -6,40 +6,76 @@ Nothing here computes a fit or touches a storage; the module imports neither opt
 JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as null)::
 
     {"l2bn_version": "0.1.0",
-     "storage": "sqlite:///l2bn.db",
-     "settings": {"storage", "studies", "equilibrium", "bootstrap", "seed", "confidence",
-                  "tolerance", "collapse_degree", "k_bounds"},
+     "storage": "sqlite:///l2bn.db",              # "csv:<path>" with --from-csv
+     "settings": {"storage", "studies", "equilibrium", "interval", "bootstrap", "seed",
+                  "confidence", "margin", "norm_margin", "metric", "from_csv",
+                  "collapse_degree", "k_bounds"},
      "warnings": ["skipped x/sgd: a single weight_decay value ...", ...],  # not per group
      "groups": [{
         "optimizer": "adam", "norm": "bn", "dataset": "cifar10",
-        "identity": {"optimizer": "adam", "epochs": 40, "batch_size": 128, "width": 32,
-                     "norm": "bn", "head": "linear", "dataset": "cifar10",
-                     "val_fraction": 0.1, "augment": true, "lr_drops": [0.5, 0.8],
-                     "decay_all": false, "affine": true, "precision": "auto"},
-        "distinct": {"affine": true},            # {} unless the optimizer has other groups
+        "identity": {...}, "distinct": {"affine": true},   # see below
         "studies": ["sweep1/adam"],
         "n_trials": 150, "n_cells": 75, "n_lambda": 3, "max_seeds": 2, "n_diverged": 4,
         "first_layer": "conv1",                  # null without histories
+        "metric": "val_error",                   # v2: the analyzed objective (--metric)
+        "noise_sd": 0.015,                       # v2: sd of one trial's metric
+        "noise_source": "seeds",                 # v2: or "joint-fit residuals" (1 seed)
+        "independent_rows": false,               # v2: no seed value shared between λ rows
         "k": {"estimate": ESTIMATE, "intercept": -5.1, "r_squared": 0.99, "n_lambda": 3,
-              "theory": 0.5, "verdict": "consistent"},
-        "collapse": {"estimate": ESTIMATE, "theory": 0.5, "verdict": "consistent",
+              "theory": 0.5, "verdict": "equivalent"},          # = k_estimates["joint"]
+        "k_estimates": {"joint": KEST, "per_lambda": KEST, "collapse_band": KEST},   # v2
+        "collapse": {"estimate": ESTIMATE, "theory": 0.5, "verdict": "inconclusive",
                      "degree": 4, "n_cells": 75, "rss": 0.01},      # null if < 2 λ values
         "optima": [{"weight_decay": 0.001, "lr_opt": 0.012, "lr_grid": 0.01,
                     "val_error": 0.21, "n_lr": 25, "edge": false, "used": true,
-                    "note": null}, ...],
-        "norms": [{"layer": "conv1", "a": ESTIMATE, "b": ESTIMATE, "intercept": 0.3,
-                   "r_squared": 0.97, "n_cells": 40, "n_excluded": 35,
-                   "theory": 0.333, "verdict": "consistent"}, ...],   # one per layer
+                    "note": null, "lr_ci_low": 0.010, "lr_ci_high": 0.014,   # v2
+                    "n_band": 4}, ...],                                        # v2
+        "norms": [{"layer": "conv1", "p": ESTIMATE, "q": ESTIMATE, "s": 0.5, "k": 1.0,
+                   "a": ESTIMATE, "b": ESTIMATE, "intercept": 0.3, "r_squared": 0.97,
+                   "n_cells": 40, "n_excluded": 35, "theory": 0.333,
+                   "verdict": "equivalent", "memory": "equivalent"}, ...],  # one per layer
+        "columns": [{"quantity": "error" | "norm:conv1", "log_x": -6.9, "slope": ESTIMATE,
+                     "band": 0.005, "n_lambda": 4, "verdict": "constant"}, ...],   # v2
+        "k_by_epoch": [{"epoch": 1, "k": ESTIMATE}, ...],   # v2; [] without histories
         "cells": [{"lr": 0.01, "weight_decay": 0.001, "n_seeds": 2, "val_error": 0.2,
-                   "val_error_std": 0.01, "test_error": 0.21, "n_diverged": 0,
+                   "val_error_std": 0.01, "value": 0.2, "value_std": 0.01,  # value: --metric
+                   "test_error": 0.21, "n_diverged": 0,
                    "eta_lambda_T": 1.2, "equilibrium_index": 12.0,    # c·η·λ·T
                    "phase1_norms": {"conv1": 3.2, ...},
                    "relaxation": {"conv1": 7.5, ...}}, ...],  # measured r·T, phase 1
         "warnings": ["λ=0.1: η* on the lower edge of the η grid (extend the grid)", ...]}]}
 
     ESTIMATE = {"value", "stderr", "ci_low", "ci_high", "n", "method", "confidence"}
-    # method: "bootstrap", "ols-t", "bootstrap|ols-t" (the wider of the two), "profile"
-    # n: data points behind the estimate
+    KEST = {"estimate": ESTIMATE, "theory": 0.5, "verdict": "inconclusive"}
+    # method of k: "<estimator>/<interval>": interval "seed-jackknife-t" (delete-one-seed
+    # jackknife, t on S − 1 dof), "(λ, seed)-jackknife-t" (independent rows: Satterthwaite's
+    # dof over λ strata), "seed-cluster-bootstrap" / "(λ, seed)-cluster-bootstrap"
+    # (--interval bootstrap), "delta-t" (1 seed: the joint fit's residuals); the primary
+    # "k" has "joint/" in front. Others: "profile" (whole-grid collapse), "ols-t" (norms,
+    # column slopes). n: data points behind the estimate (λ values for k).
+
+v2 (analyze v2, additions marked above; nothing of the 0.1 shape was removed, but
+``settings.tolerance`` became ``margin``/``norm_margin`` and the verdict words changed):
+
+* ``k`` is the primary estimate, the **joint** fit (:mod:`l2bn.analysis.estimators`): one
+  parabola in log η + k·log λ with a free offset per λ over the cells near each λ's minimum.
+  ``k_estimates`` holds it with the two cross-checks, **per_lambda** (η* per λ by a local
+  quadratic, then regression) and **collapse_band** (the collapse on the same cells); a
+  warning flags them when they differ by more than their combined CI half-width (and 0.025).
+  ``collapse`` is the whole-grid collapse of before.
+* ``optima[].lr_opt`` is the per-λ local quadratic's vertex, with its CI (cell noise only).
+* ``norms[]``: the norm law in invariant coordinates, log(‖w‖·λ^s) = c + p·log(η·λ^k) +
+  q·log λ (s: :attr:`l2bn.theory.Theory.norm_scale_power`, k: the theory's); ``verdict`` is p
+  against the theory, ``memory`` q against 0 (both with ``norm_margin``); the old a, b beside.
+* ``columns``: along η·λ^k = const (theory's k), the slope against log λ of the metric and of
+  log(‖w‖·λ^s) of the first layer (equilibrium cells), each at one column position.
+* ``k_by_epoch``: the joint k from each epoch's validation metric (per-epoch histories).
+
+``verdict`` of k and the exponents, against theory ± margin δ: "equivalent" (the CI lies
+inside), "different" (the CI lies entirely outside), "inconclusive" (otherwise, including a
+value without a finite CI), "undetermined" (no estimate at all, or no theory for this
+optimizer). Columns: "constant" (CI inside ±band), "varies" (entirely outside), else
+"inconclusive"/"undetermined".
 
 ``identity`` is the group's whole training identity: every TrainConfig field except η
 (``lr``), λ (``weight_decay``), ``seed``, ``data_dir`` and ``device``, read from the studies'
@@ -51,9 +87,6 @@ other than optimizer, norm and dataset (the keys above it), in which groups of t
 optimizer differ: what tells this group from the optimizer's other groups, also shown in the
 group's label and plot file names. Both keys are additions to the 0.1 shape.
 
-``verdict`` is "consistent" (the CI comes within ``tolerance``, default 0.05, of the theory;
-for norms: both a's and b's CIs do), "inconsistent", or "undetermined" (fewer than 2 usable λ
-values, fewer than 4 equilibrium cells, an unbounded CI, or no theory for this optimizer).
 Theory: :data:`l2bn.theory.THEORY`.
 """
 
@@ -76,9 +109,18 @@ if TYPE_CHECKING:
 # nothing here needs it (tests/analysis/test_results.py checks that the two agree).
 DEFAULT_STORAGE = "sqlite:///l2bn.db"
 
-CONSISTENT = "consistent"
-INCONSISTENT = "inconsistent"
+# Verdicts against theory ± margin (see the module docstring).
+EQUIVALENT = "equivalent"
+DIFFERENT = "different"
+INCONCLUSIVE = "inconclusive"
 UNDETERMINED = "undetermined"
+VERDICTS = (EQUIVALENT, DIFFERENT, INCONCLUSIVE, UNDETERMINED)
+# Column test outcomes (see ColumnCheck).
+CONSTANT = "constant"
+VARIES = "varies"
+
+METRICS = ("val_error", "val_loss")
+INTERVALS = ("jackknife", "bootstrap")
 
 # Identity fields shown in the group's label as its own keys, not in ``distinct``.
 LABEL_FIELDS = ("optimizer", "norm", "dataset")
@@ -94,13 +136,21 @@ class AnalyzeConfig:
     storage: str = DEFAULT_STORAGE
     studies: tuple[str, ...] = ()  # empty: every study with user attr "optimizer"
     equilibrium: float = 5.0  # a cell is in equilibrium when c·η·λ·T ≥ this (c: relaxation_rate)
-    bootstrap: int = 1000  # resamples for the seed bootstrap of k; 0 forces the t-interval
+    # Intervals of k: "jackknife" (delete-one-seed, Student t; the calibrated default) or
+    # "bootstrap" (cluster bootstrap over seeds, ``bootstrap`` resamples; under-covers with
+    # few seeds, kept for comparison).
+    interval: str = "jackknife"
+    bootstrap: int = 1000
     seed: int = 0  # bootstrap RNG seed: same data, same CI
     confidence: float = 0.95
-    # Practical equivalence: "consistent" when the CI comes within this of the theory. A very
-    # precise fit (a toy, many seeds) otherwise turns a physically irrelevant 0.249 vs ¼ into
-    # "inconsistent". Absolute, in the units of k and of the norm exponents.
-    tolerance: float = 0.05
+    # Verdict margin δ for k: "equivalent" when the CI lies inside theory ± δ. 0.1 in k moves
+    # η* by a factor 10^0.2 ≈ 1.6 over two decades of λ, less than one step of the usual
+    # half-decade η grid, and keeps the two theories (k = ½ and 1) far apart.
+    margin: float = 0.1
+    # The same for the norm exponent p (theories ¼, ⅓, ½ lie 0.08 apart: half of δ).
+    norm_margin: float = 0.05
+    metric: str = "val_error"  # the objective whose optimum is located: val_error | val_loss
+    from_csv: Path | None = None  # read a ``--csv`` export instead of the storage
     collapse_degree: int = 4  # degree of the master curve in log η + k log λ
     k_bounds: tuple[float, float] = (-1.0, 2.5)  # search range of the collapse k
     json_path: Path | None = None
@@ -110,7 +160,7 @@ class AnalyzeConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "studies", tuple(self.studies))
         object.__setattr__(self, "k_bounds", tuple(float(x) for x in self.k_bounds))
-        for name in ("json_path", "csv_path", "plots_dir"):
+        for name in ("json_path", "csv_path", "plots_dir", "from_csv"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -118,8 +168,16 @@ class AnalyzeConfig:
             raise ConfigError(f"equilibrium must be a number ≥ 0, got {self.equilibrium!r}")
         if self.bootstrap < 0:
             raise ConfigError(f"bootstrap must be ≥ 0, got {self.bootstrap}")
-        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
-            raise ConfigError(f"tolerance must be a number ≥ 0, got {self.tolerance!r}")
+        for name in ("margin", "norm_margin"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name.replace('_', '-')} must be a number ≥ 0, got {value!r}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.interval not in INTERVALS:
+            raise ConfigError(
+                f"interval must be one of {', '.join(INTERVALS)}, got {self.interval!r}"
+            )
         if not (0.5 <= self.confidence < 1.0):
             raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}")
         if not (1 <= self.collapse_degree <= 10):
@@ -136,10 +194,14 @@ class AnalyzeConfig:
             "storage": redact(self.storage),
             "studies": list(self.studies),
             "equilibrium": self.equilibrium,
+            "interval": self.interval,
             "bootstrap": self.bootstrap,
             "seed": self.seed,
             "confidence": self.confidence,
-            "tolerance": self.tolerance,
+            "margin": self.margin,
+            "norm_margin": self.norm_margin,
+            "metric": self.metric,
+            "from_csv": None if self.from_csv is None else str(self.from_csv),
             "collapse_degree": self.collapse_degree,
             "k_bounds": list(self.k_bounds),
         }
@@ -172,6 +234,14 @@ class Estimate:
         """Whether the CI meets [x − tolerance, x + tolerance]."""
         return self.determined and self.ci_low - tolerance <= x <= self.ci_high + tolerance
 
+    def within(self, low: float, high: float) -> bool:
+        """Whether the whole CI lies inside [low, high]."""
+        return self.determined and low <= self.ci_low and self.ci_high <= high
+
+    def outside(self, low: float, high: float) -> bool:
+        """Whether the whole CI lies outside [low, high] (entirely below or above)."""
+        return self.determined and (self.ci_high < low or self.ci_low > high)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "value": finite_or_none(self.value),
@@ -201,6 +271,10 @@ class Cell:
     # layer → median over seeds of the measured time constants (relaxation_index); a
     # diagnostic beside equilibrium_index, not a filter of any fit.
     relaxation: Mapping[str, float]
+    # The analyzed metric (``--metric``): mean and sample std over seeds; equal to val_error
+    # and val_error_std for the default metric.
+    value: float = math.nan
+    value_std: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -209,6 +283,8 @@ class Cell:
             "n_seeds": self.n_seeds,
             "val_error": finite_or_none(self.val_error),
             "val_error_std": finite_or_none(self.val_error_std),
+            "value": finite_or_none(self.value),
+            "value_std": finite_or_none(self.value_std),
             "test_error": finite_or_none(self.test_error),
             "n_diverged": self.n_diverged,
             "eta_lambda_T": finite_or_none(self.eta_lambda_t),
@@ -223,13 +299,17 @@ class Optimum:
     """η* for one λ."""
 
     weight_decay: float
-    lr_opt: float  # refined by the parabola (= lr_grid when not refinable)
-    lr_grid: float  # grid η with the lowest seed-averaged error
-    val_error: float  # seed-averaged error at lr_grid
+    lr_opt: float  # the per-λ local quadratic's vertex (= lr_grid where it has none)
+    lr_grid: float  # grid η with the lowest seed-averaged metric
+    val_error: float  # seed-averaged metric at lr_grid (the analyzed --metric)
     n_lr: int  # η values on this λ's grid
     edge: bool  # minimum on the first or last η of the grid
-    used: bool  # enters the k fit
+    used: bool  # enters the joint fit of k
     note: str | None  # why not used
+    # CI of η* from the local quadratic (delta method, cell noise only); NaN without one.
+    lr_ci_low: float = math.nan
+    lr_ci_high: float = math.nan
+    n_band: int = 0  # cells of this λ in the band of the joint fit
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -241,12 +321,15 @@ class Optimum:
             "edge": self.edge,
             "used": self.used,
             "note": self.note,
+            "lr_ci_low": finite_or_none(self.lr_ci_low),
+            "lr_ci_high": finite_or_none(self.lr_ci_high),
+            "n_band": self.n_band,
         }
 
 
 @dataclass(frozen=True)
 class ScalingFit:
-    """log η* = intercept − k log λ over the used λ values."""
+    """log η* = intercept − k log λ over the used λ values (the primary, joint estimate)."""
 
     k: Estimate
     intercept: float
@@ -262,6 +345,52 @@ class ScalingFit:
             "r_squared": finite_or_none(self.r_squared),
             "n_lambda": self.n_lambda,
             "theory": self.theory,
+            "verdict": self.verdict,
+        }
+
+
+@dataclass(frozen=True)
+class KEstimate:
+    """One estimator's k (``k_estimates``): joint, per_lambda or collapse_band."""
+
+    k: Estimate
+    theory: float | None
+    verdict: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"estimate": self.k.to_dict(), "theory": self.theory, "verdict": self.verdict}
+
+
+@dataclass(frozen=True)
+class EpochK:
+    """The primary k from the validation metric after one epoch."""
+
+    epoch: int
+    k: Estimate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "k": self.k.to_dict()}
+
+
+@dataclass(frozen=True)
+class ColumnCheck:
+    """Along one column η·λ^k = const (k from theory): the slope against log λ of the error
+    (``quantity`` "error") or of log(‖w‖·λ^s) (``"norm:<layer>"``); theory: 0."""
+
+    quantity: str
+    log_x: float  # log(η·λ^k) of the column
+    slope: Estimate
+    band: float  # |slope| below this counts as constant
+    n_lambda: int
+    verdict: str  # constant | varies | inconclusive | undetermined
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "quantity": self.quantity,
+            "log_x": self.log_x,
+            "slope": self.slope.to_dict(),
+            "band": finite_or_none(self.band),
+            "n_lambda": self.n_lambda,
             "verdict": self.verdict,
         }
 
@@ -290,7 +419,9 @@ class CollapseFit:
 
 @dataclass(frozen=True)
 class NormFit:
-    """log ‖w‖ = intercept + a log η − b log λ for one layer, over equilibrium cells."""
+    """One layer's norm law over equilibrium cells, in the optimizer's invariant coordinates:
+    log(‖w‖·λ^s) = intercept + p·log(η·λ^k) + q·log λ (theory: p, and q = 0); beside it the
+    old parametrization log ‖w‖ = c + a log η − b log λ (a = p, b = s − p·k − q)."""
 
     layer: str
     a: Estimate
@@ -300,19 +431,29 @@ class NormFit:
     n_cells: int
     n_excluded: int  # cells with a phase-1 norm but c·η·λ·T below the threshold
     theory: float | None
-    verdict: str
+    verdict: str  # p against theory ± norm_margin
+    p: Estimate = field(default_factory=Estimate.missing)
+    q: Estimate = field(default_factory=Estimate.missing)
+    s: float = math.nan  # the scale power (Theory.norm_scale_power)
+    k: float = math.nan  # the column exponent (Theory.k)
+    memory: str = UNDETERMINED  # q against 0 ± norm_margin: "equivalent" = no memory of w₀
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "layer": self.layer,
             "a": self.a.to_dict(),
             "b": self.b.to_dict(),
+            "p": self.p.to_dict(),
+            "q": self.q.to_dict(),
+            "s": finite_or_none(self.s),
+            "k": finite_or_none(self.k),
             "intercept": finite_or_none(self.intercept),
             "r_squared": finite_or_none(self.r_squared),
             "n_cells": self.n_cells,
             "n_excluded": self.n_excluded,
             "theory": self.theory,
             "verdict": self.verdict,
+            "memory": self.memory,
         }
 
 
@@ -361,6 +502,14 @@ class GroupReport:
     # group from the optimizer's other groups (see the module docstring).
     identity: Mapping[str, Any] = field(default_factory=dict)
     distinct: Mapping[str, Any] = field(default_factory=dict)
+    # analyze v2 (see the module docstring)
+    k_estimates: Mapping[str, KEstimate] = field(default_factory=dict)
+    columns: tuple[ColumnCheck, ...] = ()
+    k_by_epoch: tuple[EpochK, ...] = ()
+    noise_sd: float = math.nan  # sd of one trial's metric
+    noise_source: str = "none"  # "seeds", "second differences"
+    independent_rows: bool = False  # no seed value shared between λ rows
+    metric: str = "val_error"
 
     @property
     def label(self) -> str:
@@ -397,10 +546,17 @@ class GroupReport:
             "max_seeds": self.max_seeds,
             "n_diverged": self.n_diverged,
             "first_layer": self.first_layer,
+            "metric": self.metric,
+            "noise_sd": finite_or_none(self.noise_sd),
+            "noise_source": self.noise_source,
+            "independent_rows": self.independent_rows,
             "k": self.scaling.to_dict(),
+            "k_estimates": {name: e.to_dict() for name, e in self.k_estimates.items()},
             "collapse": None if self.collapse is None else self.collapse.to_dict(),
             "optima": [o.to_dict() for o in self.optima],
             "norms": [n.to_dict() for n in self.norms],
+            "columns": [c.to_dict() for c in self.columns],
+            "k_by_epoch": [e.to_dict() for e in self.k_by_epoch],
             "cells": [c.to_dict() for c in self.cells],
             "warnings": list(self.warnings),
         }
@@ -425,17 +581,26 @@ class AnalysisReport:
 
 
 __all__ = [
-    "CONSISTENT",
+    "CONSTANT",
     "DEFAULT_STORAGE",
-    "INCONSISTENT",
+    "DIFFERENT",
+    "EQUIVALENT",
+    "INCONCLUSIVE",
+    "INTERVALS",
     "LABEL_FIELDS",
+    "METRICS",
     "UNDETERMINED",
+    "VARIES",
+    "VERDICTS",
     "AnalysisReport",
     "AnalyzeConfig",
     "Cell",
     "CollapseFit",
+    "ColumnCheck",
+    "EpochK",
     "Estimate",
     "GroupReport",
+    "KEstimate",
     "NormFit",
     "Optimum",
     "ScalingFit",

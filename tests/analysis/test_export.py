@@ -10,8 +10,9 @@ import pytest
 
 from l2bn.analysis.export import CSV_FIXED_COLUMNS, write_csv, write_json
 from l2bn.analysis.pipeline import (
-    CONSISTENT,
-    INCONSISTENT,
+    DIFFERENT,
+    EQUIVALENT,
+    INCONCLUSIVE,
     UNDETERMINED,
     AnalyzeConfig,
     analyze,
@@ -25,6 +26,9 @@ GROUP_KEYS = {
     "optimizer", "norm", "dataset", "identity", "distinct", "studies", "n_trials", "n_cells",
     "n_lambda", "max_seeds", "n_diverged", "first_layer", "k", "collapse", "optima", "norms",
     "cells", "warnings",
+    # analyze v2
+    "metric", "noise_sd", "noise_source", "independent_rows", "k_estimates", "columns",
+    "k_by_epoch",
 }  # fmt: skip
 
 
@@ -36,7 +40,10 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
     assert out in report.written
     d = json.loads(out.read_text())
     assert set(d) == {"l2bn_version", "storage", "settings", "warnings", "groups"}
-    assert set(d["settings"]) >= {"storage", "studies", "equilibrium", "bootstrap", "seed"}
+    assert set(d["settings"]) >= {
+        "storage", "studies", "equilibrium", "bootstrap", "seed", "interval", "margin",
+        "norm_margin", "metric", "from_csv",
+    }  # fmt: skip
     assert len(d["groups"]) == 2
     for g in d["groups"]:
         assert set(g) == GROUP_KEYS
@@ -51,14 +58,25 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
         assert set(g["k"]["estimate"]) == ESTIMATE_KEYS
         assert set(g["collapse"]) == {"estimate", "theory", "verdict", "degree", "n_cells", "rss"}
         assert set(g["collapse"]["estimate"]) == ESTIMATE_KEYS
-        assert g["k"]["verdict"] in (CONSISTENT, INCONSISTENT, UNDETERMINED)
+        assert g["k"]["verdict"] in (EQUIVALENT, DIFFERENT, INCONCLUSIVE, UNDETERMINED)
+        assert set(g["k_estimates"]) == {"joint", "per_lambda", "collapse_band"}
+        for est in g["k_estimates"].values():
+            assert set(est) == {"estimate", "theory", "verdict"}
+            assert set(est["estimate"]) == ESTIMATE_KEYS
+        assert g["k_estimates"]["joint"]["estimate"] == g["k"]["estimate"]
+        assert g["k"]["estimate"]["method"].startswith("joint/")
         assert set(g["optima"][0]) == {
             "weight_decay", "lr_opt", "lr_grid", "val_error", "n_lr", "edge", "used", "note",
+            "lr_ci_low", "lr_ci_high", "n_band",
         }  # fmt: skip
         assert set(g["cells"][0]) == {
             "lr", "weight_decay", "n_seeds", "val_error", "val_error_std", "test_error",
             "n_diverged", "eta_lambda_T", "equilibrium_index", "phase1_norms", "relaxation",
+            "value", "value_std",
         }  # fmt: skip
+        for c in g["columns"]:
+            assert set(c) == {"quantity", "log_x", "slope", "band", "n_lambda", "verdict"}
+        assert g["k_by_epoch"] == []  # planted histories hold no per-epoch val_error
         assert g["n_cells"] == len(g["cells"])
         # Planted studies have no config attr: known by their attrs alone.
         assert g["identity"]["optimizer"] == g["optimizer"] and g["identity"]["epochs"] == EPOCHS
@@ -70,6 +88,7 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
     norm = nsgd["norms"][0]
     assert set(norm) == {
         "layer", "a", "b", "intercept", "r_squared", "n_cells", "n_excluded", "theory", "verdict",
+        "p", "q", "s", "k", "memory",
     }  # fmt: skip
     assert set(norm["a"]) == ESTIMATE_KEYS and norm["a"]["value"] == pytest.approx(0.25, abs=0.02)
 

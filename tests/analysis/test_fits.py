@@ -10,16 +10,27 @@ import numpy as np
 import pytest
 
 from l2bn.analysis.fits import (
-    LambdaGrid,
+    column_slopes,
+    column_verdict,
     fit_collapse,
+    fit_norms,
     grid_minimum,
     ols,
-    optimum,
     parabolic_argmin,
     relaxation_index,
     verdict,
 )
-from l2bn.analysis.results import CONSISTENT, INCONSISTENT, AnalyzeConfig, Cell, Estimate
+from l2bn.analysis.results import (
+    CONSTANT,
+    DIFFERENT,
+    EQUIVALENT,
+    INCONCLUSIVE,
+    UNDETERMINED,
+    VARIES,
+    AnalyzeConfig,
+    Cell,
+    Estimate,
+)
 
 from .planting import error_surface, relaxing
 
@@ -33,12 +44,22 @@ def test_fits_import_neither_optuna_nor_torch() -> None:
 # --- verdicts -----------------------------------------------------------------------------
 
 
-def test_tolerance_is_a_practical_equivalence_margin() -> None:
-    tight = Estimate(0.249, 0.0005, 0.248, 0.2499, 20, "ols-t")
-    assert verdict(tight, 0.25, tolerance=0.0) == INCONSISTENT
-    assert verdict(tight, 0.25, tolerance=0.05) == CONSISTENT
-    far = Estimate(0.40, 0.01, 0.38, 0.42, 20, "ols-t")
-    assert verdict(far, 0.25, tolerance=0.05) == INCONSISTENT
+def test_verdicts_have_three_outcomes_against_the_margin() -> None:
+    def est(lo: float, hi: float) -> Estimate:
+        return Estimate((lo + hi) / 2, (hi - lo) / 4, lo, hi, 10, "t")
+
+    assert verdict(est(0.95, 1.05), 1.0, margin=0.1) == EQUIVALENT  # inside theory ± δ
+    assert verdict(est(0.5, 0.8), 1.0, margin=0.1) == DIFFERENT  # entirely outside
+    assert verdict(est(1.15, 1.4), 1.0, margin=0.1) == DIFFERENT  # above, too
+    # Imprecision is not agreement: a CI that reaches both sides of the band says nothing.
+    assert verdict(est(0.01, 1.58), 1.0, margin=0.1) == INCONCLUSIVE
+    assert verdict(est(0.85, 1.05), 1.0, margin=0.1) == INCONCLUSIVE  # straddles an edge
+    # A very precise but physically irrelevant 0.249 vs ¼ is equivalent, not different.
+    assert verdict(Estimate(0.249, 1e-4, 0.2488, 0.2492, 20, "t"), 0.25, 0.05) == EQUIVALENT
+    # A value without a finite CI: inconclusive; no value or no theory: undetermined.
+    assert verdict(Estimate(1.0, math.nan, math.nan, math.nan, 2, "t"), 1.0, 0.1) == INCONCLUSIVE
+    assert verdict(Estimate.missing(), 1.0, 0.1) == UNDETERMINED
+    assert verdict(est(0.95, 1.05), None, 0.1) == UNDETERMINED
 
 
 # --- η* -----------------------------------------------------------------------------------
@@ -60,25 +81,6 @@ def test_grid_minimum_refines_inside_and_flags_the_edges() -> None:
     vertex, edge = grid_minimum(log_lr, np.stack([inside, rising]))
     assert vertex[0] == pytest.approx(log_lr[3] + 0.3) and edge[0] == 0.0
     assert vertex[1] == log_lr[0] and edge[1] == 1.0
-
-
-def _grid(wd: float, lrs: list[float], values: list[float]) -> LambdaGrid:
-    return LambdaGrid(wd, np.array(lrs), tuple(np.array([v]) for v in values))
-
-
-def test_optimum_says_why_a_lambda_is_left_out() -> None:
-    lrs = [1e-3, 1e-2, 1e-1, 1.0]
-    found, warning = optimum(_grid(0.01, lrs, [0.5, 0.2, 0.4, 0.8]), group_range=0.6)
-    assert found.used and warning is None and found.lr_grid == 1e-2
-    edge, warning = optimum(_grid(0.01, lrs, [0.1, 0.2, 0.4, 0.8]), group_range=0.7)
-    assert edge.edge and not edge.used
-    assert warning == "λ=0.01: η* on the lower edge of the η grid (extend the grid)"
-    flat, warning = optimum(_grid(0.1, lrs, [0.9, 0.89, 0.9, 0.9]), group_range=0.7)
-    assert not flat.used and "no clear minimum" in (warning or "")
-    few, warning = optimum(_grid(0.1, lrs[:2], [0.9, 0.5]), group_range=0.7)
-    assert not few.used and warning == "λ=0.1: only 2 η value(s); η* needs ≥ 3"
-    zero, warning = optimum(_grid(0.0, lrs, [0.5, 0.2, 0.4, 0.8]), group_range=0.6)
-    assert not zero.used and warning is None and zero.note == "λ = 0 has no logarithm"
 
 
 # --- regressions --------------------------------------------------------------------------
@@ -112,8 +114,54 @@ def test_collapse_recovers_the_planted_k() -> None:
     ]
     fit = fit_collapse(cells, AnalyzeConfig(), theory=0.5)
     assert fit is not None and fit.k.method == "profile"
-    assert fit.k.value == pytest.approx(0.5, abs=0.01) and fit.verdict == CONSISTENT
+    assert fit.k.value == pytest.approx(0.5, abs=0.01) and fit.verdict == EQUIVALENT
     assert fit_collapse(cells[:9], AnalyzeConfig(), theory=0.5) is None  # one λ only
+
+
+# --- norms and columns --------------------------------------------------------------------
+
+
+def _norm_cell(lr: float, wd: float, norm: float) -> Cell:
+    return Cell(lr, wd, 1, 0.3, math.nan, math.nan, 0, 1e3, 1e3, {"conv1": norm}, {})
+
+
+@pytest.mark.parametrize(("s", "k", "p", "q"), [(0.5, 1.0, 0.25, 0.0), (0.5, 0.5, 1 / 3, 0.1),
+                                                  (1.0, 1.0, 0.5, -0.2)])  # fmt: skip
+def test_norm_law_in_invariant_coordinates_recovers_planted_p_and_q(
+    s: float, k: float, p: float, q: float
+) -> None:
+    rng = np.random.default_rng(0)
+    cells = [
+        _norm_cell(lr, wd, math.exp(0.3 + p * math.log(lr * wd**k) + q * math.log(wd)) / wd**s
+                   * math.exp(0.002 * rng.standard_normal()))
+        for wd in (1e-3, 1e-2, 1e-1)
+        for lr in (1e-2, 1e-1, 1.0)
+    ]  # fmt: skip
+    fit = fit_norms(cells, "conv1", AnalyzeConfig(), theory=p, scale_power=s, k=k)
+    assert fit.p.value == pytest.approx(p, abs=0.01) and fit.q.value == pytest.approx(q, abs=0.01)
+    assert fit.verdict == EQUIVALENT
+    assert fit.memory == (EQUIVALENT if q == 0 else DIFFERENT)
+    # The old parametrization beside it: a = p, b = s − p·k − q.
+    assert fit.a.value == pytest.approx(p, abs=0.01)
+    assert fit.b.value == pytest.approx(s - p * k - q, abs=0.01)
+
+
+def test_column_slopes_read_through_offset_grids_and_flag_a_tilt() -> None:
+    log_wd = np.log([1e-3, 1e-2, 1e-1])
+    # Grids offset per λ in x = log η + log λ: the columns interpolate (quadratically).
+    grids = [np.linspace(-3, 3, 13) + 0.17 * i - wd for i, wd in enumerate(log_wd)]
+    flat = [np.exp(-((g + wd) ** 2) / 4) for g, wd in zip(grids, log_wd, strict=True)]
+    tilted = [f + 0.05 * wd for f, wd in zip(flat, log_wd, strict=True)]
+    for values, expected in ((flat, 0.0), (tilted, 0.05)):
+        out = column_slopes(grids, log_wd, values, k=1.0, confidence=0.95)
+        assert len(out) >= 10
+        for _, est, n in out:
+            assert n == 3 and est.value == pytest.approx(expected, abs=2e-3)
+    # Verdicts: inside the band, outside it, or neither.
+    assert column_verdict(Estimate(0.0, 1e-3, -0.002, 0.002, 3, "t"), 0.01) == CONSTANT
+    assert column_verdict(Estimate(0.05, 1e-3, 0.04, 0.06, 3, "t"), 0.01) == VARIES
+    assert column_verdict(Estimate(0.0, 0.1, -0.2, 0.2, 3, "t"), 0.01) == INCONCLUSIVE
+    assert column_verdict(Estimate.missing(), 0.01) == UNDETERMINED
 
 
 # --- measured relaxation ------------------------------------------------------------------

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -121,3 +122,133 @@ def test_loaded_studies_carry_their_identity(tmp_path: Path) -> None:
     assert good.dataset == "cifar10"  # the sweep's attr, over the planting default
     assert not bad.has_config and bad.identity["affine"] is None
     assert any("'bad/sgd'" in w and "not a sweep's JSON" in w for w in warnings)
+
+
+# --- the bulk SQL reader against Optuna's API ---------------------------------------------
+
+
+def _plant_mixed(storage: str | optuna.storages.BaseStorage) -> None:
+    """Studies with every trial state and the odd trials a foreign writer can leave."""
+    from .planting import NORM_LRS, NORM_WDS, norms_law
+
+    plant_study(
+        storage,
+        "mix/sgd",
+        "sgd",
+        NORM_LRS[:3],
+        NORM_WDS[:2],
+        surface(1.0),
+        seeds=2,
+        norms=norms_law(0.25),
+    )
+    plant_study(
+        storage, "mix/adam", "adam", log_grid(1e-4, 1.0, 3), [1e-3, 1e-2], surface(0.5), seeds=1
+    )
+    plant_study(storage, "other/sgd", "sgd", log_grid(1e-4, 1.0, 3), [1e-3], surface(1.0))
+    optuna.create_study(storage=storage, study_name="foreign")  # not an l2bn study
+    study = optuna.load_study(study_name="mix/sgd", storage=storage)
+    lr = optuna.distributions.FloatDistribution(1e-8, 1e6, log=True)
+    wd = optuna.distributions.FloatDistribution(1e-8, 10.0, log=True)
+    cat = optuna.distributions.CategoricalDistribution([0.3, 0.03])
+    seed = optuna.distributions.IntDistribution(0, 100)
+    dists = {"lr": lr, "weight_decay": wd, "seed": seed}
+    history = [
+        {"epoch": 2, "lr": 0.1, "layers": {"conv1": {"norm": 2.0, "unit_norm": 1.0}}},
+        {"epoch": 1, "lr": 0.1, "layers": {"conv1": {"norm": None}, "fc": 3}},
+    ]
+
+    def trial(
+        state: optuna.trial.TrialState,
+        value: float | None = 0.5,
+        params: dict[str, Any] | None = None,
+        dists: dict[str, optuna.distributions.BaseDistribution] = dists,
+        user_attrs: dict[str, Any] | None = None,
+        study: optuna.Study = study,
+    ) -> None:
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                params=params or {"lr": 0.1, "weight_decay": 1e-3, "seed": 7},
+                distributions=dists,
+                value=value if state == optuna.trial.TrialState.COMPLETE else None,
+                user_attrs={"history": history, "steps_per_epoch": 10}
+                if user_attrs is None
+                else user_attrs,
+                intermediate_values={0: 0.9, 1: 0.7},
+                system_attrs={"fixed_params": {"lr": 0.1}},
+            )
+        )
+
+    S = optuna.trial.TrialState
+    for state in (S.FAIL, S.PRUNED, S.WAITING, S.RUNNING):
+        trial(state)  # never a record
+    trial(S.COMPLETE)  # gaps in its history, an intermediate value, a system attr
+    # A categorical η, stored as its index (in a study of its own: Optuna wants one kind
+    # of distribution per param and study).
+    categorical = optuna.create_study(storage=storage, study_name="mix/cat")
+    categorical.set_user_attr("optimizer", "momentum")
+    trial(
+        S.COMPLETE,
+        params={"lr": 0.3, "weight_decay": 1e-3, "seed": 1},
+        dists={**dists, "lr": cat},
+        study=categorical,
+    )
+    trial(S.COMPLETE, value=float("inf"))  # skipped: no finite value
+    trial(S.COMPLETE, params={"weight_decay": 1e-3}, dists={"weight_decay": wd})  # no lr
+    trial(
+        S.COMPLETE,
+        user_attrs={
+            "history": json.dumps(history),
+            "diverged": True,
+            "test_error": None,
+            "train_loss": float("nan"),
+        },
+    )
+    trial(S.COMPLETE, user_attrs={"history": "not json", "steps_per_epoch": 0})
+    trial(S.COMPLETE, user_attrs={})
+
+
+@pytest.mark.parametrize("names", [(), ("mix/sgd", "mix/adam"), ("mix/sgd",), ("mix/cat",)])
+def test_bulk_sql_reads_exactly_what_optunas_api_reads(
+    tmp_path: Path, names: tuple[str, ...]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'mix.db'}"
+    _plant_mixed(url)
+    fast = load_studies(url, names)
+    slow = load_studies(url, names, bulk_sql=False)
+    # repr: NaN == NaN; every field of every record, in order.
+    assert repr(fast) == repr(slow)
+    studies, warnings = fast
+    every = ["mix/adam", "mix/cat", "mix/sgd", "other/sgd"]
+    assert [s.name for s in studies] == (list(names) or every)
+    by_name = {s.name: s for s in studies}
+    if "mix/sgd" in by_name:
+        mix = by_name["mix/sgd"]
+        assert len(mix.trials) == 12 + 4 and mix.n_skipped == 2
+        odd = [t for t in mix.trials if t.seed == 7]
+        assert [t.number for t in odd] == [16, 19, 20, 21]  # the API's order: by trial id
+        assert odd[0].epoch_lrs == (0.1, 0.1) and odd[0].norms["conv1"][1] == 2.0
+        assert odd[1].diverged and math.isnan(odd[1].test_error)
+        assert any("'mix/sgd': 2 complete trial(s)" in w for w in warnings)
+    if "mix/cat" in by_name:
+        assert by_name["mix/cat"].trials[0].lr == 0.3  # decoded from its index
+
+
+def test_bulk_sql_builds_no_frozen_trials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'mix.db'}"
+    _plant_mixed(url)
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the bulk reader must not go through Optuna's per-trial API")
+
+    monkeypatch.setattr(optuna, "load_study", forbidden)
+    monkeypatch.setattr(optuna.storages.RDBStorage, "get_all_trials", forbidden)
+    studies, _ = load_studies(url)
+    assert sum(len(s.trials) for s in studies) == 16 + 1 + 6 + 6
+
+
+def test_storages_without_sql_are_read_through_optunas_api() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    _plant_mixed(storage)
+    studies, _ = load_studies(storage, ("mix/sgd",))
+    assert len(studies[0].trials) == 16 and studies[0].n_skipped == 2

@@ -1,0 +1,178 @@
+"""``l2bn analyze --from-csv``: read an ``analyze --csv`` export back into study records.
+
+The export (:func:`l2bn.analysis.export.write_csv`) holds one row per trial: the columns of
+:data:`~l2bn.analysis.export.CSV_FIXED_COLUMNS` (``val_loss`` only in newer exports), then
+``norm_<layer>_e<epoch>``, and in newer exports ``val_error_e<epoch>`` / ``val_loss_e<epoch>``.
+Each ``study`` becomes a :class:`~l2bn.analysis.loading.StudyData` whose training identity is
+what the rows tell: optimizer, norm, dataset and the epochs seen (the rest unknown, None), so
+studies of one optimizer with equal attrs pool as studies without a ``config`` attr do.
+
+η after the first LR phase is not in the export: a record's per-epoch η is η for the
+``phase1_epochs`` first epochs and NaN after, which is all the analysis reads of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from l2bn.analysis.loading import IDENTITY_FIELDS, StudyData, TrialRecord
+from l2bn.errors import AnalysisError
+
+_NORM = re.compile(r"^norm_(.+)_e(\d+)$")
+_METRIC = re.compile(r"^(val_error|val_loss)_e(\d+)$")
+REQUIRED = ("study", "optimizer", "lr", "weight_decay", "seed", "val_error")
+
+
+@dataclass(frozen=True)
+class CsvTrialRecord(TrialRecord):
+    """A TrialRecord with the validation loss and per-epoch metrics an export may hold."""
+
+    val_loss: float = math.nan
+    metrics: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+
+def _num(raw: str | None) -> float:
+    if raw is None or raw.strip() == "":
+        return math.nan
+    try:
+        return float(raw)
+    except ValueError:
+        return math.nan
+
+
+def load_csv_export(
+    path: Path, names: Sequence[str] = ()
+) -> tuple[tuple[StudyData, ...], tuple[str, ...]]:
+    """The studies of an export at ``path`` (all, or those in ``names``), and warnings."""
+    if not path.is_file():
+        raise AnalysisError(f"no such CSV export {str(path)!r}")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise AnalysisError(
+                f"{path}: not an `l2bn analyze --csv` export (missing column(s) "
+                f"{', '.join(missing)})"
+            )
+        norm_cols: dict[str, list[tuple[int, str]]] = {}
+        metric_cols: dict[str, list[tuple[int, str]]] = {}
+        for col in header:
+            if m := _NORM.match(col):
+                norm_cols.setdefault(m.group(1), []).append((int(m.group(2)), col))
+            elif m := _METRIC.match(col):
+                metric_cols.setdefault(m.group(1), []).append((int(m.group(2)), col))
+        for cols in (*norm_cols.values(), *metric_cols.values()):
+            cols.sort()
+        rows = list(reader)
+    by_study: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_study.setdefault(row["study"], []).append(row)
+    if names:
+        unknown = [n for n in names if n not in by_study]
+        if unknown:
+            raise AnalysisError(
+                f"no study named {', '.join(map(repr, unknown))} in {path}; available: "
+                f"{', '.join(sorted(by_study))}"
+            )
+        by_study = {n: by_study[n] for n in dict.fromkeys(names)}
+    warnings: list[str] = []
+    out: list[StudyData] = []
+    for name, study_rows in by_study.items():
+        trials: list[TrialRecord] = []
+        skipped = 0
+        for i, row in enumerate(study_rows):
+            rec = _record(name, i, row, norm_cols, metric_cols)
+            if rec is None:
+                skipped += 1
+            else:
+                trials.append(rec)
+        if skipped:
+            warnings.append(
+                f"study {name!r}: {skipped} row(s) without a finite val_error and positive "
+                "lr, weight_decay ≥ 0 were skipped"
+            )
+        first = study_rows[0]
+        epochs = max((len(v) for v in norm_cols.values()), default=0) or None
+        identity: dict[str, Any] = dict.fromkeys(IDENTITY_FIELDS)
+        identity.update(
+            optimizer=first["optimizer"],
+            norm=first.get("norm") or None,
+            dataset=first.get("dataset") or None,
+            epochs=epochs,
+        )
+        out.append(
+            StudyData(
+                name=name,
+                optimizer=first["optimizer"],
+                norm=identity["norm"],
+                dataset=identity["dataset"],
+                epochs=epochs,
+                trials=tuple(trials),
+                n_skipped=skipped,
+                identity=identity,
+                has_config=False,
+            )
+        )
+    if not out:
+        raise AnalysisError(f"{path}: no trials")
+    return tuple(out), tuple(warnings)
+
+
+def _record(
+    study: str,
+    index: int,
+    row: Mapping[str, str],
+    norm_cols: Mapping[str, list[tuple[int, str]]],
+    metric_cols: Mapping[str, list[tuple[int, str]]],
+) -> CsvTrialRecord | None:
+    lr, wd, value = _num(row["lr"]), _num(row["weight_decay"]), _num(row["val_error"])
+    if not (lr > 0 and wd >= 0 and math.isfinite(lr) and math.isfinite(wd)):
+        return None
+    if not math.isfinite(value):
+        return None
+    norms: dict[str, tuple[float, ...]] = {}
+    for layer, cols in norm_cols.items():
+        values = [_num(row.get(c)) for _, c in cols]
+        while values and not math.isfinite(values[-1]):  # a shorter run's empty tail
+            values.pop()
+        if values:
+            norms[layer] = tuple(values)
+    metrics: dict[str, tuple[float, ...]] = {}
+    for metric, cols in metric_cols.items():
+        values = [_num(row.get(c)) for _, c in cols]
+        while values and not math.isfinite(values[-1]):
+            values.pop()
+        if values:
+            metrics[metric] = tuple(values)
+    n_epochs = max([len(v) for v in (*norms.values(), *metrics.values())], default=0)
+    phase1 = int(_num(row.get("phase1_epochs")) or 0) if row.get("phase1_epochs") else 0
+    epoch_lrs = (lr,) * phase1 + (math.nan,) * max(n_epochs - phase1, 0) if phase1 else ()
+    steps = _num(row.get("steps_per_epoch"))
+    trial = _num(row.get("trial"))
+    seed = _num(row.get("seed"))
+    return CsvTrialRecord(
+        study=study,
+        number=int(trial) if math.isfinite(trial) else index,
+        lr=lr,
+        weight_decay=wd,
+        seed=int(seed) if math.isfinite(seed) else 0,
+        val_error=value,
+        test_error=_num(row.get("test_error")),
+        train_loss=_num(row.get("train_loss")),
+        diverged=row.get("diverged", "0").strip() in ("1", "True", "true"),
+        steps_per_epoch=int(steps) if math.isfinite(steps) and steps > 0 else None,
+        epoch_lrs=epoch_lrs,
+        norms=norms,
+        val_loss=_num(row.get("val_loss")),
+        metrics=metrics,
+    )
+
+
+__all__ = ["CsvTrialRecord", "load_csv_export"]
