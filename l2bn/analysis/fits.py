@@ -21,6 +21,7 @@ an estimate with the theory.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -92,7 +93,33 @@ def relaxation_index(history: Sequence[float]) -> float:
         return 0.0
     if share <= _last_quarter_share(RELAXATION_CAP, n):
         return RELAXATION_CAP
-    return float(optimize.brentq(lambda x: _last_quarter_share(x, n) - share, 0.0, RELAXATION_CAP))
+    return _invert_share(share, n)
+
+
+@functools.cache
+def _share_table(n: int) -> tuple[FloatArray, FloatArray]:
+    """(share, x) on a fine grid of x, share increasing: the inverse's first guess."""
+    xs = np.linspace(RELAXATION_CAP, 0.0, 2001)
+    return np.array([_last_quarter_share(float(x), n) for x in xs]), xs
+
+
+def _invert_share(share: float, n: int) -> float:
+    """The x with _last_quarter_share(x, n) = share: interpolated on a table, then polished
+    by Newton steps on the closed form (a scalar root-finder per history was half of
+    analyze's fitting time on 10 000 trials)."""
+    shares, xs = _share_table(n)
+    x = float(np.interp(share, shares, xs))
+    a, b = (n // 4) / n, 1 - 1 / n  # _last_quarter_share = expm1(x·a) / expm1(x·b)
+    for _ in range(4):
+        if x <= 0:
+            break
+        ea, eb = math.expm1(x * a), math.expm1(x * b)
+        f = ea / eb - share
+        slope = (a * (ea + 1) * eb - b * (eb + 1) * ea) / eb**2
+        if slope == 0 or abs(f) < 1e-15:
+            break
+        x = min(max(x - f / slope, 0.0), RELAXATION_CAP)
+    return x
 
 
 # --- building blocks ----------------------------------------------------------------------

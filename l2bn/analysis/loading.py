@@ -21,6 +21,7 @@ Other storages, and ``bulk_sql=False``, read through Optuna's API
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections import defaultdict
@@ -65,7 +66,7 @@ class TrialRecord:
     def layers(self) -> tuple[str, ...]:
         return tuple(self.norms)
 
-    @property
+    @functools.cached_property  # read for every layer and every fit: computed once
     def phase1_epochs(self) -> int:
         """Epochs in the first LR phase: the leading run whose η equals the first epoch's."""
         if not self.epoch_lrs:
