@@ -286,7 +286,7 @@ def sweep_run(
     import optuna
 
     from l2bn.render import LiveProgress, summary_line
-    from l2bn.sweep.worker import run_sweep
+    from l2bn.sweep.runner import check_spec, run_sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads is None:
@@ -294,6 +294,8 @@ def sweep_run(
     specs = _sweep_specs(
         path, optimizer, storage, study, settings, epochs, heartbeat, threads, fuse
     )
+    for spec in specs:  # every study, before the first one writes anything
+        check_spec(spec, workers)
     incomplete = []
     stopped: list[str] = []  # one-line errors of workers (a full disk), each said once
     for spec in specs:
@@ -333,7 +335,7 @@ def sweep_status(
 ) -> None:
     """Print a sweep's grid: each point's state (done, diverged, running, failed, waiting)."""
     from l2bn.render import status_table, summary_line
-    from l2bn.sweep.worker import status_of
+    from l2bn.sweep.status import status_of
 
     for spec in _sweep_specs(path, optimizer, storage, study, settings):
         status = status_of(spec.storage, spec.sweep, spec.study_name)
@@ -365,20 +367,43 @@ def analyze(
             "c = 1/(1−momentum) = 10 for momentum and nesterov, 2 for adamw, else 1).",
         ),
     ] = 5.0,
-    bootstrap: Annotated[
-        int,
+    metric: Annotated[
+        str,
         typer.Option(
-            min=0, help="Bootstrap resamples over seeds for the CI of k (0: regression t-CI)."
+            help="Objective whose optimum η* is located: val_error or val_loss (val_loss "
+            "needs studies that recorded it)."
         ),
-    ] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the bootstrap (same data, same CI).")] = 0,
-    tolerance: Annotated[
+    ] = "val_error",
+    margin: Annotated[
         float,
         typer.Option(
             min=0.0,
-            help="Verdict 'consistent' when the CI comes within this of theory (k, exponents).",
+            help="Verdict margin δ for k: 'equivalent' when the CI lies inside theory ± δ, "
+            "'different' when entirely outside, else 'inconclusive'.",
         ),
+    ] = 0.1,
+    norm_margin: Annotated[
+        float, typer.Option(min=0.0, help="The same margin for the norm exponents p and q.")
     ] = 0.05,
+    interval: Annotated[
+        str,
+        typer.Option(
+            help="Interval of k: jackknife (delete-one-seed, Student t; calibrated) or "
+            "bootstrap (cluster bootstrap over seeds; under-covers with few seeds)."
+        ),
+    ] = "jackknife",
+    bootstrap: Annotated[
+        int, typer.Option(min=1, help="Resamples of --interval bootstrap.")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap (same data, same CI).")] = 0,
+    from_csv: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-csv",
+            help="Analyze an `analyze --csv` export instead of the storage (--study selects "
+            "its studies).",
+        ),
+    ] = None,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the whole report as JSON here.")
     ] = None,
@@ -389,26 +414,176 @@ def analyze(
     plots: Annotated[
         Path | None, typer.Option("--plots", help="Write PNG figures into this folder.")
     ] = None,
+    report_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Write one self-contained HTML page (tables, verdicts, warnings, every figure "
+            "embedded, the settings and studies behind them) here: no server, can be mailed.",
+        ),
+    ] = None,
 ) -> None:
-    """Fit η* ∝ λ^-k and ‖w‖ ∝ η^a λ^-b per optimizer and compare them with theory."""
+    """Fit η* ∝ λ^-k (three estimators) and the norm law per optimizer; compare with theory."""
     from l2bn.analysis.pipeline import AnalyzeConfig, run_analysis
     from l2bn.render import render_report
 
-    for path in (json_path, csv_path):
+    for path in (json_path, csv_path, report_path):
         if path is not None:
             check_writable(path)
     config = AnalyzeConfig(
         storage=storage,
         studies=tuple(study or ()),
         equilibrium=equilibrium,
+        interval=interval,
         bootstrap=bootstrap,
         seed=seed,
-        tolerance=tolerance,
+        margin=margin,
+        norm_margin=norm_margin,
+        metric=metric,
+        from_csv=from_csv,
         json_path=json_path,
         csv_path=csv_path,
         plots_dir=plots,
     )
-    console.print(render_report(run_analysis(config)))
+    result = run_analysis(config)
+    if report_path is not None:
+        import dataclasses
+
+        from l2bn.analysis.report import write_report
+
+        written = write_report(result, report_path)
+        result = dataclasses.replace(result, written=(*result.written, written))
+    console.print(render_report(result))
+
+
+# --- transfer -------------------------------------------------------------------------------
+
+
+@app.command()
+def transfer(
+    lr: Annotated[float, typer.Option(help="η, the tuned learning rate.", show_default=False)],
+    weight_decay: Annotated[
+        float, typer.Option(help="λ, the weight_decay η was tuned at.", show_default=False)
+    ],
+    to_weight_decay: Annotated[
+        float | None, typer.Option(help="The new λ: print the η to use with it.")
+    ] = None,
+    to_lr: Annotated[
+        float | None, typer.Option(help="The new η: print the λ to use with it.")
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(
+            help="sgd | momentum | nesterov | rmsprop | adam | adamw | normalized-sgd; needed "
+            "for the theory's k, optional with a fitted k whose group it picks.",
+        ),
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Use the k fitted on this storage's studies (analyzed now) instead of the "
+            "theory's. No L2BN_STORAGE fallback: without it, the theory's k is used.",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(
+            help="With --storage: analyze this study only; with --from-json: the group holding it."
+        ),
+    ] = None,
+    from_json: Annotated[
+        Path | None,
+        typer.Option("--from-json", help="Use the k of a previous `l2bn analyze --json` report."),
+    ] = None,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the result as JSON here ('-': to stdout, no table)."),
+    ] = None,
+) -> None:
+    """Carry a tuned (η, λ) to another λ, or another η, along η* ∝ λ^-k (theory's k, or a
+    fitted one with the band from its CI)."""
+    import json
+
+    from l2bn.analysis.transfer import fitted_k, theory_k
+    from l2bn.analysis.transfer import transfer as compute
+
+    if storage is not None and from_json is not None:
+        raise ConfigError("give one of --storage and --from-json, not both")
+    if study is not None and storage is None and from_json is None:
+        raise ConfigError("--study needs --storage or --from-json (the theory's k has no study)")
+    to_stdout = json_path is not None and str(json_path) == "-"
+    if json_path is not None and not to_stdout:
+        check_writable(json_path)
+    if storage is not None:
+        from l2bn.analysis.pipeline import AnalyzeConfig, analyze
+        from l2bn.sweep.storage import redact
+
+        studies = (study,) if study is not None else ()
+        report = analyze(AnalyzeConfig(storage=storage, studies=studies)).to_dict()
+        k = fitted_k(report, optimizer, study, origin=redact(storage))
+    elif from_json is not None:
+        k = fitted_k(_read_report(from_json), optimizer, study, origin=str(from_json))
+    elif optimizer is None:
+        raise ConfigError(
+            "--optimizer is needed for the theory's k (or give --storage/--from-json for a "
+            "fitted one)"
+        )
+    else:
+        k = theory_k(optimizer)
+    result = compute(lr, weight_decay, k, to_weight_decay=to_weight_decay, to_lr=to_lr)
+    for warning in result.warnings:
+        err_console.print(f"l2bn: warning: {warning}", style="yellow", highlight=False,
+                          soft_wrap=True)  # fmt: skip
+    if to_stdout:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        return
+    console.print(_transfer_table(result))
+    if json_path is not None:
+        write_json(json_path, result.to_dict())
+        console.print(f"written to {json_path}")
+
+
+def _transfer_table(t: Any) -> Any:
+    """A :class:`~l2bn.analysis.transfer.Transfer` as a rich Table (kept beside its command:
+    render.py belongs to analyze)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    k = t.k
+    level = "exact" if k.is_theory else f"{k.confidence:.0%} CI"
+    what, unit = ("η", "lr") if t.target == "lr" else ("λ", "weight_decay")
+    table = Table(title=Text(f"{t.optimizer}: {what} along η* ∝ λ^-k"), title_justify="left",
+                  title_style="bold", show_header=False)  # fmt: skip
+    table.add_column("", style="dim")
+    table.add_column("", justify="right")
+    ci = "" if k.is_theory else f" [{k.ci_low:.3g}, {k.ci_high:.3g}]"
+    table.add_row("k", Text(f"{k.k:.3g}{ci}  ({level}; {k.source})"))
+    if k.lambda_range is not None:
+        table.add_row("fitted λ range", f"{k.lambda_range[0]:.3g} … {k.lambda_range[1]:.3g}")
+    table.add_row("tuned", f"lr = {t.lr:.4g}, weight_decay = {t.weight_decay:.4g}")
+    given = "weight_decay" if t.target == "lr" else "lr"
+    table.add_row(f"new {given}", f"{t.given:.4g}")
+    style = "bold yellow" if t.extrapolated else "bold green"
+    table.add_row(f"→ {unit}", Text(f"{t.estimate:.4g}", style=style))
+    if not k.is_theory:
+        high = "∞" if t.high == float("inf") else f"{t.high:.4g}"
+        table.add_row(f"  band ({level})", f"{t.low:.4g} … {high}")
+    if t.extrapolated:
+        table.caption = "extrapolated beyond the fitted λ range"
+    return table
+
+
+def _read_report(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"--from-json {path}: no such file; write one with `l2bn analyze --json {path}`"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--from-json {path}: cannot read it as JSON ({e})") from None
 
 
 # --- entry point ------------------------------------------------------------------------------

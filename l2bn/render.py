@@ -23,15 +23,18 @@ from rich.table import Table
 from rich.text import Text
 
 from l2bn.analysis.results import (
-    CONSISTENT,
-    INCONSISTENT,
+    CONSTANT,
+    DIFFERENT,
+    EQUIVALENT,
+    INCONCLUSIVE,
     UNDETERMINED,
+    VARIES,
     AnalysisReport,
     AnalyzeConfig,
     Estimate,
     GroupReport,
 )
-from l2bn.sweep.study import GridStatus, PointState
+from l2bn.sweep.status import GridStatus, PointState
 from l2bn.train.records import EpochRecord, TrainResult
 
 _STYLE = {
@@ -186,7 +189,19 @@ def _est(e: Estimate, digits: int = 2) -> str:
     return f"{e.value:.{digits}f} [{e.ci_low:.{digits}f}, {e.ci_high:.{digits}f}]"
 
 
-_VERDICT_STYLE = {CONSISTENT: "green", INCONSISTENT: "red", UNDETERMINED: "yellow"}
+_VERDICT_STYLE = {
+    EQUIVALENT: "green",
+    DIFFERENT: "red",
+    INCONCLUSIVE: "yellow",
+    UNDETERMINED: "yellow",
+    CONSTANT: "green",
+    VARIES: "red",
+}
+_ESTIMATOR_LABEL = {
+    "joint": "k  joint parabola in η·λ^k (primary)",
+    "per_lambda": "k  per-λ quadratic η*, regression",
+    "collapse_band": "k  collapse, band near η*",
+}
 
 
 def render_report(report: AnalysisReport) -> Group:
@@ -197,6 +212,10 @@ def render_report(report: AnalysisReport) -> Group:
         parts.append(Text("\n".join(f"• {w}" for w in report.warnings), style="yellow"))
     for g in report.groups:
         parts.append(render_group(g, report.settings))
+        if g.columns:
+            parts.append(render_columns(g))
+        if g.k_by_epoch:
+            parts.append(Text(_k_by_epoch_line(g)))
         if g.warnings:
             parts.append(Text("\n".join(f"• {w}" for w in g.warnings), style="yellow"))
     if report.written:
@@ -204,16 +223,27 @@ def render_report(report: AnalysisReport) -> Group:
     return Group(*parts)
 
 
+def _k_by_epoch_line(g: GroupReport) -> str:
+    """k over training, a few epochs: enough to see whether it still moves."""
+    rows = g.k_by_epoch
+    n = len(rows)
+    picks = sorted({0, n // 4, n // 2, (3 * n) // 4, n - 1})
+    shown = ", ".join(f"e{rows[i].epoch}: {_est(rows[i].k)}" for i in picks if 0 <= i < n)
+    return f"k over training ({g.metric}): {shown}"
+
+
 def render_group(g: GroupReport, settings: AnalyzeConfig) -> Table:
-    """One group as a rich Table: estimate with CI, theory, verdict, data used. The title
+    """One group as a rich Table: estimates with CI, theory, verdict, data used. The title
     names the group's studies and, in its label, what tells it from the optimizer's other
     groups (``sgd / bn / cifar10 [affine=false]``)."""
     seeds = f"≤ {g.max_seeds} seeds" if g.max_seeds > 1 else "1 seed"
+    rows_kind = ", independent λ rows" if g.independent_rows else ""
     table = Table(
         # Text, not markup: "[affine=false]" in a label is not a style.
         title=Text(
             f"{g.label}  ({', '.join(g.studies)}: {g.n_trials} trials, "
-            f"{len(g.cells)} cells, {seeds})"
+            f"{len(g.cells)} cells, {seeds}{rows_kind}; metric {g.metric}, "
+            f"noise sd {g.noise_sd:.3g})"
         ),
         title_justify="left",
         title_style="bold",
@@ -221,29 +251,37 @@ def render_group(g: GroupReport, settings: AnalyzeConfig) -> Table:
     table.add_column("quantity")
     table.add_column(f"estimate [{settings.confidence:.0%} CI]", justify="right")
     table.add_column("theory", justify="right")
-    table.add_column("verdict")
+    table.add_column(f"verdict (±{settings.margin:g})")
     table.add_column("data used", justify="right")
 
     def verdict(v: str) -> Text:
-        return Text(v, style=_VERDICT_STYLE[v])
+        return Text(v, style=_VERDICT_STYLE.get(v, ""))
 
     def theory(x: float | None) -> str:
         return "–" if x is None else f"{x:.3g}"
 
+    def method(e: Estimate) -> str:
+        return f" {e.method}" if math.isfinite(e.value) else ""
+
     s = g.scaling
-    table.add_row(
-        "k  (η* ∝ λ^-k)",
-        _est(s.k) + (f" {s.k.method}" if math.isfinite(s.k.value) else ""),
-        theory(s.theory),
-        verdict(s.verdict),
-        f"{s.n_lambda}/{g.n_lambda} λ"
-        + (f", R² {s.r_squared:.3f}" if math.isfinite(s.r_squared) else ""),
-    )
+    if not g.k_estimates:
+        table.add_row("k  (η* ∝ λ^-k)", _est(s.k), theory(s.theory), verdict(s.verdict), "")
+    for name, ke in g.k_estimates.items():
+        used = f"{ke.k.n}/{g.n_lambda} λ"
+        if name == "joint" and math.isfinite(s.r_squared):
+            used += f", R² {s.r_squared:.3f}"
+        table.add_row(
+            _ESTIMATOR_LABEL.get(name, name),
+            _est(ke.k) + method(ke.k),
+            theory(ke.theory),
+            verdict(ke.verdict),
+            used,
+        )
     if g.collapse is not None:
         c = g.collapse
         table.add_row(
-            "k  (collapse in η·λ^k)",
-            _est(c.k) + (f" {c.k.method}" if math.isfinite(c.k.value) else ""),
+            "k  collapse, whole grid",
+            _est(c.k) + method(c.k),
             theory(c.theory),
             verdict(c.verdict),
             f"{c.n_cells} cells",
@@ -252,7 +290,43 @@ def render_group(g: GroupReport, settings: AnalyzeConfig) -> Table:
     if nf is not None:
         used = f"{nf.n_cells} cells ({nf.n_excluded} excl.)"
         table.add_row(
-            f"a  (‖w_{nf.layer}‖ ∝ η^a)", _est(nf.a), theory(nf.theory), verdict(nf.verdict), used
+            f"p  (‖w_{nf.layer}‖·λ^{nf.s:g} ∝ (η·λ^{nf.k:g})^p)",
+            _est(nf.p),
+            theory(nf.theory),
+            Text(nf.verdict, style=_VERDICT_STYLE.get(nf.verdict, "")),
+            used,
         )
-        table.add_row(f"b  (‖w_{nf.layer}‖ ∝ λ^-b)", _est(nf.b), theory(nf.theory), "", used)
+        table.add_row(
+            "q  (memory of w₀: · λ^q)",
+            _est(nf.q),
+            "0",
+            Text(nf.memory, style=_VERDICT_STYLE.get(nf.memory, "")),
+            used,
+        )
+        table.add_row(f"a  (old: ‖w_{nf.layer}‖ ∝ η^a)", _est(nf.a), theory(nf.theory), "", used)
+        table.add_row(f"b  (old: ‖w_{nf.layer}‖ ∝ λ^-b)", _est(nf.b), theory(nf.theory), "", used)
+    return table
+
+
+def render_columns(g: GroupReport) -> Table:
+    """The column test: slope against log λ along η·λ^k = const, per column and quantity."""
+    table = Table(
+        title=Text(f"{g.label}: columns η·λ^k = const (slope against log λ; theory 0)"),
+        title_justify="left",
+    )
+    table.add_column("quantity")
+    table.add_column("log(η·λ^k)", justify="right")
+    table.add_column("slope [CI]", justify="right")
+    table.add_column("band", justify="right")
+    table.add_column("verdict")
+    table.add_column("λ values", justify="right")
+    for c in g.columns:
+        table.add_row(
+            c.quantity,
+            f"{c.log_x:.2f}",
+            _est(c.slope, 3),
+            f"±{c.band:.3g}",
+            Text(c.verdict, style=_VERDICT_STYLE.get(c.verdict, "")),
+            str(c.n_lambda),
+        )
     return table

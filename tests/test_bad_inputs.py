@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_sweep import TINY as TINY_SWEEP
+from sweep.helpers import TINY as TINY_SWEEP
 
 from l2bn.cli import main
 
@@ -21,7 +21,7 @@ SECRET = "Sup3rS3cretPw"
 TRAIN = ["train", "--dataset", "synthetic", "--width", "4", "--epochs", "1"]
 GOOD_SWEEP = TINY_SWEEP.format(n=2, epochs=1)
 TWO_OPTIMIZERS = GOOD_SWEEP + "\n[optimizers.adam]\n"
-# A grid without the stored points (a superset extends the study: test_sweep.py).
+# A grid without the stored points (a superset extends the study: tests/sweep/test_study.py).
 OTHER_GRID = GOOD_SWEEP.replace("max = 1.0, num = 2", "max = 2.0, num = 2")
 
 

@@ -1,9 +1,11 @@
 """Torture: many workers, SIGKILLs, a PostgreSQL restart, a full disk, a read-only storage.
 
-Every test runs the real `l2bn sweep` command (subprocesses, as users run it) on the tracking
-toy (a run of a few seconds on a CPU) and then checks the study with plain Optuna: every grid
-point COMPLETE exactly once, nothing WAITING or RUNNING, and every COMPLETE trial holding its
-whole per-epoch record. Figures (workers, kills, seconds) are printed: `pytest -s` shows them.
+Every test runs the real `l2bn sweep` command (subprocesses, as users run it) on width-4 nets
+and synthetic data (an epoch takes about a second on a CPU), once with each worker training
+one point at a time (K = 1) and once with K = 4 side by side (``--fuse``), and then checks the
+study with plain Optuna: every grid point COMPLETE exactly once, nothing WAITING or RUNNING,
+and every COMPLETE trial holding its whole per-epoch record. Figures (workers, kills, seconds)
+are printed: `pytest -s` shows them.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_storage import PG_URL, _pg_available
-from test_sweep import REPO, assert_exactly_once, run_cli
+from sweep.helpers import PG_URL, REPO, assert_exactly_once, pg_available, postgres, run_cli
 
-TRACKING = """
+SYNTHETIC = """
 name = "torture"
-dataset = "tracking"
+dataset = "synthetic"
+width = 4
+batch_size = 128
+precision = "fp32"
+augment = false
 epochs = {epochs}
 device = "cpu"
 lr_drops = []
@@ -40,13 +45,12 @@ seeds = [0]
 [optimizers.sgd]
 """
 STUDY = "torture/sgd"
+K = pytest.mark.parametrize("k", [1, 4])
 
-postgres = pytest.mark.skipif(not _pg_available(), reason=f"no PostgreSQL at {PG_URL}")
 
-
-def tracking_sweep(tmp_path: Path, n_lr: int, n_wd: int, epochs: int) -> Path:
+def torture_sweep(tmp_path: Path, n_lr: int, n_wd: int, epochs: int) -> Path:
     path = tmp_path / "torture.toml"
-    path.write_text(TRACKING.format(n_lr=n_lr, n_wd=n_wd, epochs=epochs))
+    path.write_text(SYNTHETIC.format(n_lr=n_lr, n_wd=n_wd, epochs=epochs))
     return path
 
 
@@ -61,16 +65,9 @@ def assert_records_complete(study: optuna.Study, epochs: int) -> None:
 
 
 def assert_nothing_failed(study: optuna.Study) -> None:
-    """No FAIL trial, and no PRUNED one except an empty slot.
-
-    An empty slot is the one race the design allows (l2bn.sweep.worker): Optuna's ask() makes a
-    fresh trial when the last queued point was claimed between a worker's look at the
-    queue and its claim. It is PRUNED at once with ``l2bn_skipped = "queue empty"``,
-    never trains and holds no point. Seen under heavy load (CI beside a running sweep).
-    """
-    assert not study.get_trials(states=(TrialState.FAIL,))
-    for t in study.get_trials(states=(TrialState.PRUNED,)):
-        assert t.user_attrs.get("l2bn_skipped") == "queue empty" and not t.params, t
+    """No FAIL trial and no PRUNED one: workers claim only queued points (l2bn.sweep.worker
+    never lets Optuna make a fresh trial when the queue runs dry), so no empty slot either."""
+    assert not study.get_trials(states=(TrialState.FAIL, TrialState.PRUNED))
 
 
 def assert_clean_stderr(stderr: str) -> None:
@@ -134,14 +131,15 @@ def kill_group(proc: subprocess.Popen[str]) -> None:
 @pytest.mark.slow
 @pytest.mark.postgres
 @postgres
-def test_eight_workers_on_postgres_train_each_point_exactly_once(tmp_path: Path) -> None:
-    path = tracking_sweep(tmp_path, n_lr=4, n_wd=4, epochs=5)
+@K
+def test_eight_workers_on_postgres_train_each_point_exactly_once(tmp_path: Path, k: int) -> None:
+    path = torture_sweep(tmp_path, n_lr=4, n_wd=4, epochs=5)
     name = f"pytest-torture-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     try:
         proc = run_cli(
             "sweep", str(path), "--storage", PG_URL, "--study", name, "--workers", "8",
-            "--threads", "1", "--heartbeat", "2",
+            "--threads", "1", "--heartbeat", "2", "--fuse", str(k),
         )  # fmt: skip
         seconds = time.perf_counter() - start
         assert proc.returncode == 0, proc.stderr
@@ -150,15 +148,16 @@ def test_eight_workers_on_postgres_train_each_point_exactly_once(tmp_path: Path)
         assert_exactly_once(study, 16)
         assert_nothing_failed(study)
         assert_records_complete(study, 5)
-        print(f"\n8 workers on PostgreSQL: 16 points in {seconds:.1f} s")
+        print(f"\n8 workers on PostgreSQL, K = {k}: 16 points in {seconds:.1f} s")
     finally:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=PG_URL)
 
 
 @pytest.mark.slow
-def test_four_workers_on_sqlite_never_see_database_is_locked(tmp_path: Path) -> None:
-    path = tracking_sweep(tmp_path, n_lr=5, n_wd=4, epochs=6)
+@K
+def test_four_workers_on_sqlite_never_see_database_is_locked(tmp_path: Path, k: int) -> None:
+    path = torture_sweep(tmp_path, n_lr=5, n_wd=4, epochs=6)
     url = f"sqlite:///{tmp_path / 'x.db'}"
     start = time.perf_counter()
     # --heartbeat 1: four processes also write a heartbeat each second, on top of their claims,
@@ -166,7 +165,7 @@ def test_four_workers_on_sqlite_never_see_database_is_locked(tmp_path: Path) -> 
     # logged, not raised) would reach this stderr.
     proc = run_cli(
         "sweep", str(path), "--storage", url, "--workers", "4", "--threads", "1",
-        "--heartbeat", "1",
+        "--heartbeat", "1", "--fuse", str(k),
     )  # fmt: skip
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr
@@ -175,7 +174,7 @@ def test_four_workers_on_sqlite_never_see_database_is_locked(tmp_path: Path) -> 
     assert_exactly_once(study, 20)
     assert_nothing_failed(study)
     assert_records_complete(study, 6)
-    print(f"\n4 workers on SQLite: 20 points in {seconds:.1f} s")
+    print(f"\n4 workers on SQLite, K = {k}: 20 points in {seconds:.1f} s")
 
 
 # --- SIGKILL ------------------------------------------------------------------------------------
@@ -183,9 +182,10 @@ def test_four_workers_on_sqlite_never_see_database_is_locked(tmp_path: Path) -> 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds workers through /proc")
-def test_random_sigkills_then_one_resume_lose_nothing(tmp_path: Path) -> None:
-    epochs = 30
-    path = tracking_sweep(tmp_path, n_lr=4, n_wd=3, epochs=epochs)
+@K
+def test_random_sigkills_then_one_resume_lose_nothing(tmp_path: Path, k: int) -> None:
+    epochs = 12
+    path = torture_sweep(tmp_path, n_lr=4, n_wd=3, epochs=epochs)
     url = f"sqlite:///{tmp_path / 'x.db'}"
     rng = random.Random(int(os.environ.get("L2BN_TORTURE_SEED", "6")))
     kills = 0
@@ -193,7 +193,7 @@ def test_random_sigkills_then_one_resume_lose_nothing(tmp_path: Path) -> None:
     start = time.perf_counter()
     for _round in range(3):
         proc = popen_sweep(str(path), "--storage", url, "--workers", "2", "--threads", "1",
-                           "--heartbeat", "1")  # fmt: skip
+                           "--heartbeat", "1", "--fuse", str(k))  # fmt: skip
         try:
             assert wait_until(lambda: running_with_epochs(url, STUDY), 120), "nothing ran"
             time.sleep(rng.uniform(0.0, 2.0))
@@ -215,7 +215,7 @@ def test_random_sigkills_then_one_resume_lose_nothing(tmp_path: Path) -> None:
     assert lost, "the kills never hit a running trial: the test tested nothing"
 
     done = run_cli("sweep", str(path), "--storage", url, "--workers", "2", "--threads", "1",
-                   "--heartbeat", "1")  # fmt: skip
+                   "--heartbeat", "1", "--fuse", str(k))  # fmt: skip
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
@@ -226,7 +226,7 @@ def test_random_sigkills_then_one_resume_lose_nothing(tmp_path: Path) -> None:
     for number in lost:
         assert study.trials[number].state == TrialState.FAIL
     print(
-        f"\n{kills} SIGKILLs in 3 rounds, {len(lost)} running trials lost and retried, "
+        f"\nK = {k}: {kills} SIGKILLs in 3 rounds, {len(lost)} running trials lost and retried, "
         f"{len(study.trials)} trials for 12 points, {seconds:.1f} s"
     )
 
@@ -249,24 +249,25 @@ def pg_restart() -> Iterator[list[str]]:
         pytest.skip("needs root and a local pg_ctlcluster-managed PostgreSQL to restart")
     command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
     yield command
-    if not _pg_available():  # whatever happened, leave the server running
+    if not pg_available():  # whatever happened, leave the server running
         subprocess.run([*command, "start"], check=False, capture_output=True)
-        wait_until(_pg_available, 60, poll=1)
+        wait_until(pg_available, 60, poll=1)
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
 @postgres
+@K
 def test_postgres_restart_mid_sweep_workers_reconnect(
-    tmp_path: Path, pg_restart: list[str]
+    tmp_path: Path, pg_restart: list[str], k: int
 ) -> None:
     epochs = 40
-    path = tracking_sweep(tmp_path, n_lr=2, n_wd=2, epochs=epochs)
+    path = torture_sweep(tmp_path, n_lr=2, n_wd=2, epochs=epochs)
     name = f"pytest-restart-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()
     try:
         proc = popen_sweep(str(path), "--storage", PG_URL, "--study", name, "--workers", "2",
-                           "--threads", "1", "--heartbeat", "2")  # fmt: skip
+                           "--threads", "1", "--heartbeat", "2", "--fuse", str(k))  # fmt: skip
         try:
             assert wait_until(lambda: running_with_epochs(PG_URL, name), 120), "nothing ran"
             during = {t.number for t in running_with_epochs(PG_URL, name)}
@@ -291,7 +292,7 @@ def test_postgres_restart_mid_sweep_workers_reconnect(
         again = run_cli("sweep", str(path), "--storage", PG_URL, "--study", name)
         assert again.returncode == 0, again.stderr
         assert len(optuna.load_study(study_name=name, storage=PG_URL).trials) == len(study.trials)
-        print(f"\nPostgreSQL restarted under 2 workers: grid complete in {seconds:.1f} s")
+        print(f"\nPostgreSQL restarted under 2 workers, K = {k}: grid complete in {seconds:.1f} s")
     finally:
         with contextlib.suppress(KeyError):
             optuna.delete_study(study_name=name, storage=PG_URL)
@@ -337,17 +338,19 @@ def _fill(folder: Path, leave: int) -> Path:
 
 
 @pytest.mark.slow
+@K
 def test_disk_full_mid_sweep_is_one_line_and_the_study_survives(
-    tmp_path: Path, small_fs: Path
+    tmp_path: Path, small_fs: Path, k: int
 ) -> None:
     epochs = 10
-    path = tracking_sweep(tmp_path, n_lr=4, n_wd=3, epochs=epochs)
+    path = torture_sweep(tmp_path, n_lr=4, n_wd=3, epochs=epochs)
     db = small_fs / "x.db"
     url = f"sqlite:///{db}"
     _prepare(path, url)
     filler = _fill(small_fs, leave=24 * 1024)  # room for a trial or two, not for twelve
     start = time.perf_counter()
-    proc = run_cli("sweep", str(path), "--storage", url, "--workers", "2", "--threads", "1")
+    fuse = ("--fuse", str(k))
+    proc = run_cli("sweep", str(path), "--storage", url, "--workers", "2", "--threads", "1", *fuse)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "database or disk is full" in lines[0], proc.stderr
@@ -361,12 +364,12 @@ def test_disk_full_mid_sweep_is_one_line_and_the_study_survives(
     assert_records_complete(study, epochs)
 
     filler.unlink()  # the user frees space and runs the same command again
-    done = run_cli("sweep", str(path), "--storage", url, "--workers", "2", "--threads", "1")
+    done = run_cli("sweep", str(path), "--storage", url, "--workers", "2", "--threads", "1", *fuse)
     assert done.returncode == 0, done.stderr
     study = optuna.load_study(study_name=STUDY, storage=url)
     assert_exactly_once(study, 12)
     assert_records_complete(study, epochs)
-    print(f"\ndisk full, then resumed: {time.perf_counter() - start:.1f} s")
+    print(f"\nK = {k}: disk full, then resumed: {time.perf_counter() - start:.1f} s")
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -377,7 +380,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def test_read_only_file_system_is_one_line_exit_2_and_nothing_changes(
     tmp_path: Path, small_fs: Path
 ) -> None:
-    path = tracking_sweep(tmp_path, n_lr=2, n_wd=2, epochs=2)
+    path = torture_sweep(tmp_path, n_lr=2, n_wd=2, epochs=2)
     url = f"sqlite:///{small_fs / 'x.db'}"
     _prepare(path, url)
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)

@@ -17,7 +17,6 @@ import csv
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,6 @@ from l2bn.errors import AnalysisError
 _NORM = re.compile(r"^norm_(.+)_e(\d+)$")
 _METRIC = re.compile(r"^(val_error|val_loss)_e(\d+)$")
 REQUIRED = ("study", "optimizer", "lr", "weight_decay", "seed", "val_error")
-
-
-@dataclass(frozen=True)
-class CsvTrialRecord(TrialRecord):
-    """A TrialRecord with the validation loss and per-epoch metrics an export may hold."""
-
-    val_loss: float = math.nan
-    metrics: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 def _num(raw: str | None) -> float:
@@ -131,7 +122,7 @@ def _record(
     row: Mapping[str, str],
     norm_cols: Mapping[str, list[tuple[int, str]]],
     metric_cols: Mapping[str, list[tuple[int, str]]],
-) -> CsvTrialRecord | None:
+) -> TrialRecord | None:
     lr, wd, value = _num(row["lr"]), _num(row["weight_decay"]), _num(row["val_error"])
     if not (lr > 0 and wd >= 0 and math.isfinite(lr) and math.isfinite(wd)):
         return None
@@ -157,7 +148,7 @@ def _record(
     steps = _num(row.get("steps_per_epoch"))
     trial = _num(row.get("trial"))
     seed = _num(row.get("seed"))
-    return CsvTrialRecord(
+    return TrialRecord(
         study=study,
         number=int(trial) if math.isfinite(trial) else index,
         lr=lr,
@@ -175,4 +166,4 @@ def _record(
     )
 
 
-__all__ = ["CsvTrialRecord", "load_csv_export"]
+__all__ = ["load_csv_export"]

@@ -61,6 +61,9 @@ class TrialRecord:
     steps_per_epoch: int | None
     epoch_lrs: tuple[float, ...]  # η during each epoch (from history)
     norms: Mapping[str, tuple[float, ...]]  # layer → Frobenius ‖w‖ after each epoch
+    val_loss: float = math.nan  # final validation loss (NLL); NaN where not recorded
+    # Per-epoch validation metrics from the history ("val_error", "val_loss"; NaN for gaps).
+    metrics: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -269,7 +272,14 @@ def load_studies(
 
 # The params and user attrs a TrialRecord is made of: nothing else is read.
 RECORD_PARAMS = ("lr", "weight_decay", "seed")
-RECORD_ATTRS = ("test_error", "train_loss", "diverged", "steps_per_epoch", "history")
+RECORD_ATTRS = (
+    "test_error",
+    "train_loss",
+    "val_loss",
+    "diverged",
+    "steps_per_epoch",
+    "history",
+)
 
 
 def _frozen_record(study: str, t: optuna.trial.FrozenTrial) -> TrialRecord | None:
@@ -383,6 +393,7 @@ def _trial_record(
     if not math.isfinite(val):
         return None
     epoch_lrs, norms = parse_history(ua.get("history"))
+    metrics = parse_metrics(ua.get("history"))
     steps = ua.get("steps_per_epoch")
     seed = _as_float(params.get("seed", 0))
     return TrialRecord(
@@ -398,7 +409,27 @@ def _trial_record(
         steps_per_epoch=int(steps) if isinstance(steps, int | float) and steps > 0 else None,
         epoch_lrs=epoch_lrs,
         norms=norms,
+        val_loss=_as_float(ua.get("val_loss")),
+        metrics=metrics,
     )
+
+
+METRICS = ("val_error", "val_loss")  # the per-epoch validation metrics a history may hold
+
+
+def parse_metrics(raw: Any) -> dict[str, tuple[float, ...]]:
+    """Per-epoch validation metrics from a ``history`` user attr: metric → one value per
+    epoch (NaN for gaps), only the metrics some epoch recorded."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            return {}
+    if not isinstance(raw, list):
+        return {}
+    epochs = sorted((e for e in raw if isinstance(e, dict)), key=lambda e: e.get("epoch", 0))
+    out = {m: tuple(_as_float(e.get(m)) for e in epochs) for m in METRICS}
+    return {m: v for m, v in out.items() if any(math.isfinite(x) for x in v)}
 
 
 def parse_history(raw: Any) -> tuple[tuple[float, ...], dict[str, tuple[float, ...]]]:
@@ -445,5 +476,6 @@ __all__ = [
     "load_studies",
     "open_for_reading",
     "parse_history",
+    "parse_metrics",
     "training_identity",
 ]

@@ -38,6 +38,9 @@ from l2bn.train.config import OptimizerName, TrainConfig
 GRID_KEYS = ("lr", "weight_decay", "lr_scale_exponent", "seeds")
 SWEEP_ONLY_KEYS = ("name", "optimizers")
 PER_RUN_FIELDS = ("optimizer", "lr", "weight_decay", "seed")  # set per trial, not per sweep
+# Where a node keeps its data and what it trains on: not part of the experiment, so two nodes
+# that differ only in these join one study (they are left out of the study's ``config``).
+LOCATION_FIELDS = ("data_dir", "device")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in PER_RUN_FIELDS)
 SIGNIFICANT_DIGITS = 10  # grid values are rounded so that every node computes the same floats
 
@@ -108,7 +111,8 @@ class OptimizerSweep:
         return min(lrs), max(lrs)
 
     def to_dict(self) -> dict[str, Any]:
-        """The whole resolved sweep (the study's ``config`` user attr, as JSON)."""
+        """The resolved sweep (the study's ``config`` user attr, as JSON): everything that
+        defines the experiment, so not the node-local LOCATION_FIELDS."""
         return {
             "sweep": self.sweep,
             "optimizer": self.optimizer.value,
@@ -120,7 +124,7 @@ class OptimizerSweep:
             "train": {
                 k: v
                 for k, v in self.base_config().to_dict().items()
-                if k not in PER_RUN_FIELDS or k == "optimizer"
+                if (k not in PER_RUN_FIELDS or k == "optimizer") and k not in LOCATION_FIELDS
             },
         }
 

@@ -24,8 +24,9 @@ hour between two writes, or the server restarts under it:
   and replaced when the server dropped it), ``pool_recycle`` (none is older than 30 min, below
   common firewall idle limits), a connect timeout and TCP keepalives (libpq drivers).
 * **Heartbeats that survive an outage:** a heartbeat that cannot be written is skipped, not a
-  crash of Optuna's heartbeat thread; the next one, after the server is back, reconnects. A
-  trial whose outage outlasts the grace period is failed as stale and queued again.
+  crash of the heartbeat thread; the next one, after the server is back, reconnects. A
+  trial whose outage outlasts the grace period is failed as stale and queued again, and so is
+  one whose worker died before its first heartbeat (Optuna alone would wait for it forever).
 * **Passwords never printed:** every message here shows URLs through :func:`redact`, and the
   password of every URL parsed in this process is registered so that :func:`scrub` can remove
   it from any text (the CLI scrubs every message it prints, worker errors included).
@@ -47,6 +48,7 @@ from typing import Any
 
 import optuna
 import sqlalchemy
+from optuna.storages._rdb import models
 from sqlalchemy.engine import URL, make_url
 
 from l2bn.errors import StorageError
@@ -210,19 +212,50 @@ def wait_for_storage(storage: optuna.storages.RDBStorage, timeout_s: float = REC
 
 
 class _RDBStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage whose heartbeats survive a short database outage.
+    """Optuna's RDB storage whose heartbeats survive a short database outage, and where a
+    claimed trial whose worker died before its first heartbeat still goes stale.
 
     Optuna writes heartbeats from a thread that dies on the first error (printing a traceback),
     leaving a trial that trains on but looks dead. Here a failed heartbeat is skipped: after a
     lost connection the next one reconnects; any other database error (a full disk) reaches
     the worker's own next write, which reports it.
+
+    Optuna never fails a RUNNING trial that has no heartbeat at all, and a worker killed
+    between claiming a trial and its first heartbeat leaves exactly that: a point claimed
+    forever, which every other worker would wait for. So the stale check first gives each such
+    trial a heartbeat: it goes stale after the grace period unless its worker is alive and
+    beats (which then only updates that heartbeat).
     """
 
     def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            super().record_heartbeat(trial_id)
-        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
-            _log.warning("l2bn: heartbeat not recorded (trial id %d): %s", trial_id, describe(e))
+        for _ in range(2):  # again once after a first beat raced with _watch_silent_trials
+            try:
+                super().record_heartbeat(trial_id)
+                return
+            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
+                if not isinstance(e.__cause__ or e, sqlalchemy.exc.IntegrityError):
+                    _log.warning(
+                        "l2bn: heartbeat not recorded (trial id %d): %s", trial_id, describe(e)
+                    )
+                    return
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        self._watch_silent_trials(study_id)
+        return list(super()._get_stale_trial_ids(study_id))
+
+    def _watch_silent_trials(self, study_id: int) -> None:
+        trials, beats = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+        silent = (
+            sqlalchemy.select(trials.c.trial_id)
+            .select_from(trials.outerjoin(beats, beats.c.trial_id == trials.c.trial_id))
+            .where(trials.c.study_id == study_id)
+            .where(trials.c.state == optuna.trial.TrialState.RUNNING)
+            .where(beats.c.trial_id.is_(None))
+        )
+        with self.engine.connect() as conn:
+            found = [row[0] for row in conn.execute(silent)]
+        for trial_id in found:
+            self.record_heartbeat(trial_id)
 
 
 def _begin_immediate_on_sqlite(engine: sqlalchemy.Engine) -> None:

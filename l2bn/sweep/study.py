@@ -1,17 +1,18 @@
-"""The Optuna study of one (sweep, optimizer): its layout, its queue, and its grid's state.
+"""The Optuna study of one (sweep, optimizer): its layout and its queue.
 
 Layout (README, "Study layout"; any Optuna client can read it):
 
 * study ``<sweep>/<optimizer>``, direction minimize; user attrs ``optimizer``, ``norm``,
-  ``dataset``, ``epochs``, ``width``, ``config`` (the resolved sweep as JSON) and
-  ``l2bn_version``.
+  ``dataset``, ``epochs``, ``width``, ``config`` (the resolved sweep as JSON, without the
+  node-local ``data_dir`` and ``device``) and ``l2bn_version``.
 * one COMPLETE trial per grid point: params ``lr``, ``weight_decay`` (log float) and ``seed``
   (int); value = final validation error; intermediate values = validation error per epoch
   (step = 1-based epoch); user attrs ``test_error``, ``train_loss`` (None if not finite),
   ``diverged``, ``steps_per_epoch``, ``history``.
 * FAIL trials are runs that were interrupted or lost (their point was queued again, as a
   WAITING copy with the system attrs ``failed_trial``/``retry_history`` of Optuna's retry
-  callback); PRUNED trials never trained (``l2bn_skipped`` says why). Read COMPLETE trials.
+  callback; ``l2bn_error`` says what failed when an error did); PRUNED trials never trained
+  (``l2bn_skipped`` says why). Read COMPLETE trials.
 
 Every WAITING trial is created here, under :func:`l2bn.storage.enqueue_lock`, and only for a
 point that has no WAITING, RUNNING or COMPLETE trial: so each point has at most one live trial.
@@ -21,8 +22,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Protocol
 
 import optuna
@@ -33,13 +32,14 @@ from optuna.trial import FrozenTrial, TrialState
 from l2bn import __version__
 from l2bn.errors import ConfigError, StorageError
 from l2bn.files import finite_or_none
-from l2bn.sweep.spec import TRAIN_KEYS, OptimizerSweep, Point
+from l2bn.sweep.spec import LOCATION_FIELDS, TRAIN_KEYS, OptimizerSweep, Point
 from l2bn.sweep.storage import describe, enqueue_lock
 from l2bn.train.config import TrainConfig
 from l2bn.train.records import TrainResult
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 SKIPPED_ATTR = "l2bn_skipped"
+ERROR_ATTR = "l2bn_error"
 MAX_RETRY = 3  # a point whose runs are lost this often (e.g. killed for memory) waits for a resume
 
 
@@ -115,6 +115,13 @@ def _without_grid(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in GRID_KEYS}
 
 
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What makes two stored sweeps the same experiment: all but the node-local fields (a study
+    stored by an older l2bn holds them; nodes with data in other folders share one study)."""
+    train = {k: v for k, v in config.get("train", {}).items() if k not in LOCATION_FIELDS}
+    return {**config, "train": train}
+
+
 def _adopt_config(study: optuna.Study, sweep: OptimizerSweep, attrs: dict[str, Any]) -> None:
     """Record this sweep on a new study, or check that it is the stored one or extends it.
 
@@ -122,14 +129,17 @@ def _adopt_config(study: optuna.Study, sweep: OptimizerSweep, attrs: dict[str, A
     every point the study has trials for (``l2bn analyze`` asks for that when an η* sits on
     the grid's edge). The study's ``config`` becomes the new definition; the ones it replaced
     are kept, oldest first, in the user attr ``config_history``. Any other change would mix
-    two experiments in one study, so it is refused.
+    two experiments in one study, so it is refused. Where a node keeps its data and which
+    device it trains on are not compared (spec.LOCATION_FIELDS): nodes whose data lie in
+    different folders join one study.
     """
     stored = study.user_attrs.get("config")
     if stored is None:
         for key, value in attrs.items():
             study.set_user_attr(key, value)
         return
-    old, new = _with_new_defaults(json.loads(stored)), json.loads(attrs["config"])
+    old = _identity(_with_new_defaults(json.loads(stored)))
+    new = _identity(json.loads(attrs["config"]))
     if old == new:
         return
     same_training = _without_grid(old) == _without_grid(new)
@@ -189,91 +199,6 @@ def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage:
     if not isinstance(backend, optuna.storages.RDBStorage):
         raise StorageError("l2bn sweeps need a database storage (sqlite, postgresql, mysql)")
     return backend
-
-
-class PointState(StrEnum):
-    done = "done"
-    diverged = "diverged"  # done, and the run diverged
-    running = "running"
-    failed = "failed"  # its last run failed and it is not queued again
-    waiting = "waiting"
-
-
-@dataclass(frozen=True)
-class PointStatus:
-    point: Point
-    state: PointState
-    epoch: int = 0  # epochs reported so far, for a running point
-    value: float | None = None  # final validation error, for a done point
-    attempts: int = 0  # trials that ran for this point (FAIL ones included)
-
-
-@dataclass(frozen=True)
-class GridStatus:
-    study_name: str
-    epochs: int
-    points: tuple[PointStatus, ...]
-    skipped: int = 0  # PRUNED trials: queue slots that did not train
-    seconds_per_run: float | None = None  # mean wall time of the completed runs
-    extra: dict[str, int] = field(default_factory=dict)  # trials not on this grid, by state
-
-    def count(self, *states: PointState) -> int:
-        return sum(1 for p in self.points if p.state in states)
-
-    @property
-    def total(self) -> int:
-        return len(self.points)
-
-    @property
-    def finished(self) -> int:
-        return self.count(PointState.done, PointState.diverged)
-
-    @property
-    def complete(self) -> bool:
-        return self.finished == self.total
-
-
-def grid_status(study: optuna.Study, sweep: OptimizerSweep) -> GridStatus:
-    """Each grid point's state, from one read of the study's trials."""
-    by_point: dict[Point, list[FrozenTrial]] = {}
-    extra: dict[str, int] = {}
-    skipped = 0
-    durations = []
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.PRUNED:
-            skipped += 1
-            continue
-        p = point_of(t)
-        if p is None:
-            extra[t.state.name] = extra.get(t.state.name, 0) + 1
-            continue
-        by_point.setdefault(p, []).append(t)
-    out = []
-    for p in sweep.points():
-        trials = by_point.pop(p, [])
-        attempts = sum(1 for t in trials if t.state in (TrialState.FAIL, TrialState.COMPLETE))
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        if complete:
-            t = complete[0]
-            if t.duration is not None:
-                durations.append(t.duration.total_seconds())
-            state = PointState.diverged if t.user_attrs.get("diverged") else PointState.done
-            out.append(PointStatus(p, state, value=t.value, attempts=attempts))
-        elif running:
-            epoch = max((max(t.intermediate_values, default=0) for t in running), default=0)
-            out.append(PointStatus(p, PointState.running, epoch=epoch, attempts=attempts))
-        elif any(t.state == TrialState.WAITING for t in trials) or not trials:
-            out.append(PointStatus(p, PointState.waiting, attempts=attempts))
-        else:
-            out.append(PointStatus(p, PointState.failed, attempts=attempts))
-    for trials in by_point.values():  # points of another grid: a study reused by hand
-        for t in trials:
-            extra[t.state.name] = extra.get(t.state.name, 0) + 1
-    mean = sum(durations) / len(durations) if durations else None
-    return GridStatus(
-        study.study_name, sweep.base_config().epochs, tuple(out), skipped, mean, extra
-    )
 
 
 def result_attrs(result: TrainResult) -> dict[str, Any]:

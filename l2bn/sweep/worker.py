@@ -1,10 +1,25 @@
-"""Sweep workers: processes that claim queued grid points and train them, until none is left.
+"""A sweep worker: claims queued grid points, trains them, reports each as its own trial.
 
-A worker is ``study.optimize(objective, n_trials=1)`` in a loop, so Optuna itself claims the
-next WAITING trial (an atomic compare-and-set, see :mod:`l2bn.sweep.storage`), runs the heartbeat
-thread, fails stale trials of dead workers (whose points the stale callback queues again) and
-records the result. The loop stops when nothing is queued and nothing is running; while
-another worker's trial runs it waits, because that trial may yet go stale and need a retry.
+One lifecycle at every K (the points a worker trains side by side, ``--fuse K``; K = 1 is a
+plain run), in rounds until nothing is queued or running:
+
+1. Fail the stale trials of dead workers (the storage's stale callback queues their points
+   again). Stop when nothing is queued or running; while only other workers' trials run,
+   wait: one of them may yet go stale and need a retry.
+2. Claim up to K queued points: each claim is Optuna's atomic WAITING → RUNNING compare-and-set
+   (see :mod:`l2bn.sweep.storage`), and one heartbeat thread beats for every claimed trial.
+3. Train them with :func:`l2bn.train.engine.train_many`, one ``trial.report`` per epoch each.
+4. Finish each: the user attrs of :func:`l2bn.sweep.study.result_attrs`, then COMPLETE with
+   the final validation error. A non-finite result is a FAIL and an error, never skipped.
+
+Faults, handled alike at every K. Every storage write that meets a dropped database
+connection waits for the server and is repeated (each is idempotent). SIGINT or SIGTERM
+fails every unfinished claimed trial and queues its point again. A training exception does
+the same, then stops the worker with that exception, which the runner reports. A connection
+lost anywhere else (the claim) is waited for, then the round is settled: results already
+computed are told, the other claimed trials are failed and their points queued again. Any
+other database error (a full disk, a read-only file) fails the round's trials, as far as the
+database still lets us, and stops the worker with one line.
 """
 
 from __future__ import annotations
@@ -12,48 +27,50 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import multiprocessing
-import os
 import signal
+import threading
 import time
-import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import FrameType
-from typing import Any
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import TypeVar
 
 import optuna
 from optuna.trial import TrialState
 
-from l2bn.errors import L2bnError, StorageError
-from l2bn.sweep.spec import OptimizerSweep
+from l2bn.errors import StorageError
+from l2bn.sweep.spec import OptimizerSweep, Point
 from l2bn.sweep.storage import (
     database_error,
     is_connection_error,
     open_storage,
     redact,
-    scrub,
     wait_for_storage,
 )
 from l2bn.sweep.study import (
+    ERROR_ATTR,
     LIVE,
     SKIPPED_ATTR,
-    GridStatus,
     RequeueCallback,
-    grid_status,
     point_of,
-    prepare_study,
     result_attrs,
 )
-from l2bn.train.records import EpochRecord
+from l2bn.train.config import TrainConfig
+from l2bn.train.records import EpochRecord, TrainResult
 
 DEFAULT_HEARTBEAT_S = 30
 POLL_S = 1.0
+CUDA_FUSE = 16
+T = TypeVar("T")
 
 
 class Interrupted(Exception):
-    """SIGINT or SIGTERM reached a worker: stop training, give the point back to the queue."""
+    """SIGINT or SIGTERM reached a worker: stop training, give the points back to the queue."""
+
+
+class _RoundLost(Exception):
+    """Every trial of the round was failed as stale meanwhile (and queued again elsewhere)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +81,7 @@ class WorkerSpec:
     heartbeat_interval: int = DEFAULT_HEARTBEAT_S
     grace_period: int | None = None  # None: 4 heartbeats
     torch_threads: int | None = None  # None: torch's default
-    fuse: int | None = None  # points trained together in one fused net; None: auto (fused_sweep)
+    fuse: int | None = None  # K, points trained side by side; None: auto_fuse
 
     @property
     def grace(self) -> int:
@@ -75,6 +92,19 @@ class WorkerSpec:
 class WorkerReport:
     trials: int = 0  # trials this worker finished (COMPLETE)
     interrupted: bool = False
+
+
+def auto_fuse(sweep: OptimizerSweep) -> int:
+    """K when ``--fuse`` is not given: 1 on a CPU, where training K models side by side was
+    measured slower per model than one after another (README, "Speed"); CUDA_FUSE = 16 on
+    CUDA, a guess sized after HFTA's results, not measured here (no GPU has been lent to this
+    project yet): tune it with benchmarks/bench_grid.py. Every option trains at any K, so
+    nothing else is looked at. Imports torch: call it in a worker only."""
+    from l2bn.train.device import resolve_device
+
+    if resolve_device(sweep.base_config().device).type == "cuda":
+        return CUDA_FUSE
+    return 1
 
 
 class _StopFlag:
@@ -89,81 +119,225 @@ class _StopFlag:
             raise Interrupted(signal.Signals(signal.SIGTERM).name)
 
 
-class _Current:
-    number: int | None = None  # the trial the objective last started
+class Heartbeats:
+    """One thread beating every ``interval`` seconds for each trial the worker holds."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, interval: int) -> None:
+        self.storage, self.interval = storage, interval
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def add(self, trial_id: int) -> None:
+        """Hold ``trial_id``, beating for it at once: stale checks see it alive."""
+        with self._lock:
+            self._ids.add(trial_id)
+        self.storage.record_heartbeat(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self._ids.discard(trial_id)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = sorted(self._ids)
+            for trial_id in ids:
+                # l2bn's storage logs a failed beat; the next one retries, the grace covers it.
+                with contextlib.suppress(Exception):
+                    self.storage.record_heartbeat(trial_id)
+
+    def __enter__(self) -> Heartbeats:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class _Claim:
+    trial: optuna.Trial
+    config: TrainConfig | None = None  # None until its params are read
     value: float | None = None  # its result, once every user attr of it is written
+    finished: bool = False  # told by us, or found finished by another worker (stale)
 
 
-def _retry_on_disconnect(storage: optuna.storages.RDBStorage, write: Callable[[], None]) -> None:
-    """Run an idempotent storage write; when the database server is lost, wait and repeat."""
-    for _ in range(5):
-        try:
-            write()
-            return
-        except Exception as e:
-            if not is_connection_error(e):
-                raise
-            wait_for_storage(storage)
-    write()
+class _Round:
+    """The trials one round claimed, and every storage write made for them."""
 
+    def __init__(
+        self,
+        study: optuna.Study,
+        storage: optuna.storages.RDBStorage,
+        beats: Heartbeats,
+        requeue: RequeueCallback,
+    ) -> None:
+        self.study, self.storage, self.beats, self.requeue = study, storage, beats, requeue
+        self.claims: list[_Claim] = []
+        self.patient = True  # whether writes wait for a lost database server
 
-def make_objective(
-    sweep: OptimizerSweep,
-    stop: _StopFlag,
-    current: _Current,
-    storage: optuna.storages.RDBStorage | None = None,
-) -> Callable[[optuna.Trial], float]:
-    from l2bn.train.engine import train  # imported here: the parent process never needs torch
+    def write(self, action: Callable[[], T]) -> T:
+        """Run an idempotent storage write; when the database server is lost, wait, repeat."""
+        if not self.patient:
+            return action()
+        for _ in range(5):
+            try:
+                return action()
+            except Exception as e:
+                if not is_connection_error(e):
+                    raise
+                wait_for_storage(self.storage)
+        return action()
 
-    lr_lo, lr_hi = sweep.lr_range()
-    wd_lo, wd_hi = sweep.weight_decay.low, sweep.weight_decay.high
+    def claim(self, sweep: OptimizerSweep, k: int, stop: _StopFlag) -> None:
+        """Claim up to k queued points as RUNNING trials (fewer when the queue runs dry)."""
+        lr_lo, lr_hi = sweep.lr_range()
+        wd_lo, wd_hi = sweep.weight_decay.low, sweep.weight_decay.high
+        while len(self.claims) < k:
+            stop.check()
+            # What study.ask() does, less making a fresh trial when the queue is empty.
+            trial_id = self.study._pop_waiting_trial_id()
+            if trial_id is None:
+                return
+            claim = _Claim(optuna.Trial(self.study, trial_id))
+            self.claims.append(claim)  # ours from here on: settled whatever happens next
+            self.beats.add(trial_id)
+            skip = self._skip_reason(trial_id)
+            if skip is not None:  # never expected: a guard, not a mechanism
+                claim.trial.set_user_attr(SKIPPED_ATTR, skip)
+                self.study.tell(claim.trial, state=TrialState.PRUNED)
+                self._drop(claim)
+                continue
+            # Suggesting a queued trial's params returns them (Optuna's fixed_params) and
+            # records them with the sweep's distributions: any Optuna client sees plain params.
+            lr = claim.trial.suggest_float("lr", lr_lo, lr_hi, log=True)
+            wd = claim.trial.suggest_float("weight_decay", wd_lo, wd_hi, log=True)
+            seed = claim.trial.suggest_int("seed", min(sweep.seeds), max(sweep.seeds))
+            claim.config = sweep.config_for(Point(lr, wd, seed))
 
-    def write(action: Callable[[], None]) -> None:
-        if storage is None:
-            action()
-        else:
-            _retry_on_disconnect(storage, action)
-
-    def objective(trial: optuna.Trial) -> float:
-        stop.check()
-        current.number = trial.number
-        current.value = None
-        live = trial.study.get_trials(deepcopy=False, states=LIVE)
-        me = next(t for t in live if t.number == trial.number)
+    def _skip_reason(self, trial_id: int) -> str | None:
+        me = self.storage.get_trial(trial_id)
         point = point_of(me)
         if point is None:
-            # Optuna's ask() makes a fresh trial when the last queued one was claimed between
-            # our look at the queue and its claim: an empty slot, not a grid point.
-            trial.set_user_attr(SKIPPED_ATTR, "queue empty")
-            raise optuna.TrialPruned("queue empty")
-        for t in live:
-            # Never expected (points are queued once, under a lock): a guard, not a mechanism.
-            if t.number != trial.number and point_of(t) == point and t.state != TrialState.WAITING:
-                trial.set_user_attr(SKIPPED_ATTR, f"duplicate of trial {t.number}")
-                raise optuna.TrialPruned(f"duplicate of trial {t.number}")
-        # Suggesting a queued trial's params returns them (Optuna's fixed_params) and records
-        # them with the sweep's distributions, so any Optuna client sees ordinary params.
-        lr = trial.suggest_float("lr", lr_lo, lr_hi, log=True)
-        wd = trial.suggest_float("weight_decay", wd_lo, wd_hi, log=True)
-        seed = trial.suggest_int("seed", min(sweep.seeds), max(sweep.seeds))
-        config = sweep.base_config().with_(lr=lr, weight_decay=wd, seed=seed)
+            return "not a grid point"  # a WAITING trial queued by hand, without params
+        for t in self.study.get_trials(deepcopy=False, states=LIVE):
+            # Points are queued once, under a lock: a second live trial is a bug elsewhere.
+            if t.number != me.number and point_of(t) == point and t.state != TrialState.WAITING:
+                return f"duplicate of trial {t.number}"
+        return None
 
-        def on_epoch(record: EpochRecord) -> None:
-            write(lambda: trial.report(record.val_error, record.epoch))
+    def train(self, stop: _StopFlag) -> None:
+        """Train the claimed points side by side, reporting every epoch; then write each
+        one's user attrs. A non-finite result fails its trial and raises, after the others."""
+        from l2bn.train.engine import train_many  # torch only in workers
+
+        claims = [c for c in self.claims if not c.finished]
+        configs = [c.config for c in claims]
+        if not claims:
+            return
+        assert None not in configs  # a claim without params is finished (skipped) or settled
+        stop.check()
+
+        def on_epoch(m: int, record: EpochRecord) -> None:
+            claim = claims[m]
+            if not claim.finished:
+                report = functools.partial(claim.trial.report, record.val_error, record.epoch)
+                self._unless_finished_elsewhere(claim, lambda: self.write(report))
+                if all(c.finished for c in claims):
+                    raise _RoundLost
             stop.check()
 
         def on_batch(epoch: int, batch: int, batches: int) -> None:
             stop.check()
 
-        result = train(config, on_epoch=on_epoch, on_batch=on_batch)
-        for key, value in result_attrs(result).items():
-            write(functools.partial(trial.set_user_attr, key, value))
-        if not math.isfinite(result.val_error):  # a NaN value would make Optuna FAIL the trial
-            raise RuntimeError(f"train returned val_error {result.val_error}")
-        current.value = result.val_error
-        return result.val_error
+        results = train_many([c for c in configs if c is not None], on_epoch, on_batch)
+        bad = []
+        for claim, result in zip(claims, results, strict=True):
+            if claim.finished:
+                continue
+            if not math.isfinite(result.val_error):  # Optuna would FAIL it: so do we, aloud
+                why = f"training returned val_error {result.val_error}"
+                self._fail(claim, why, requeue=False)
+                c = result.config
+                bad.append(f"{why} at lr={c.lr:g}, weight_decay={c.weight_decay:g}, seed={c.seed}")
+                continue
+            self._unless_finished_elsewhere(claim, functools.partial(self._record, claim, result))
+        if bad:
+            raise RuntimeError("; ".join(bad))
 
-    return objective
+    def _record(self, claim: _Claim, result: TrainResult) -> None:
+        for key, value in result_attrs(result).items():
+            self.write(functools.partial(claim.trial.set_user_attr, key, value))
+        claim.value = result.val_error  # now the result can be told, even after a lost link
+
+    def tell(self) -> int:
+        """Tell every result computed (COMPLETE); returns how many trials completed."""
+        return sum(self._tell(c) for c in self.claims if not c.finished and c.value is not None)
+
+    def settle(self, why: str | None = None, requeue: bool = True, quiet: bool = False) -> int:
+        """Finish the round early: tell the results already computed, fail every other
+        unfinished trial (``why`` in its ``l2bn_error``) and queue its point again.
+
+        ``quiet``: as far as the database lets us at once, without waiting for a lost server
+        (a worker told to stop, or stopping on an error). A trial left RUNNING goes stale and
+        is retried, so a refusal is no reason to hide the error that brought us here.
+        Returns how many trials completed.
+        """
+        self.patient = not quiet
+        done = 0
+        for claim in self.claims:
+            if claim.finished:
+                continue
+            try:
+                if claim.value is not None:
+                    done += self._tell(claim)
+                else:
+                    self._fail(claim, why, requeue)
+            except Exception as e:
+                if not quiet:
+                    raise
+                if is_connection_error(e):
+                    break  # the server is gone: the rest go stale and are retried elsewhere
+        return done
+
+    def _tell(self, claim: _Claim) -> bool:
+        value = claim.value
+        told = self.write(lambda: self.study.tell(claim.trial, value, skip_if_finished=True))
+        self._drop(claim)
+        # FAIL instead: failed as stale meanwhile (heartbeats starved) and retried elsewhere.
+        return bool(told.state == TrialState.COMPLETE)
+
+    def _fail(self, claim: _Claim, why: str | None, requeue: bool) -> None:
+        def fail() -> None:
+            if why is not None:
+                self.write(functools.partial(claim.trial.set_user_attr, ERROR_ATTR, why))
+            self.write(
+                lambda: self.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True)
+            )
+
+        self._unless_finished_elsewhere(claim, fail)
+        self._drop(claim)
+        if requeue:
+            frozen = self.write(lambda: self.storage.get_trial(claim.trial._trial_id))
+            if frozen.state == TrialState.FAIL:
+                self.write(lambda: self.requeue(self.study, frozen))
+
+    def _unless_finished_elsewhere(self, claim: _Claim, action: Callable[[], object]) -> None:
+        """Run ``action``. A trial failed as stale by another worker (its heartbeats starved)
+        refuses writes: it is no longer ours, and that worker queued its point again."""
+        try:
+            action()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._drop(claim)
+
+    def _drop(self, claim: _Claim) -> None:
+        claim.finished = True
+        self.beats.discard(claim.trial._trial_id)
 
 
 def run_worker(spec: WorkerSpec) -> WorkerReport:
@@ -184,6 +358,11 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
         import torch
 
         torch.set_num_threads(spec.torch_threads)
+    from l2bn.train.device import resolve_device
+
+    # Before any claim: a device that is not there stops the worker, not its points.
+    resolve_device(spec.sweep.base_config().device)
+    k = spec.fuse or auto_fuse(spec.sweep)
     requeue = RequeueCallback()
     storage = open_storage(
         spec.storage,
@@ -194,214 +373,56 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
     study = optuna.load_study(
         study_name=spec.study_name, storage=storage, sampler=optuna.samplers.RandomSampler()
     )
-    current = _Current()
-    objective = make_objective(spec.sweep, stop, current, storage)
-    from l2bn.sweep.fused_sweep import auto_fuse, run_fused_round  # torch only in workers
-
-    fuse = spec.fuse or auto_fuse(spec.sweep)
     report = WorkerReport()
-    while not stop.requested:
-        current.number = None
-        current.value = None
-        try:
-            optuna.storages.fail_stale_trials(study)
-            states = {t.state for t in study.get_trials(deepcopy=False, states=LIVE)}
-        except Exception as e:
-            _recover(e, storage, study, current, requeue)
-            continue
-        if TrialState.WAITING not in states:
-            if TrialState.RUNNING not in states:
-                break
-            time.sleep(min(POLL_S * 5, spec.heartbeat_interval))
-            continue
-        try:
-            if fuse > 1:  # K points at once, each still its own trial (l2bn.sweep.fused_sweep)
-                report.trials += run_fused_round(
-                    study, storage, spec.sweep, fuse, spec.heartbeat_interval, stop.check, requeue
-                )
+    with Heartbeats(storage, spec.heartbeat_interval) as beats:
+        while not stop.requested:
+            try:
+                optuna.storages.fail_stale_trials(study)
+                states = {t.state for t in study.get_trials(deepcopy=False, states=LIVE)}
+            except Exception as e:
+                _storage_failed(e, storage, None)
                 continue
-            study.optimize(objective, n_trials=1)
-        except Interrupted:
-            report.interrupted = True
-            last = _trial(study, current.number)
-            if last is not None and last.state == TrialState.FAIL:
-                requeue(study, last)
-            break
-        except optuna.exceptions.UpdateFinishedTrialError:
-            # Our trial was failed as stale (heartbeats starved) and retried elsewhere.
-            continue
-        except Exception as e:
-            _recover(e, storage, study, current, requeue)
-        last = _trial(study, current.number)
-        if last is not None and last.state == TrialState.COMPLETE:
-            report.trials += 1
+            if TrialState.WAITING not in states:
+                if TrialState.RUNNING not in states:
+                    break
+                time.sleep(min(POLL_S * 5, spec.heartbeat_interval))
+                continue
+            work = _Round(study, storage, beats, requeue)
+            try:
+                work.claim(spec.sweep, k, stop)
+                if work.claims:
+                    work.train(stop)
+                    report.trials += work.tell()
+            except Interrupted:
+                report.interrupted = True
+                report.trials += work.settle(quiet=True)
+                break
+            except _RoundLost:
+                continue
+            except Exception as e:
+                report.trials += _storage_failed(e, storage, work)
     report.interrupted = report.interrupted or stop.requested
     return report
 
 
-def _recover(
-    error: Exception,
-    storage: optuna.storages.RDBStorage,
-    study: optuna.Study,
-    current: _Current,
-    requeue: RequeueCallback,
-) -> None:
-    """After an error from a worker's storage calls: wait for a lost database server and settle
-    our trial; stop with one line on any other database error (a full disk, a read-only file),
-    failing our trial if the database still lets us; re-raise anything else (a bug)."""
+def _storage_failed(
+    error: Exception, storage: optuna.storages.RDBStorage, work: _Round | None
+) -> int:
+    """After an error in a round (or in looking at the queue): wait for a lost database
+    server, then settle the round; stop with one line on any other database error (a full
+    disk, a read-only file); anything else (a training exception, a bug) fails the round's
+    trials, queues their points again and is re-raised. Returns how many trials completed."""
     if is_connection_error(error):
         wait_for_storage(storage)
-        _settle(study, current, requeue)
-        return
+        return 0 if work is None else work.settle()
+    if isinstance(error, StorageError):
+        raise error  # the server stayed away: our trials go stale and are retried elsewhere
     reason = database_error(error)
-    if reason is None:
-        raise error
-    if current.number is not None:
-        with contextlib.suppress(Exception):  # best effort: else it goes stale, then retried
-            study.tell(current.number, state=TrialState.FAIL, skip_if_finished=True)
-    raise StorageError(f"storage {redact(storage.url)}: {reason}") from None
-
-
-def _settle(study: optuna.Study, current: _Current, requeue: RequeueCallback) -> None:
-    """Finish our trial after a lost connection: tell its result if the run had finished,
-    else fail it and queue its point again (unless another worker did already)."""
-    last = _trial(study, current.number)
-    if last is None:
-        return  # lost before a trial was ours: a claim that did not commit, or one gone stale
-    try:
-        if last.state == TrialState.RUNNING:
-            if current.value is not None:
-                study.tell(last.number, current.value, skip_if_finished=True)
-                return
-            study.tell(last.number, state=TrialState.FAIL, skip_if_finished=True)
-            last = _trial(study, last.number)
-        if last is not None and last.state == TrialState.FAIL:
-            requeue(study, last)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass  # failed as stale by another worker meanwhile, whose callback queued it again
-
-
-def _trial(study: optuna.Study, number: int | None) -> optuna.trial.FrozenTrial | None:
-    if number is None:
-        return None
-    found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    return found[0] if found else None
-
-
-# --- processes -----------------------------------------------------------------------------
-
-
-def _worker_main(spec: WorkerSpec, errors: Any) -> None:
-    try:
-        report = run_worker(spec)
-    except L2bnError as e:
-        errors.put((type(e).__name__, scrub(str(e))))
-        os._exit(2)
-    except BaseException:
-        errors.put(("crash", scrub(traceback.format_exc())))
-        os._exit(1)
-    os._exit(3 if report.interrupted else 0)
-
-
-@dataclass
-class SweepResult:
-    status: GridStatus
-    exit_codes: list[int | None] = field(default_factory=list)
-    errors: list[tuple[str, str]] = field(default_factory=list)
-    interrupted: bool = False
-    seconds: float = 0.0
-
-
-def run_sweep(
-    spec: WorkerSpec,
-    workers: int = 1,
-    on_status: Callable[[GridStatus], None] | None = None,
-    poll_s: float = POLL_S,
-) -> SweepResult:
-    """Queue the grid's missing points, run ``workers`` processes on it, poll until they stop.
-
-    Raises ConfigError/StorageError before anything is written when the input is bad. The
-    same call on other machines (same PostgreSQL URL) joins the same study.
-    """
-    start = time.perf_counter()
-    storage = open_storage(spec.storage)
-    study = prepare_study(storage, spec.sweep, spec.study_name)
-    status = grid_status(study, spec.sweep)
-    if on_status is not None:
-        on_status(status)
-    ctx = multiprocessing.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    procs = []
-    result = SweepResult(status)
-    forward = _Forwarder()
-    old_term = signal.signal(signal.SIGTERM, forward)
-    try:
-        if not status.complete:
-            for _ in range(workers):
-                p = ctx.Process(target=_worker_main, args=(spec, errors), daemon=False)
-                p.start()
-                procs.append(p)
-        while any(p.is_alive() for p in procs):
-            try:
-                if forward.signalled:
-                    forward.send(procs)
-                    result.interrupted = True
-                time.sleep(poll_s)
-                if on_status is not None:
-                    on_status(grid_status(study, spec.sweep))
-            except Exception as e:
-                # The database server restarting: the workers wait for it; so does the display.
-                if not is_connection_error(e):
-                    raise
-            except KeyboardInterrupt:
-                # Ctrl-C reached the workers too (same process group); make sure, then wait.
-                forward.signalled = True
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-        for p in procs:
-            p.join()
-    while not errors.empty():
-        result.errors.append(errors.get())
-    result.exit_codes = [p.exitcode for p in procs]
-    result.interrupted = result.interrupted or any(c == 3 for c in result.exit_codes)
-    try:
-        result.status = grid_status(study, spec.sweep)
-    except Exception as e:
-        if not is_connection_error(e):
-            raise
-        wait_for_storage(storage)
-        result.status = grid_status(study, spec.sweep)
-    result.seconds = time.perf_counter() - start
-    if on_status is not None:
-        on_status(result.status)
-    return result
-
-
-class _Forwarder:
-    def __init__(self) -> None:
-        self.signalled = False
-        self._sent = False
-
-    def __call__(self, signum: int, frame: FrameType | None) -> None:
-        self.signalled = True
-
-    def send(self, procs: list[Any]) -> None:
-        if self._sent:
-            return
-        self._sent = True
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGTERM)
-
-
-def status_of(storage_url: str, sweep: OptimizerSweep, study_name: str | None = None) -> GridStatus:
-    """The grid's state, read-only (the study must exist)."""
-    storage = open_storage(storage_url, read_only=True)
-    name = study_name or sweep.study_name
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        from l2bn.errors import ConfigError
-
-        raise ConfigError(f"no study {name!r} in this storage; run `l2bn sweep` first") from None
-    return grid_status(study, sweep)
+    if reason is not None:
+        if work is not None:
+            work.settle(requeue=False, quiet=True)  # a resume queues them again
+        raise StorageError(f"storage {redact(storage.url)}: {reason}") from None
+    if work is not None:
+        first = (str(error).strip().splitlines() or [""])[0]
+        work.settle(f"{type(error).__name__}: {first}"[:500], quiet=True)
+    raise error

@@ -21,7 +21,7 @@ from l2bn.analysis.pipeline import AnalyzeConfig, analyze
 from l2bn.errors import AnalysisError, StorageError
 from l2bn.train.config import TrainConfig
 
-from .planting import log_grid, plant_study, surface, sweep_attrs
+from .planting import centred_grid, log_grid, plant_study, surface, sweep_attrs
 
 
 def test_missing_sqlite_file_is_not_created(tmp_path: Path) -> None:
@@ -252,3 +252,32 @@ def test_storages_without_sql_are_read_through_optunas_api() -> None:
     _plant_mixed(storage)
     studies, _ = load_studies(storage, ("mix/sgd",))
     assert len(studies[0].trials) == 16 and studies[0].n_skipped == 2
+
+
+@pytest.mark.parametrize("bulk_sql", [True, False])
+def test_per_epoch_metrics_and_val_loss_are_read_and_give_k_over_training(
+    tmp_path: Path, bulk_sql: bool
+) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+
+    dip = surface(1.0)
+
+    def history(lr: float, wd: float) -> list[dict[str, Any]]:
+        # Per-epoch validation error and loss with the planted dip, shifted up early on.
+        return [
+            {"epoch": e, "lr": lr, "val_error": dip(lr, wd) + 0.1 / e,
+             "val_loss": 2 * dip(lr, wd), "layers": {}}
+            for e in range(1, 5)
+        ]  # fmt: skip
+
+    plant_study(url, "m/sgd", "sgd", centred_grid(1.0), (1e-4, 1e-3, 1e-2), dip, history=history)
+    studies, _ = load_studies(url, bulk_sql=bulk_sql)
+    t = studies[0].trials[0]
+    assert t.metrics["val_error"] == pytest.approx(
+        [dip(t.lr, t.weight_decay) + 0.1 / e for e in range(1, 5)]
+    )
+    assert t.metrics["val_loss"] == pytest.approx([2 * dip(t.lr, t.weight_decay)] * 4)
+    assert math.isnan(t.val_loss)  # no val_loss user attr here: the history's last one is used
+    (g,) = analyze(AnalyzeConfig(storage=url)).groups
+    assert [r.epoch for r in g.k_by_epoch] == [1, 2, 3, 4]  # was empty: loading dropped them
+    assert analyze(AnalyzeConfig(storage=url, metric="val_loss")).groups[0].metric == "val_loss"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,15 +21,6 @@ from l2bn.analysis.pipeline import (
 from l2bn.errors import AnalysisError, ConfigError
 
 from .planting import centred_grid, error_surface
-
-
-@dataclass(frozen=True)
-class Record(TrialRecord):
-    """A record with what loading will add (val_loss, per-epoch metrics)."""
-
-    val_loss: float = math.nan
-    metrics: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
-
 
 EPOCHS = 12
 
@@ -55,7 +44,7 @@ def _trials(with_loss: bool = True, seeds: int = 2) -> tuple[TrialRecord, ...]:
                 metrics = {"val_error": tuple(err)} | (
                     {"val_loss": tuple(loss)} if with_loss else {}
                 )
-                out.append(Record(
+                out.append(TrialRecord(
                     study="v2/sgd", number=len(out), lr=lr, weight_decay=wd, seed=s,
                     val_error=err[-1], test_error=math.nan, train_loss=math.nan, diverged=False,
                     steps_per_epoch=None, epoch_lrs=(), norms={},

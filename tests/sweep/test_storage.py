@@ -1,11 +1,12 @@
-"""l2bn.sweep.storage: URLs, redaction, SQLite claims that are atomic, and the PostgreSQL path."""
+"""l2bn.sweep.storage: URLs, redaction, SQLite claims that are atomic, the PostgreSQL path,
+and heartbeats that fail trials of dead workers."""
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import subprocess
 import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -17,11 +18,10 @@ from optuna.trial import TrialState
 
 from l2bn.errors import StorageError
 from l2bn.sweep.spec import Point
-from l2bn.sweep.storage import enqueue_lock, open_storage, redact
-from l2bn.sweep.study import enqueue_missing, point_of
+from l2bn.sweep.storage import _lock_key, enqueue_lock, open_storage, redact
+from l2bn.sweep.study import RequeueCallback, enqueue_missing, point_of
 
-REPO = Path(__file__).resolve().parent.parent
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from .helpers import PG_URL, REPO, postgres
 
 
 def test_redact_hides_the_password() -> None:
@@ -108,34 +108,6 @@ def test_enqueue_is_idempotent_across_processes(tmp_path: Path) -> None:
     assert len(points) == 5 and set(points.values()) == {1}
 
 
-def test_enqueue_skips_points_with_live_trials_but_requeues_failed_ones(tmp_path: Path) -> None:
-    storage = open_storage(f"sqlite:///{tmp_path / 'x.db'}")
-    study = optuna.create_study(storage=storage, study_name="s")
-    points = [Point(0.1, 1e-3, 0), Point(0.2, 1e-3, 0)]
-    assert enqueue_missing(study, points) == 2
-    assert enqueue_missing(study, points) == 0
-    trial = study.ask()  # claims the first point
-    study.tell(trial, state=TrialState.FAIL)
-    # Optuna's skip_if_exists would count the FAIL trial as existing; we queue it again.
-    assert enqueue_missing(study, points) == 1
-    waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert sorted(p for t in waiting if (p := point_of(t)) is not None) == points
-
-
-def _pg_available() -> bool:
-    try:
-        engine = sqlalchemy.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with engine.connect():
-            pass
-        engine.dispose()
-    except Exception:
-        return False
-    return True
-
-
-postgres = pytest.mark.skipif(not _pg_available(), reason=f"no PostgreSQL at {PG_URL}")
-
-
 @pytest.mark.postgres
 @pytest.mark.slow
 @postgres
@@ -149,8 +121,8 @@ def test_postgres_claims_are_atomic() -> None:
 def test_postgres_enqueue_lock_excludes() -> None:
     storage = open_storage(PG_URL)
     engine = storage.engine
+    key = _lock_key("k")
     with enqueue_lock(storage, "k"), engine.connect() as conn:
-        key = __import__("l2bn.sweep.storage", fromlist=["_lock_key"])._lock_key("k")
         got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": key})
         assert got.scalar() is False
     with engine.connect() as conn:
@@ -159,20 +131,46 @@ def test_postgres_enqueue_lock_excludes() -> None:
         conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
 
 
-@pytest.mark.postgres
-@pytest.mark.slow
-@postgres
-def test_postgres_four_workers_exactly_once(tmp_path: Path) -> None:
-    from test_sweep import assert_exactly_once, run_cli, tiny_sweep
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_goes_stale(
+    tmp_path: Path,
+) -> None:
+    # Optuna alone never fails a RUNNING trial without any heartbeat: a worker killed between
+    # its claim and its first beat would leave a point every other worker waits for forever.
+    requeue = RequeueCallback()
+    storage = open_storage(
+        f"sqlite:///{tmp_path / 'x.db'}",
+        heartbeat_interval=1,
+        grace_period=1,
+        stale_callback=requeue,
+    )
+    study = optuna.create_study(storage=storage, study_name="s")
+    enqueue_missing(study, [Point(0.1, 1e-3, 0)])
+    silent = study.ask()  # claimed, and its worker died before beating
+    assert study.trials[silent.number].state == TrialState.RUNNING
+    optuna.storages.fail_stale_trials(study)  # gives it a heartbeat: from now on it can go stale
+    assert study.trials[silent.number].state == TrialState.RUNNING
+    deadline = time.monotonic() + 60  # a hang guard: stale after the 1 s grace period
+    while study.trials[silent.number].state == TrialState.RUNNING:
+        assert time.monotonic() < deadline, "the silent trial never went stale"
+        time.sleep(0.5)
+        optuna.storages.fail_stale_trials(study)
+    assert study.trials[silent.number].state == TrialState.FAIL
+    (copy,) = study.get_trials(states=(TrialState.WAITING,))
+    assert copy.system_attrs["failed_trial"] == silent.number
+    assert point_of(copy) == Point(0.1, 1e-3, 0)
 
-    path = tiny_sweep(tmp_path, n=4)
-    name = f"pytest-{uuid.uuid4().hex[:8]}"
-    try:
-        proc = run_cli("sweep", str(path), "--storage", PG_URL, "--workers", "4", "--study", name)
-        assert proc.returncode == 0, proc.stderr
-        study = optuna.load_study(study_name=name, storage=PG_URL)
-        assert_exactly_once(study, 16)
-        assert not [t for t in study.trials if t.state == TrialState.FAIL]
-    finally:
-        with contextlib.suppress(KeyError):
-            optuna.delete_study(study_name=name, storage=PG_URL)
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_live_worker_keeps_its_silent_trial_when_it_beats(tmp_path: Path) -> None:
+    # The heartbeat the stale check gives a silent trial is the owner's to update: one that
+    # beats within the grace period keeps its trial.
+    storage = open_storage(f"sqlite:///{tmp_path / 'x.db'}", heartbeat_interval=1, grace_period=5)
+    study = optuna.create_study(storage=storage, study_name="s")
+    enqueue_missing(study, [Point(0.1, 1e-3, 0)])
+    trial = study.ask()
+    for _ in range(14):  # 7 s in all: longer than the grace period, never silent as long
+        optuna.storages.fail_stale_trials(study)
+        storage.record_heartbeat(trial._trial_id)
+        time.sleep(0.5)
+    assert study.trials[trial.number].state == TrialState.RUNNING
