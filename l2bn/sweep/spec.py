@@ -7,6 +7,7 @@ Schema (every key optional except that at least one ``[optimizers.<name>]`` tabl
     weight_decay = [1e-2, 4e-2, 1.6e-1]  # λ grid, same two forms; every λ must be > 0
     lr_scale_exponent = 0.0            # k: with k ≠ 0 the lr grid lists η·λ^k, see below
     seeds = [0]                        # or a count: seeds = 3 means [0, 1, 2]
+    independent_seeds = false          # true: every λ row gets seeds of its own (see below)
     epochs = 40                        # ... and any other TrainConfig field except
     batch_size = 32                    #     optimizer, lr, weight_decay and seed
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -35,7 +37,7 @@ from typing import Any
 from l2bn.errors import ConfigError
 from l2bn.train.config import OptimizerName, TrainConfig
 
-GRID_KEYS = ("lr", "weight_decay", "lr_scale_exponent", "seeds")
+GRID_KEYS = ("lr", "weight_decay", "lr_scale_exponent", "seeds", "independent_seeds")
 SWEEP_ONLY_KEYS = ("name", "optimizers")
 PER_RUN_FIELDS = ("optimizer", "lr", "weight_decay", "seed")  # set per trial, not per sweep
 # Where a node keeps its data and what it trains on: not part of the experiment, so two nodes
@@ -84,6 +86,12 @@ class OptimizerSweep:
     lr_scale_exponent: float
     seeds: tuple[int, ...]
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields, as in TOML
+    # False: every λ row runs the same seeds, so its cells share initial weights and batch
+    # order with the other rows' (their errors are correlated across λ). True: row λ runs
+    # seed s + span·row_key(λ) (span = max(seeds) + 1; row_key from λ's value, so adding a λ
+    # row later leaves the others' seeds as they were): rows independent, which analyze
+    # detects (no seed shared between rows) and resamples accordingly.
+    independent_seeds: bool = False
 
     @property
     def study_name(self) -> str:
@@ -103,8 +111,19 @@ class OptimizerSweep:
         for wd in self.weight_decay.values:
             for base in self.lr.values:
                 lr = _canonical(base * wd ** (-self.lr_scale_exponent))
-                out.extend(Point(lr, wd, seed) for seed in self.seeds)
+                out.extend(Point(lr, wd, seed) for seed in self.seeds_for(wd))
         return sorted(set(out), key=lambda p: (p.weight_decay, p.lr, p.seed))
+
+    def seeds_for(self, weight_decay: float) -> tuple[int, ...]:
+        """The seeds of the λ row ``weight_decay``."""
+        if not self.independent_seeds:
+            return self.seeds
+        offset = (max(self.seeds) + 1) * row_key(weight_decay)
+        return tuple(s + offset for s in self.seeds)
+
+    def seed_range(self) -> tuple[int, int]:
+        seeds = [s for wd in self.weight_decay.values for s in self.seeds_for(wd)]
+        return min(seeds), max(seeds)
 
     def lr_range(self) -> tuple[float, float]:
         lrs = [p.lr for p in self.points()]
@@ -120,6 +139,8 @@ class OptimizerSweep:
             "weight_decay": self.weight_decay.spec,
             "lr_scale_exponent": self.lr_scale_exponent,
             "seeds": list(self.seeds),
+            # Written only when set: studies stored before the key existed stay the same.
+            **({"independent_seeds": True} if self.independent_seeds else {}),
             # The per-point fields (lr, weight_decay, seed) are the trial's params, not here.
             "train": {
                 k: v
@@ -254,8 +275,17 @@ def _resolve(name: str, opt: OptimizerName, d: dict[str, Any], where: str) -> Op
     if isinstance(k, bool) or not isinstance(k, int | float) or not math.isfinite(k):
         raise ConfigError(f"{where}lr_scale_exponent must be a number, got {k!r}")
     seeds = _seeds(d.get("seeds", [0]), where)
+    independent = d.get("independent_seeds", False)
+    if not isinstance(independent, bool):
+        raise ConfigError(f"{where}independent_seeds must be true or false, got {independent!r}")
+    keys = [row_key(x) for x in wd.values]
+    if independent and len(set(keys)) < len(keys):
+        raise ConfigError(
+            f"{where}independent_seeds: two weight_decay values share a seed block; "
+            f"change one of {list(wd.values)} slightly"
+        )
     train = {key: d[key] for key in TRAIN_KEYS if key in d}
-    sweep = OptimizerSweep(name, opt, lr, wd, float(k), seeds, train)
+    sweep = OptimizerSweep(name, opt, lr, wd, float(k), seeds, train, independent)
     try:
         base = sweep.base_config()
         for p in sweep.points():  # every η·λ^-k must be a valid TrainConfig too
@@ -317,6 +347,14 @@ def _enum(enum: type[OptimizerName], value: str, what: str, where: str) -> Optim
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+ROW_KEYS = 1 << 16
+
+
+def row_key(weight_decay: float) -> int:
+    """A λ row's seed block, 1 … 2^16, from λ's value alone (crc32 of its canonical text)."""
+    return 1 + zlib.crc32(f"{_canonical(weight_decay):.10g}".encode()) % ROW_KEYS
 
 
 def _canonical(x: float) -> float:

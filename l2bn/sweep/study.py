@@ -50,7 +50,7 @@ def distributions(sweep: OptimizerSweep) -> dict[str, optuna.distributions.BaseD
         "weight_decay": FloatDistribution(
             sweep.weight_decay.low, sweep.weight_decay.high, log=True
         ),
-        "seed": IntDistribution(min(sweep.seeds), max(sweep.seeds)),
+        "seed": IntDistribution(*sweep.seed_range()),
     }
 
 

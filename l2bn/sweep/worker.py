@@ -217,7 +217,7 @@ class _Round:
             # records them with the sweep's distributions: any Optuna client sees plain params.
             lr = claim.trial.suggest_float("lr", lr_lo, lr_hi, log=True)
             wd = claim.trial.suggest_float("weight_decay", wd_lo, wd_hi, log=True)
-            seed = claim.trial.suggest_int("seed", min(sweep.seeds), max(sweep.seeds))
+            seed = claim.trial.suggest_int("seed", *sweep.seed_range())
             claim.config = sweep.config_for(Point(lr, wd, seed))
 
     def _skip_reason(self, trial_id: int) -> str | None:

@@ -144,3 +144,38 @@ def test_where_a_node_keeps_its_data_is_not_part_of_the_stored_sweep(tmp_path: P
     # The configs the workers train still use the node's own folder and device.
     assert str(here.base_config().data_dir) == "/node1/data"
     assert there.base_config().device.value == "auto"
+
+
+def _rows(sweep_data: dict[str, object]) -> dict[float, set[int]]:
+    (sweep,) = parse_sweep(sweep_data).optimizers.values()
+    rows: dict[float, set[int]] = {}
+    for p in sweep.points():
+        rows.setdefault(p.weight_decay, set()).add(p.seed)
+    return rows
+
+
+def test_independent_seeds_give_every_lambda_row_its_own_seeds() -> None:
+    data = {
+        "name": "ind", "lr": [0.1, 0.2], "weight_decay": [1e-3, 1e-2, 1e-1],
+        "seeds": 2, "optimizers": {"sgd": {}},
+    }  # fmt: skip
+    shared = _rows(data)
+    assert all(seeds == {0, 1} for seeds in shared.values())  # the default: shared seeds
+    rows = _rows({**data, "independent_seeds": True})
+    assert all(len(seeds) == 2 for seeds in rows.values())
+    assert len(set().union(*rows.values())) == 6  # no seed in two rows
+    # A λ row added later keeps the seeds the others had (their trials stay valid).
+    more = _rows({**data, "independent_seeds": True, "weight_decay": [1e-4, 1e-3, 1e-2, 1e-1]})
+    assert all(more[wd] == rows[wd] for wd in rows)
+    (sweep,) = parse_sweep({**data, "independent_seeds": True}).optimizers.values()
+    low, high = sweep.seed_range()
+    assert low == min(map(min, rows.values())) and high == max(map(max, rows.values()))
+    assert sweep.to_dict()["independent_seeds"] is True
+    (plain,) = parse_sweep(data).optimizers.values()
+    assert "independent_seeds" not in plain.to_dict()  # studies stored before it stay equal
+
+
+def test_independent_seeds_must_be_a_boolean() -> None:
+    data = {"name": "x", "lr": [0.1], "weight_decay": [0.01], "optimizers": {"sgd": {}}}
+    with pytest.raises(ConfigError, match="independent_seeds must be true or false"):
+        parse_sweep({**data, "independent_seeds": "yes"})
