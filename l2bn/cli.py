@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from l2bn import __version__
-from l2bn.errors import ConfigError, L2bnError
+from l2bn.analysis.settings import IntervalKind, Metric
+from l2bn.errors import L2bnError
 from l2bn.files import check_writable, write_json
 from l2bn.train.config import (
     DatasetName,
@@ -217,40 +218,6 @@ SweepStudy = Annotated[
 ]
 
 
-def _sweep_specs(
-    path: Path | None,
-    optimizers: list[OptimizerName] | None,
-    storage: str,
-    study: str | None,
-    settings: list[str] | None = None,
-    epochs: int | None = None,
-    heartbeat: int = 30,
-    threads: int | None = None,
-    fuse: int | None = None,
-) -> list[Any]:
-    from l2bn.sweep.spec import parse_settings, sweep_from_cli
-    from l2bn.sweep.worker import WorkerSpec
-
-    overrides = parse_settings(settings or [])
-    if epochs is not None:
-        overrides["epochs"] = epochs
-    names = [o.value for o in optimizers or []]
-    chosen = sweep_from_cli(path, names, overrides).select(names)
-    if study is not None and len(chosen) != 1:
-        raise ConfigError("--study names one study: give exactly one --optimizer with it")
-    return [
-        WorkerSpec(
-            storage,
-            study or s.study_name,
-            s,
-            heartbeat_interval=heartbeat,
-            torch_threads=threads,
-            fuse=fuse,
-        )
-        for s in chosen
-    ]
-
-
 @app.command("sweep")
 def sweep_run(
     path: SweepFile = None,
@@ -286,42 +253,29 @@ def sweep_run(
     import optuna
 
     from l2bn.render import LiveProgress, summary_line
-    from l2bn.sweep.runner import check_spec, run_sweep
+    from l2bn.sweep.runner import SweepOutcomes, check_spec, run_sweep, worker_specs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    specs = _sweep_specs(
-        path, optimizer, storage, study, settings, epochs, heartbeat, threads, fuse
+    specs = worker_specs(
+        path, optimizer or [], storage, study, settings or [], epochs, heartbeat, threads, fuse
     )
     for spec in specs:  # every study, before the first one writes anything
         check_spec(spec, workers)
-    incomplete = []
-    stopped: list[str] = []  # one-line errors of workers (a full disk), each said once
+    outcomes = SweepOutcomes()
     for spec in specs:
         with LiveProgress(console) as live:
             result = run_sweep(spec, workers=workers, on_status=live)
-        for kind, message in result.errors:
-            if kind == "crash":  # a bug: show its traceback
-                err_console.print(f"l2bn: worker error ({kind}): {message.strip()}", soft_wrap=True)
-            elif message.strip() not in stopped:
-                stopped.append(message.strip())
+        for message in outcomes.add(result, summary_line(result.status).plain):
+            err_console.print(f"l2bn: worker error (crash): {message}", soft_wrap=True)
         if result.interrupted:
-            for message in stopped:
+            for message in outcomes.stopped:
                 err_console.print(f"l2bn: worker error: {message}", soft_wrap=True)
             err_console.print("l2bn: interrupted; run the same command again to resume")
             sys.exit(130)  # not typer.Exit: with standalone_mode=False click returns its code
-        if not result.status.complete:
-            incomplete.append(summary_line(result.status).plain)
-    if incomplete:
-        raise ConfigError(
-            "; ".join(stopped)
-            + ("; " if stopped else "")
-            + "grid not complete ("
-            + "; ".join(incomplete)
-            + "); run the same command to resume"
-        )
-    for message in stopped:  # the other workers completed the grid
+    outcomes.check()
+    for message in outcomes.stopped:  # the other workers completed the grid
         err_console.print(f"l2bn: warning: a worker stopped: {message}", soft_wrap=True)
 
 
@@ -335,9 +289,10 @@ def sweep_status(
 ) -> None:
     """Print a sweep's grid: each point's state (done, diverged, running, failed, waiting)."""
     from l2bn.render import status_table, summary_line
+    from l2bn.sweep.runner import worker_specs
     from l2bn.sweep.status import status_of
 
-    for spec in _sweep_specs(path, optimizer, storage, study, settings):
+    for spec in worker_specs(path, optimizer or [], storage, study, settings or []):
         status = status_of(spec.storage, spec.sweep, spec.study_name)
         console.print(status_table(status))
         console.print(summary_line(status))
@@ -368,12 +323,11 @@ def analyze(
         ),
     ] = 5.0,
     metric: Annotated[
-        str,
+        Metric,
         typer.Option(
-            help="Objective whose optimum η* is located: val_error or val_loss (val_loss "
-            "needs studies that recorded it)."
+            help="Objective whose optimum η* is located (val_loss needs studies that recorded it)."
         ),
-    ] = "val_error",
+    ] = Metric.val_error,
     margin: Annotated[
         float,
         typer.Option(
@@ -386,12 +340,12 @@ def analyze(
         float, typer.Option(min=0.0, help="The same margin for the norm exponents p and q.")
     ] = 0.05,
     interval: Annotated[
-        str,
+        IntervalKind,
         typer.Option(
             help="Interval of k: jackknife (delete-one-seed, Student t; calibrated) or "
             "bootstrap (cluster bootstrap over seeds; under-covers with few seeds)."
         ),
-    ] = "jackknife",
+    ] = IntervalKind.jackknife,
     bootstrap: Annotated[
         int, typer.Option(min=1, help="Resamples of --interval bootstrap.")
     ] = 1000,
@@ -434,26 +388,19 @@ def analyze(
         storage=storage,
         studies=tuple(study or ()),
         equilibrium=equilibrium,
-        interval=interval,
+        interval=interval.value,
         bootstrap=bootstrap,
         seed=seed,
         margin=margin,
         norm_margin=norm_margin,
-        metric=metric,
+        metric=metric.value,
         from_csv=from_csv,
         json_path=json_path,
         csv_path=csv_path,
         plots_dir=plots,
+        report_path=report_path,
     )
-    result = run_analysis(config)
-    if report_path is not None:
-        import dataclasses
-
-        from l2bn.analysis.report import write_report
-
-        written = write_report(result, report_path)
-        result = dataclasses.replace(result, written=(*result.written, written))
-    console.print(render_report(result))
+    console.print(render_report(run_analysis(config)))
 
 
 # --- transfer -------------------------------------------------------------------------------
@@ -472,10 +419,9 @@ def transfer(
         float | None, typer.Option(help="The new η: print the λ to use with it.")
     ] = None,
     optimizer: Annotated[
-        str | None,
+        OptimizerName | None,
         typer.Option(
-            help="sgd | momentum | nesterov | rmsprop | adam | adamw | normalized-sgd; needed "
-            "for the theory's k, optional with a fitted k whose group it picks.",
+            help="Needed for the theory's k; optional with a fitted k, whose group it picks.",
         ),
     ] = None,
     storage: Annotated[
@@ -504,86 +450,27 @@ def transfer(
     fitted one with the band from its CI)."""
     import json
 
-    from l2bn.analysis.transfer import fitted_k, theory_k
-    from l2bn.analysis.transfer import transfer as compute
+    from l2bn.analysis.transfer import TransferConfig, run_transfer
+    from l2bn.render import render_transfer
 
-    if storage is not None and from_json is not None:
-        raise ConfigError("give one of --storage and --from-json, not both")
-    if study is not None and storage is None and from_json is None:
-        raise ConfigError("--study needs --storage or --from-json (the theory's k has no study)")
+    name = None if optimizer is None else optimizer.value
+    config = TransferConfig(
+        lr, weight_decay, to_weight_decay, to_lr, name, storage, study, from_json
+    )
     to_stdout = json_path is not None and str(json_path) == "-"
     if json_path is not None and not to_stdout:
         check_writable(json_path)
-    if storage is not None:
-        from l2bn.analysis.pipeline import AnalyzeConfig, analyze
-        from l2bn.sweep.storage import redact
-
-        studies = (study,) if study is not None else ()
-        report = analyze(AnalyzeConfig(storage=storage, studies=studies)).to_dict()
-        k = fitted_k(report, optimizer, study, origin=redact(storage))
-    elif from_json is not None:
-        k = fitted_k(_read_report(from_json), optimizer, study, origin=str(from_json))
-    elif optimizer is None:
-        raise ConfigError(
-            "--optimizer is needed for the theory's k (or give --storage/--from-json for a "
-            "fitted one)"
-        )
-    else:
-        k = theory_k(optimizer)
-    result = compute(lr, weight_decay, k, to_weight_decay=to_weight_decay, to_lr=to_lr)
+    result = run_transfer(config)
     for warning in result.warnings:
         err_console.print(f"l2bn: warning: {warning}", style="yellow", highlight=False,
                           soft_wrap=True)  # fmt: skip
     if to_stdout:
         print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
         return
-    console.print(_transfer_table(result))
+    console.print(render_transfer(result))
     if json_path is not None:
         write_json(json_path, result.to_dict())
         console.print(f"written to {json_path}")
-
-
-def _transfer_table(t: Any) -> Any:
-    """A :class:`~l2bn.analysis.transfer.Transfer` as a rich Table (kept beside its command:
-    render.py belongs to analyze)."""
-    from rich.table import Table
-    from rich.text import Text
-
-    k = t.k
-    level = "exact" if k.is_theory else f"{k.confidence:.0%} CI"
-    what, unit = ("η", "lr") if t.target == "lr" else ("λ", "weight_decay")
-    table = Table(title=Text(f"{t.optimizer}: {what} along η* ∝ λ^-k"), title_justify="left",
-                  title_style="bold", show_header=False)  # fmt: skip
-    table.add_column("", style="dim")
-    table.add_column("", justify="right")
-    ci = "" if k.is_theory else f" [{k.ci_low:.3g}, {k.ci_high:.3g}]"
-    table.add_row("k", Text(f"{k.k:.3g}{ci}  ({level}; {k.source})"))
-    if k.lambda_range is not None:
-        table.add_row("fitted λ range", f"{k.lambda_range[0]:.3g} … {k.lambda_range[1]:.3g}")
-    table.add_row("tuned", f"lr = {t.lr:.4g}, weight_decay = {t.weight_decay:.4g}")
-    given = "weight_decay" if t.target == "lr" else "lr"
-    table.add_row(f"new {given}", f"{t.given:.4g}")
-    style = "bold yellow" if t.extrapolated else "bold green"
-    table.add_row(f"→ {unit}", Text(f"{t.estimate:.4g}", style=style))
-    if not k.is_theory:
-        high = "∞" if t.high == float("inf") else f"{t.high:.4g}"
-        table.add_row(f"  band ({level})", f"{t.low:.4g} … {high}")
-    if t.extrapolated:
-        table.caption = "extrapolated beyond the fitted λ range"
-    return table
-
-
-def _read_report(path: Path) -> Any:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"--from-json {path}: no such file; write one with `l2bn analyze --json {path}`"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"--from-json {path}: cannot read it as JSON ({e})") from None
 
 
 # --- entry point ------------------------------------------------------------------------------

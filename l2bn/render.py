@@ -1,6 +1,7 @@
 """Every rich view l2bn shows, in one place: a train result, a sweep's live progress and status
-table (fed by the runner's ``on_status`` callback; nothing here touches a storage), and an
-analysis report. Computing lives in the library; this module only renders, and cli.py prints.
+table (fed by the runner's ``on_status`` callback; nothing here touches a storage), an
+analysis report and a transfer. Computing lives in the library; this module only renders, and
+cli.py prints.
 """
 
 from __future__ import annotations
@@ -22,18 +23,18 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from l2bn.analysis.results import (
+from l2bn.analysis.fitted import (
     CONSTANT,
     DIFFERENT,
     EQUIVALENT,
     INCONCLUSIVE,
     UNDETERMINED,
     VARIES,
-    AnalysisReport,
-    AnalyzeConfig,
     Estimate,
-    GroupReport,
 )
+from l2bn.analysis.results import AnalysisReport, GroupReport
+from l2bn.analysis.settings import AnalyzeConfig
+from l2bn.analysis.transfer import Transfer
 from l2bn.sweep.status import GridStatus, PointState
 from l2bn.train.records import EpochRecord, TrainResult
 
@@ -329,4 +330,34 @@ def render_columns(g: GroupReport) -> Table:
             Text(c.verdict, style=_VERDICT_STYLE.get(c.verdict, "")),
             str(c.n_lambda),
         )
+    return table
+
+
+# --- l2bn transfer -------------------------------------------------------------------
+
+
+def render_transfer(t: Transfer) -> Table:
+    """A :class:`~l2bn.analysis.transfer.Transfer` as a rich Table: k and where it came from,
+    the tuned pair, the answer, and the band from k's CI (a fitted k only)."""
+    k = t.k
+    level = "exact" if k.is_theory else f"{k.confidence:.0%} CI"
+    what, unit = ("η", "lr") if t.target == "lr" else ("λ", "weight_decay")
+    table = Table(title=Text(f"{t.optimizer}: {what} along η* ∝ λ^-k"), title_justify="left",
+                  title_style="bold", show_header=False)  # fmt: skip
+    table.add_column("", style="dim")
+    table.add_column("", justify="right")
+    ci = "" if k.is_theory else f" [{k.ci_low:.3g}, {k.ci_high:.3g}]"
+    table.add_row("k", Text(f"{k.k:.3g}{ci}  ({level}; {k.source})"))
+    if k.lambda_range is not None:
+        table.add_row("fitted λ range", f"{k.lambda_range[0]:.3g} … {k.lambda_range[1]:.3g}")
+    table.add_row("tuned", f"lr = {t.lr:.4g}, weight_decay = {t.weight_decay:.4g}")
+    given = "weight_decay" if t.target == "lr" else "lr"
+    table.add_row(f"new {given}", f"{t.given:.4g}")
+    style = "bold yellow" if t.extrapolated else "bold green"
+    table.add_row(f"→ {unit}", Text(f"{t.estimate:.4g}", style=style))
+    if not k.is_theory:
+        high = "∞" if t.high == float("inf") else f"{t.high:.4g}"
+        table.add_row(f"  band ({level})", f"{t.low:.4g} … {high}")
+    if t.extrapolated:
+        table.caption = "extrapolated beyond the fitted λ range"
     return table

@@ -1,12 +1,7 @@
-"""Estimators of k in η* ∝ λ^-k and their intervals: pure NumPy/SciPy, batched over replicates.
+"""The three estimators of k in η* ∝ λ^-k, each fitted to every replicate of a panel at once.
 
-A group's trials become a :class:`Panel`: rows λ, each row's own η grid (padded with NaN), and
-seed slots. Every estimator takes *replicates* of the panel's cell means at once (arrays with
-a leading axis B), so that one call fits the full data, every jackknife leave-one-out and every
-bootstrap resample; the calibration simulation (tests/analysis/test_calibration.py) runs
-planted panels through exactly these functions.
-
-Estimators (all on the cells of a *band* near each λ's minimum, :func:`select_band`):
+Estimators (all on the cells of a *band* near each λ's minimum,
+:func:`l2bn.analysis.band.select_band`):
 
 * **joint** (primary, :func:`joint_fit`): one weighted least-squares fit over every used λ of
   ``y = c_λ + β₂·u² + g₀·u + g₁·u·v`` with u = log η (centred), v = log λ (centred) and a
@@ -18,44 +13,22 @@ Estimators (all on the cells of a *band* near each λ's minimum, :func:`select_b
 * **collapse_band** (cross-check b, :func:`collapse_band_fit`): the k whose
   x = log η + k·log λ puts the band's cells on one quadratic, without per-λ offsets.
 
-Band: cells whose mean is within :data:`BAND_C` noise sds (of the difference of two cell
-means) of the row's minimum, contiguous around it, and at least the minimum and its two
-neighbours. Rows are left out when their minimum is on the grid's edge or their error range
-is no larger than noise alone gives (:func:`noise_range`, flat: nothing to locate).
-
-Intervals (:func:`cluster_weights`, :func:`jackknife_estimate`, :func:`bootstrap_estimate`):
-the resampling unit is what is independent. Cells that share a seed share w₀ and batch order,
-so their errors are correlated across λ: the unit is the seed (all its cells), or, where no
-seed value is shared between λ rows (:attr:`Panel.independent_rows`), the (λ, seed) pair.
-The default interval is the delete-one-cluster jackknife with a Student-t quantile on
-S − 1 degrees of freedom (Satterthwaite's over λ strata for independent rows); the calibration
-simulation chose it over the cluster bootstrap, which under-covers with 2–4 seeds (a
-percentile interval from 3–35 distinct resamples). With one seed neither exists: the joint
-fit's delta-method t-interval on its residual dof sees grid and fit noise only.
+:func:`fit_replicates` runs all three on the replicates of a weight array
+(:mod:`l2bn.analysis.panel`); their intervals and the entry point
+:func:`~l2bn.analysis.intervals.estimate_k` are in :mod:`l2bn.analysis.intervals`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
-from scipy import stats
 
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
-IntArray = npt.NDArray[np.int64]
+from l2bn.analysis.band import Band, select_band
+from l2bn.analysis.panel import BoolArray, FloatArray, IntArray, Panel, centres, replicate_means
 
-# A cell is in the band when its mean is within BAND_C sds of the difference of two cell means
-# above the row's minimum: ~95 % of the cells whose true error equals the minimum's get in.
-BAND_C = 2.0
-# A row whose error range is below what pure noise gives in 95 % of rows of its size (the
-# range of M independent cell means, in cell-mean noise sds: 3.3 for 3 cells, 4.2 for 7,
-# 4.6 for 11) has no minimum to locate: its argmin is noise.
-FLAT_QUANTILE = 0.95
 # The per-λ local quadratic uses at least this many η values (rows with fewer are left out).
 PER_LAMBDA_POINTS = 5
 # The collapse in the band: a quadratic master curve (the band is a few cells per λ).
@@ -65,284 +38,6 @@ JOINT = "joint"
 PER_LAMBDA = "per_lambda"
 COLLAPSE_BAND = "collapse_band"
 ESTIMATORS = (JOINT, PER_LAMBDA, COLLAPSE_BAND)
-
-JACKKNIFE = "jackknife"
-BOOTSTRAP = "bootstrap"
-INTERVALS = (JACKKNIFE, BOOTSTRAP)
-
-
-# --- the panel ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Panel:
-    """A group's trials on a dense grid.
-
-    ``values[l, m, s]``: the metric of the trial at λ row l, η column m (row l's grid is
-    ``log_lr[l]``, NaN-padded on the right), seed slot s; NaN where there is no trial. With
-    shared seeds, slot s is the same seed value in every row; with independent rows, slot s
-    of row l is that row's s-th seed (seeds of different rows are independent).
-    """
-
-    weight_decay: FloatArray  # (L,) λ > 0, increasing
-    log_lr: FloatArray  # (L, M)
-    values: FloatArray  # (L, M, S)
-    independent_rows: bool
-
-    @property
-    def log_wd(self) -> FloatArray:
-        return np.log(self.weight_decay)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        n_l, n_m, n_s = self.values.shape
-        return int(n_l), int(n_m), int(n_s)
-
-    @property
-    def present(self) -> BoolArray:
-        return np.isfinite(self.values)
-
-    @property
-    def n_seeds(self) -> int:
-        """Seeds per cell, the median over cells with any trial."""
-        counts = self.present.sum(axis=-1)
-        return int(np.median(counts[counts > 0])) if (counts > 0).any() else 0
-
-
-def build_panel(
-    weight_decay: Sequence[float],
-    lr: Sequence[float],
-    seed: Sequence[int],
-    value: Sequence[float],
-) -> Panel:
-    """A :class:`Panel` from one record per trial (λ > 0 only; the caller filters).
-
-    Several trials of one (λ, η, seed) are averaged. The rows are independent when no seed
-    value occurs in two λ rows.
-    """
-    wd = np.asarray(weight_decay, dtype=np.float64)
-    lr_a = np.asarray(lr, dtype=np.float64)
-    sd = np.asarray(seed, dtype=np.int64)
-    val = np.asarray(value, dtype=np.float64)
-    wds = np.unique(wd)
-    rows = [np.unique(lr_a[wd == w]) for w in wds]
-    seeds_per_row = [set(sd[wd == w].tolist()) for w in wds]
-    shared = any(
-        seeds_per_row[i] & seeds_per_row[j] for i in range(len(wds)) for j in range(i + 1, len(wds))
-    )
-    independent = len(wds) > 1 and not shared
-    if independent:
-        slot_of = [{s: i for i, s in enumerate(sorted(r))} for r in seeds_per_row]
-        n_s = max(len(r) for r in seeds_per_row)
-    else:
-        all_seeds = sorted(set(sd.tolist()))
-        common = {s: i for i, s in enumerate(all_seeds)}
-        slot_of = [common for _ in wds]
-        n_s = len(all_seeds)
-    n_m = max(r.size for r in rows)
-    log_lr = np.full((wds.size, n_m), np.nan)
-    total = np.zeros((wds.size, n_m, n_s))
-    count = np.zeros((wds.size, n_m, n_s))
-    for i, r in enumerate(rows):
-        log_lr[i, : r.size] = np.log(r)
-    row_of = np.searchsorted(wds, wd)
-    for t in range(val.size):
-        i = int(row_of[t])
-        m = int(np.searchsorted(rows[i], lr_a[t]))
-        s = slot_of[i][int(sd[t])]
-        total[i, m, s] += val[t]
-        count[i, m, s] += 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = np.where(count > 0, total / count, np.nan)
-    return Panel(wds, log_lr, values, independent)
-
-
-# --- replicates ---------------------------------------------------------------------------
-
-
-def replicate_means(panel: Panel, weights: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Cell means and seed counts of each replicate: ``weights`` (B, L, M or 1, S) → (B, L, M).
-
-    A weight is how often a seed enters the replicate (0: left out; bootstrap: its count).
-    """
-    present = panel.present
-    v0 = np.where(present, panel.values, 0.0)
-    w = weights * present[None]
-    n = w.sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(n > 0, (w * v0[None]).sum(axis=-1) / n, np.nan)
-    return means, n
-
-
-def cluster_weights(
-    panel: Panel, kind: str, resamples: int = 0, rng: np.random.Generator | None = None
-) -> tuple[FloatArray, IntArray]:
-    """Replicate weights (B, L, 1, S) for ``kind`` "jackknife", "bootstrap" or "cell-bootstrap".
-
-    The cluster is the seed (all its cells) with shared seeds, the (λ, seed) pair with
-    independent rows. Returns the weights and, per replicate, its jackknife stratum (the λ row
-    for independent rows, else 0; −1 for bootstraps). "cell-bootstrap" resamples each cell's
-    seeds on their own (the analysis before v2): it breaks the seeds' correlation across λ and
-    is here for comparison only.
-    """
-    n_l, n_m, n_s = panel.shape
-    has: BoolArray = np.asarray(panel.present.any(axis=1), dtype=np.bool_)  # (L, S)
-    if kind == JACKKNIFE:
-        if panel.independent_rows:
-            units = np.argwhere(has)
-            w = np.ones((units.shape[0], n_l, 1, n_s))
-            for b, (i, s) in enumerate(units):
-                w[b, i, 0, s] = 0.0
-            return w, units[:, 0].astype(np.int64)
-        slots = np.flatnonzero(has.any(axis=0))
-        w = np.ones((slots.size, n_l, 1, n_s))
-        for b, s in enumerate(slots):
-            w[b, :, 0, s] = 0.0
-        return w, np.zeros(slots.size, dtype=np.int64)
-    gen = rng if rng is not None else np.random.default_rng(0)
-    b_n = resamples
-    if kind == BOOTSTRAP:
-        w = np.zeros((b_n, n_l, 1, n_s))
-        if panel.independent_rows:
-            for i in range(n_l):
-                slots = np.flatnonzero(has[i])
-                draws = gen.integers(0, slots.size, size=(b_n, slots.size))
-                for j, s in enumerate(slots):
-                    w[:, i, 0, s] = np.sum(draws == j, axis=1)
-        else:
-            slots = np.flatnonzero(has.any(axis=0))
-            draws = gen.integers(0, slots.size, size=(b_n, slots.size))
-            for j, s in enumerate(slots):
-                w[:, :, 0, s] = (draws == j).sum(axis=1)[:, None]
-        return w, np.full(b_n, -1, dtype=np.int64)
-    if kind == "cell-bootstrap":
-        w = np.zeros((b_n, n_l, n_m, n_s))
-        present = panel.present
-        for i in range(n_l):
-            for m in range(n_m):
-                slots = np.flatnonzero(present[i, m])
-                if slots.size == 0:
-                    continue
-                draws = gen.integers(0, slots.size, size=(b_n, slots.size))
-                for j, s in enumerate(slots):
-                    w[:, i, m, s] = (draws == j).sum(axis=1)
-        return w, np.full(b_n, -1, dtype=np.int64)
-    raise ValueError(f"unknown resampling {kind!r}")
-
-
-def full_weights(panel: Panel) -> FloatArray:
-    _, _, n_s = panel.shape
-    return np.ones((1, 1, 1, n_s))
-
-
-# --- noise --------------------------------------------------------------------------------
-
-
-def noise_sd(panel: Panel) -> tuple[float, str]:
-    """The sd of one trial's metric, and where it came from.
-
-    With seeds: the pooled within-cell sd (cells with ≥ 2 seeds). With one seed: from the
-    second differences along each λ's η grid (robust: median absolute), which the curve's own
-    curvature inflates, so the band is, if anything, too wide.
-    """
-    v = panel.values
-    present = panel.present
-    n = present.sum(axis=-1)
-    multi = n >= 2
-    if multi.any():
-        with np.errstate(invalid="ignore"):
-            var = np.nanvar(np.where(present, v, np.nan)[multi], axis=-1, ddof=1)
-        dof = (n[multi] - 1).sum()
-        pooled = float(np.sum(var * (n[multi] - 1)) / dof)
-        return math.sqrt(pooled), "seeds"
-    y = np.nanmean(np.where(present, v, np.nan), axis=-1) if present.any() else v[..., 0]
-    d2 = y[:, :-2] - 2 * y[:, 1:-1] + y[:, 2:]
-    d2 = d2[np.isfinite(d2)]
-    if d2.size == 0:
-        return math.nan, "none"
-    return float(np.median(np.abs(d2)) / 0.6745 / math.sqrt(6.0)), "second differences"
-
-
-# --- the band -----------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=64)
-def noise_range(m: int, quantile: float = FLAT_QUANTILE) -> float:
-    """The ``quantile`` of the range of ``m`` standard normal draws (fixed-seed Monte Carlo,
-    ±0.01)."""
-    if m < 2:
-        return 0.0
-    draws = np.random.default_rng(12345).standard_normal((100_000, m))
-    return float(np.quantile(draws.max(axis=1) - draws.min(axis=1), quantile))
-
-
-@dataclass(frozen=True)
-class Band:
-    """Which cells of each replicate enter the fits (B, L, M), and which rows (B, L)."""
-
-    mask: BoolArray
-    rows: BoolArray
-    argmin: IntArray  # (B, L) column of each row's minimum
-    edge: BoolArray  # (B, L) minimum on the row's first or last cell with data
-    flat: BoolArray  # (B, L) range within what noise alone gives (FLAT_QUANTILE)
-
-
-def select_band(
-    means: FloatArray,
-    n: FloatArray,
-    sigma: float,
-    c: float = BAND_C,
-    rows: BoolArray | None = None,
-) -> Band:
-    """The band of each row of each replicate (see the module docstring).
-
-    ``rows`` (L,): the rows to use, decided once on the full data; replicates then locate
-    each row's band again but do not drop rows (a leave-one-seed-out replicate has noisier
-    means, and would call rows flat that the full data resolves).
-    """
-    valid = np.isfinite(means) & (n > 0)
-    y = np.where(valid, means, np.inf)
-    j = np.argmin(y, axis=-1)
-    b_n, n_l, n_m = means.shape
-    idx = np.arange(n_m)
-    any_valid = valid.any(axis=-1)
-    first = np.where(any_valid, np.argmax(valid, axis=-1), 0)
-    last = np.where(any_valid, n_m - 1 - np.argmax(valid[..., ::-1], axis=-1), 0)
-    edge = (j == first) | (j == last)
-    ymin = np.take_along_axis(y, j[..., None], axis=-1)
-    nmin = np.take_along_axis(n, j[..., None], axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sd_diff = sigma * np.sqrt(1.0 / np.where(valid, n, 1.0) + 1.0 / np.maximum(nmin, 1e-12))
-        within = valid & (y - ymin <= c * sd_diff)
-    # Contiguous run around the minimum.
-    mask = idx[None, None, :] == j[..., None]
-    left = np.ones((b_n, n_l), dtype=bool)
-    right = np.ones((b_n, n_l), dtype=bool)
-    for d in range(1, n_m):
-        li = j - d
-        ri = j + d
-        lin = np.take_along_axis(within, np.clip(li, 0, n_m - 1)[..., None], axis=-1)[..., 0]
-        rin = np.take_along_axis(within, np.clip(ri, 0, n_m - 1)[..., None], axis=-1)[..., 0]
-        left &= (li >= 0) & lin
-        right &= (ri < n_m) & rin
-        mask |= (idx[None, None, :] == li[..., None]) & left[..., None]
-        mask |= (idx[None, None, :] == ri[..., None]) & right[..., None]
-    mask |= (np.abs(idx[None, None, :] - j[..., None]) <= 1) & valid
-    mask &= valid
-    with np.errstate(invalid="ignore"):
-        rng_row = np.where(valid, means, -np.inf).max(axis=-1) - np.where(valid, means, np.inf).min(
-            axis=-1
-        )
-        n_med = np.array(
-            [[np.median(nn[vv]) if vv.any() else 1.0 for nn, vv in zip(nb, vb, strict=True)]
-             for nb, vb in zip(n, valid, strict=True)]
-        )  # fmt: skip
-        m_valid = valid.sum(axis=-1)
-        limit = np.vectorize(noise_range, otypes=[np.float64])(m_valid)
-        flat = ~(rng_row >= limit * sigma / np.sqrt(n_med))
-    enough = any_valid & (valid.sum(axis=-1) >= 3)
-    use = enough & ~edge & ~flat if rows is None else enough & rows[None, :]
-    return Band(mask & use[..., None], use, j.astype(np.int64), edge, flat)
 
 
 # --- the joint fit ------------------------------------------------------------------------
@@ -363,15 +58,10 @@ class JointFit:
     r_squared: FloatArray  # (B,)
 
 
-def _centres(panel: Panel) -> tuple[float, float]:
-    finite = np.isfinite(panel.log_lr)
-    return float(panel.log_lr[finite].mean()), float(panel.log_wd.mean())
-
-
 def joint_fit(panel: Panel, means: FloatArray, n: FloatArray, band: Band) -> JointFit:
     """The primary estimator on every replicate (see the module docstring)."""
     n_l, n_m, _ = panel.shape
-    u_bar, v_bar = _centres(panel)
+    u_bar, v_bar = centres(panel)
     u = np.nan_to_num(panel.log_lr - u_bar)  # (L, M); padding is never in the band
     v = (panel.log_wd - v_bar)[:, None] * np.ones((1, n_m))
     p = n_l + 3
@@ -539,7 +229,7 @@ def collapse_band_fit(
     """Cross-check (b): k minimizing the weighted RSS of one quadratic in log η + k log λ
     over the band's cells (grid over ``k_bounds``, then a parabola through the best three);
     NaN where the minimum is on the bounds or fewer than 2 rows are in the band."""
-    u_bar, v_bar = _centres(panel)
+    u_bar, v_bar = centres(panel)
     u = np.nan_to_num(panel.log_lr - u_bar)
     v = (panel.log_wd - v_bar)[:, None] * np.ones_like(u)
     ks = np.linspace(k_bounds[0], k_bounds[1], points)
@@ -613,191 +303,18 @@ def fit_replicates(
     return Replicates(joint, per, coll, band)
 
 
-# --- intervals ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Interval:
-    value: float
-    stderr: float
-    ci_low: float
-    ci_high: float
-    dof: float
-    method: str
-
-
-def jackknife_interval(
-    value: float, loo: FloatArray, strata: IntArray, confidence: float, method: str
-) -> Interval:
-    """θ̂ ± t·se with the delete-one-cluster jackknife se, t on Satterthwaite's dof over
-    strata (one stratum: G − 1). NaN interval when a leave-one-out fit failed."""
-    if not math.isfinite(value) or loo.size == 0 or not np.isfinite(loo).all():
-        return Interval(value, math.nan, math.nan, math.nan, math.nan, method)
-    parts = []
-    dofs = []
-    for h in np.unique(strata):
-        th = loo[strata == h]
-        g = th.size
-        if g < 2:
-            continue
-        parts.append((g - 1) / g * float(np.sum((th - th.mean()) ** 2)))
-        dofs.append(g - 1)
-    if not parts:
-        return Interval(value, math.nan, math.nan, math.nan, math.nan, method)
-    var = float(sum(parts))
-    se = math.sqrt(var)
-    denom = sum(p**2 / d for p, d in zip(parts, dofs, strict=True))
-    dof = var**2 / denom if denom > 0 else float(sum(dofs))
-    if se == 0:
-        return Interval(value, 0.0, value, value, dof, method)
-    half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * se
-    return Interval(value, se, value - half, value + half, dof, method)
-
-
-def bootstrap_interval(value: float, reps: FloatArray, confidence: float, method: str) -> Interval:
-    """Percentile interval; NaN when more than 10 % of the resamples have no estimate."""
-    good = reps[np.isfinite(reps)]
-    if not math.isfinite(value) or good.size < max(20, int(0.9 * reps.size)):
-        return Interval(value, math.nan, math.nan, math.nan, math.nan, method)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(good, [alpha, 1 - alpha])
-    return Interval(value, float(good.std(ddof=1)), float(lo), float(hi), math.nan, method)
-
-
-def t_interval(value: float, se: float, dof: float, confidence: float, method: str) -> Interval:
-    if not (math.isfinite(value) and math.isfinite(se)) or not dof > 0:
-        return Interval(value, math.nan, math.nan, math.nan, math.nan, method)
-    half = float(stats.t.ppf(0.5 + confidence / 2, dof)) * se
-    return Interval(value, se, value - half, value + half, dof, method)
-
-
-def _residual_sd(panel: Panel, fit: Replicates) -> float:
-    """The sd of one trial around the full-data joint fit (its weighted residuals)."""
-    means, n = replicate_means(panel, full_weights(panel))
-    j = fit.joint
-    u_bar, v_bar = _centres(panel)
-    u = np.nan_to_num(panel.log_lr - u_bar)
-    v = (panel.log_wd - v_bar)[:, None]
-    beta2 = float(j.curvature[0])
-    k = float(j.k[0])
-    centre = float(j.centre[0]) - u_bar
-    mask = fit.band.mask[0]
-    # Per row: the offset that best fits the band given the common parabola.
-    shape = beta2 * (u - (centre - k * v)) ** 2
-    resid = np.where(mask, means[0] - shape, np.nan)
-    w = np.where(mask, n[0], 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        offset = np.nansum(w * resid, axis=-1) / w.sum(axis=-1)
-    r = np.where(mask, resid - offset[:, None], 0.0)
-    dof = int(j.dof[0])
-    return math.sqrt(float((w * r**2).sum()) / dof) if dof > 0 else math.nan
-
-
-@dataclass(frozen=True)
-class KResult:
-    """What :func:`estimate_k` found: the full-data fits and each estimator's interval."""
-
-    full: Replicates
-    intervals: dict[str, Interval]
-    sigma: float
-    sigma_source: str
-    n_clusters: int
-    independent_rows: bool
-
-
-def estimate_k(
-    panel: Panel,
-    confidence: float = 0.95,
-    interval: str = JACKKNIFE,
-    resamples: int = 1000,
-    seed: int = 0,
-    k_bounds: tuple[float, float] = (-1.0, 2.5),
-    which: Sequence[str] = ESTIMATORS,
-    sigma: float | None = None,
-) -> KResult:
-    """k by every estimator in ``which``, with intervals over independent clusters.
-
-    ``sigma``: the noise sd of one trial, when the caller knows it better (k over training
-    uses each epoch's own); else :func:`noise_sd`.
-    """
-    if sigma is None:
-        sig, source = noise_sd(panel)
-    else:
-        sig, source = sigma, "given"
-    full = fit_replicates(panel, full_weights(panel), sig, k_bounds, which)
-    if source == "second differences":
-        # The curve's curvature inflates the second differences: once the joint fit has
-        # residuals, their sd (per trial) is the better noise estimate.
-        j = full.joint
-        if j.dof[0] > 0 and math.isfinite(j.stderr[0]):
-            resid_sd = _residual_sd(panel, full)
-            if math.isfinite(resid_sd) and 0 < resid_sd < sig:
-                sig, source = resid_sd, "joint-fit residuals"
-                full = fit_replicates(panel, full_weights(panel), sig, k_bounds, which)
-    has = panel.present.any(axis=1)
-    clusters = int(has.sum()) if panel.independent_rows else int(has.any(axis=0).sum())
-    per_cluster = int(has.sum(axis=1).max()) if panel.independent_rows else clusters
-    out: dict[str, Interval] = {}
-    if per_cluster >= 2:
-        kind = JACKKNIFE if interval == JACKKNIFE else BOOTSTRAP
-        rng = np.random.default_rng(seed)
-        w, strata = cluster_weights(panel, kind, resamples, rng)
-        reps = fit_replicates(panel, w, sig, k_bounds, which, rows=full.band.rows[0])
-        unit = "(λ, seed)" if panel.independent_rows else "seed"
-        for name in which:
-            value = float(full.k(name)[0])
-            if kind == JACKKNIFE:
-                out[name] = jackknife_interval(
-                    value, reps.k(name), strata, confidence, f"{unit}-jackknife-t"
-                )
-            else:
-                out[name] = bootstrap_interval(
-                    value, reps.k(name), confidence, f"{unit}-cluster-bootstrap"
-                )
-    else:
-        j = full.joint
-        out[JOINT] = t_interval(
-            float(j.k[0]), float(j.stderr[0]), float(j.dof[0]), confidence, "delta-t"
-        )
-        for name in which:
-            if name != JOINT:
-                value = float(full.k(name)[0])
-                out[name] = Interval(value, math.nan, math.nan, math.nan, math.nan, "none")
-    return KResult(full, out, sig, source, clusters, panel.independent_rows)
-
-
 __all__ = [
-    "BAND_C",
     "BAND_DEGREE",
-    "BOOTSTRAP",
     "COLLAPSE_BAND",
     "ESTIMATORS",
-    "FLAT_QUANTILE",
-    "INTERVALS",
-    "JACKKNIFE",
     "JOINT",
     "PER_LAMBDA",
     "PER_LAMBDA_POINTS",
-    "Band",
-    "Interval",
     "JointFit",
-    "KResult",
-    "Panel",
     "PerLambdaFit",
     "Replicates",
-    "bootstrap_interval",
-    "build_panel",
-    "cluster_weights",
     "collapse_band_fit",
-    "estimate_k",
     "fit_replicates",
-    "full_weights",
-    "jackknife_interval",
     "joint_fit",
-    "noise_range",
-    "noise_sd",
     "per_lambda_fit",
-    "replicate_means",
-    "select_band",
-    "t_interval",
 ]

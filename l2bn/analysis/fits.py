@@ -15,7 +15,7 @@
   t-intervals) over cells in equilibrium, c·η·λ·T ≥ ``equilibrium``.
 * the measured relaxation of a norm history (:func:`relaxation_index`).
 
-Every fit returns a result object of :mod:`l2bn.analysis.results`; :func:`verdict` compares
+Every fit returns a result object of :mod:`l2bn.analysis.fitted`; :func:`verdict` compares
 an estimate with the theory.
 """
 
@@ -30,20 +30,20 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize, stats
 
-from l2bn.analysis.results import (
+from l2bn.analysis.fitted import (
     CONSTANT,
     DIFFERENT,
     EQUIVALENT,
     INCONCLUSIVE,
     UNDETERMINED,
     VARIES,
-    AnalyzeConfig,
     Cell,
     CollapseFit,
     ColumnCheck,
     Estimate,
     NormFit,
 )
+from l2bn.analysis.settings import AnalyzeConfig
 
 FloatArray = npt.NDArray[np.float64]
 

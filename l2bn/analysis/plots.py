@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from l2bn.analysis.results import AnalysisReport, Cell, GroupReport
+from l2bn.analysis.fitted import Cell
+from l2bn.analysis.results import AnalysisReport, GroupReport
 from l2bn.files import atomic_open
 
 if TYPE_CHECKING:

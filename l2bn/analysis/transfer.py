@@ -12,17 +12,22 @@ of a study analyzed now); the band is the answer at the two ends of k's CI. A fi
 measured over the λ values its fit used: a transfer from or to a λ outside that range is
 flagged ``extrapolated``.
 
-Everything here is pure: :func:`transfer` takes numbers and a :class:`KSource` and returns a
-frozen :class:`Transfer`; bad input is a :class:`~l2bn.errors.ConfigError` or
-:class:`~l2bn.errors.AnalysisError` whose message names the option and the fix. Neither optuna
-nor SciPy is imported.
+Everything here but :func:`run_transfer` is pure: :func:`transfer` takes numbers and a
+:class:`KSource` and returns a frozen :class:`Transfer`; bad input is a
+:class:`~l2bn.errors.ConfigError` or :class:`~l2bn.errors.AnalysisError` whose message names
+the option and the fix. :func:`run_transfer` is what ``l2bn transfer`` calls with its
+:class:`TransferConfig`: it finds k (:func:`choose_k`: the theory's, a report file's, or a
+storage's analyzed now) and transfers with it. Neither optuna nor SciPy is imported (the
+analysis of a storage imports them when it runs).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from l2bn.errors import AnalysisError, ConfigError
@@ -299,9 +304,87 @@ def transfer(
     )
 
 
+# --- the command: k from where the options say, then the transfer -------------------------
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """What ``l2bn transfer`` was asked: the tuned pair, the new λ or η, and where k comes from
+    (``storage`` or ``from_json``: a fitted k, with ``study`` picking its group; neither: the
+    theory's k of ``optimizer``). Options that cannot go together are a ConfigError here."""
+
+    lr: float
+    weight_decay: float
+    to_weight_decay: float | None = None
+    to_lr: float | None = None
+    optimizer: str | None = None
+    storage: str | None = None
+    study: str | None = None
+    from_json: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.storage is not None and self.from_json is not None:
+            raise ConfigError("give one of --storage and --from-json, not both")
+        if self.study is not None and self.storage is None and self.from_json is None:
+            raise ConfigError(
+                "--study needs --storage or --from-json (the theory's k has no study)"
+            )
+
+
+def choose_k(cfg: TransferConfig) -> KSource:
+    """The k that ``cfg`` asks for: fitted on ``storage`` (its studies analyzed now), read from
+    the ``from_json`` report, or the theory's for ``optimizer``."""
+    if cfg.storage is not None:
+        from l2bn.analysis.pipeline import AnalyzeConfig, analyze
+        from l2bn.sweep.storage import redact
+
+        studies = (cfg.study,) if cfg.study is not None else ()
+        report = analyze(AnalyzeConfig(storage=cfg.storage, studies=studies)).to_dict()
+        return fitted_k(report, cfg.optimizer, cfg.study, origin=redact(cfg.storage))
+    if cfg.from_json is not None:
+        report = read_report(cfg.from_json)
+        return fitted_k(report, cfg.optimizer, cfg.study, origin=str(cfg.from_json))
+    if cfg.optimizer is None:
+        raise ConfigError(
+            "--optimizer is needed for the theory's k (or give --storage/--from-json for a "
+            "fitted one)"
+        )
+    return theory_k(cfg.optimizer)
+
+
+def read_report(path: Path) -> Any:
+    """An ``l2bn analyze --json`` report file, parsed (:func:`fitted_k` checks its shape)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"--from-json {path}: no such file; write one with `l2bn analyze --json {path}`"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"--from-json {path}: cannot read it as JSON ({e})") from None
+
+
+def run_transfer(cfg: TransferConfig) -> Transfer:
+    """``l2bn transfer``: :func:`choose_k`, then :func:`transfer` with it."""
+    k = choose_k(cfg)
+    return transfer(
+        cfg.lr, cfg.weight_decay, k, to_weight_decay=cfg.to_weight_decay, to_lr=cfg.to_lr
+    )
+
+
 def _ci_text(k: KSource) -> str:
     level = f"{k.confidence:.0%} CI" if k.confidence is not None else "CI"
     return f"{level} [{k.ci_low:.3g}, {k.ci_high:.3g}]"
 
 
-__all__ = ["KSource", "Transfer", "fitted_k", "theory_k", "transfer"]
+__all__ = [
+    "KSource",
+    "Transfer",
+    "TransferConfig",
+    "choose_k",
+    "fitted_k",
+    "read_report",
+    "run_transfer",
+    "theory_k",
+    "transfer",
+]

@@ -22,10 +22,12 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from l2bn.errors import ConfigError, L2bnError
+from l2bn.sweep.spec import parse_settings, sweep_from_cli
 from l2bn.sweep.status import GridStatus, grid_status
 from l2bn.sweep.storage import is_connection_error, open_storage, scrub, wait_for_storage
 from l2bn.sweep.study import prepare_study
@@ -34,6 +36,40 @@ from l2bn.train.config import DeviceName, check_batchable
 
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
 EXIT_INTERRUPTED = 3  # a worker stopped by SIGINT/SIGTERM (its points queued again)
+
+
+def worker_specs(
+    path: Path | None,
+    optimizers: Sequence[str],
+    storage: str,
+    study: str | None,
+    settings: Sequence[str] = (),
+    epochs: int | None = None,
+    heartbeat: int = 30,
+    threads: int | None = None,
+    fuse: int | None = None,
+) -> list[WorkerSpec]:
+    """One WorkerSpec per study that ``l2bn sweep``/``status`` name: the sweep file ``path``
+    (or the default sweep) with the ``--set`` ``settings`` and ``epochs`` applied, cut to
+    ``optimizers`` (empty: all). ``study`` renames the one study: it needs exactly one."""
+    overrides = parse_settings(settings)
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    names = [str(o) for o in optimizers]
+    chosen = sweep_from_cli(path, names, overrides).select(names)
+    if study is not None and len(chosen) != 1:
+        raise ConfigError("--study names one study: give exactly one --optimizer with it")
+    return [
+        WorkerSpec(
+            storage,
+            study or s.study_name,
+            s,
+            heartbeat_interval=heartbeat,
+            torch_threads=threads,
+            fuse=fuse,
+        )
+        for s in chosen
+    ]
 
 
 def check_spec(spec: WorkerSpec, workers: int = 1) -> None:
@@ -276,3 +312,37 @@ def run_sweep(
     if on_status is not None:
         on_status(result.status)
     return result
+
+
+@dataclass
+class SweepOutcomes:
+    """The runs of one ``l2bn sweep`` (one per study), gathered for its last word: the one-line
+    errors of workers that stopped (a full disk), each once, and the status lines of the
+    studies whose grid is not complete."""
+
+    stopped: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+
+    def add(self, result: SweepResult, summary: str) -> list[str]:
+        """Take in one study's run (``summary``: its status line). Returns the messages of its
+        crashed workers (bugs, with their tracebacks), for the caller to show at once."""
+        crashes: list[str] = []
+        for kind, message in result.errors:
+            if kind == "crash":
+                crashes.append(message.strip())
+            elif message.strip() not in self.stopped:
+                self.stopped.append(message.strip())
+        if not result.status.complete:
+            self.incomplete.append(summary)
+        return crashes
+
+    def check(self) -> None:
+        """Raise ConfigError when some grid is not complete (the stopped workers say why)."""
+        if self.incomplete:
+            raise ConfigError(
+                "; ".join(self.stopped)
+                + ("; " if self.stopped else "")
+                + "grid not complete ("
+                + "; ".join(self.incomplete)
+                + "); run the same command to resume"
+            )

@@ -1,7 +1,7 @@
 """The calibration of k's intervals, by simulation: do 95 % intervals cover the planted k?
 
 Planted studies (tests/analysis/simulation.py) run straight through the estimators analyze
-uses (:func:`l2bn.analysis.estimators.estimate_k`), no Optuna: planted k of 1 and ½; noise
+uses (:func:`l2bn.analysis.intervals.estimate_k`), no Optuna: planted k of 1 and ½; noise
 from 0.1× to 3× the error step between adjacent grid points at the optimum; 2–4 seeds; every
 seed its own shift of log η* and tilt of k (sd up to 0.1), shared by all its cells.
 ``python -m tests.analysis.test_calibration [N]`` prints the full table (N studies per row).
@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from l2bn.analysis.estimators import JOINT, estimate_k
+from l2bn.analysis.estimators import JOINT
+from l2bn.analysis.intervals import estimate_k
 
 from .simulation import Planted, planted_panel
 

@@ -1,4 +1,5 @@
-"""l2bn.analysis.estimators: the three k estimators and their intervals, on planted panels."""
+"""l2bn.analysis.{panel,band,estimators,intervals}: the three k estimators and their intervals,
+on planted panels."""
 
 from __future__ import annotations
 
@@ -7,20 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from l2bn.analysis.estimators import (
-    COLLAPSE_BAND,
-    JOINT,
-    PER_LAMBDA,
-    Panel,
-    build_panel,
-    cluster_weights,
-    estimate_k,
-    fit_replicates,
-    full_weights,
-    noise_sd,
-    replicate_means,
-    select_band,
-)
+from l2bn.analysis.band import select_band
+from l2bn.analysis.estimators import COLLAPSE_BAND, JOINT, PER_LAMBDA, fit_replicates
+from l2bn.analysis.intervals import cluster_weights, estimate_k
+from l2bn.analysis.panel import Panel, build_panel, full_weights, noise_sd, replicate_means
 
 from .simulation import ADJACENT, WDS, Planted, planted_panel
 

@@ -20,17 +20,17 @@ from l2bn.analysis.fits import (
     relaxation_index,
     verdict,
 )
-from l2bn.analysis.results import (
+from l2bn.analysis.fitted import (
     CONSTANT,
     DIFFERENT,
     EQUIVALENT,
     INCONCLUSIVE,
     UNDETERMINED,
     VARIES,
-    AnalyzeConfig,
     Cell,
     Estimate,
 )
+from l2bn.analysis.settings import AnalyzeConfig
 
 from .planting import error_surface, relaxing
 

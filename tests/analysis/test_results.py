@@ -1,4 +1,4 @@
-"""l2bn.analysis.results: settings, result types, labels and their JSON form."""
+"""l2bn.analysis.{settings,fitted,results}: settings, result types, labels and their JSON form."""
 
 from __future__ import annotations
 
@@ -9,14 +9,9 @@ import sys
 
 import pytest
 
-from l2bn.analysis.results import (
-    DEFAULT_STORAGE,
-    UNDETERMINED,
-    AnalyzeConfig,
-    Estimate,
-    GroupReport,
-    ScalingFit,
-)
+from l2bn.analysis.fitted import UNDETERMINED, Estimate, ScalingFit
+from l2bn.analysis.results import GroupReport
+from l2bn.analysis.settings import DEFAULT_STORAGE, AnalyzeConfig
 from l2bn.errors import ConfigError
 
 

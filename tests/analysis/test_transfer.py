@@ -251,7 +251,7 @@ _TUNED = ["--lr", "0.1", "--weight-decay", "1e-3"]
         (["--optimizer", "sgd", *_TUNED, "--to-lr", "0"], "--to-lr must be"),
         (["--optimizer", "sgd", *_TUNED, *_TO, "--to-lr", "0.1"], "give exactly one of"),
         (["--optimizer", "sgd", *_TUNED], "give exactly one of --to-weight-decay"),
-        (["--optimizer", "adagrad", *_TUNED, *_TO], "unknown optimizer 'adagrad'"),
+        (["--optimizer", "adagrad", *_TUNED, *_TO], "'adagrad' is not one of"),
         ([*_TUNED, *_TO], "--optimizer is needed for the theory's k"),
         (["--optimizer", "sgd", "--study", "s/sgd", *_TUNED, *_TO], "--study needs --storage"),
         (["--optimizer", "normalized-sgd", *_TUNED, "--to-lr", "0.01"], "k = 0 for normalized"),

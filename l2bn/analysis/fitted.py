@@ -1,0 +1,296 @@
+"""Fitted numbers: :class:`Estimate` and the frozen result type of each fit, with its JSON form.
+
+:mod:`l2bn.analysis.fits` and the per-group analysis (:mod:`l2bn.analysis.pipeline`) build
+these; :class:`~l2bn.analysis.results.GroupReport` holds them (the JSON shape they take there
+is documented in :mod:`l2bn.analysis.results`, the verdict words too). Nothing here computes a
+fit; like the rest of the result types, this module imports neither optuna nor SciPy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from l2bn.files import finite_or_none
+
+# Verdicts against theory ± margin (see :mod:`l2bn.analysis.results`).
+EQUIVALENT = "equivalent"
+DIFFERENT = "different"
+INCONCLUSIVE = "inconclusive"
+UNDETERMINED = "undetermined"
+VERDICTS = (EQUIVALENT, DIFFERENT, INCONCLUSIVE, UNDETERMINED)
+# Column test outcomes (see ColumnCheck).
+CONSTANT = "constant"
+VARIES = "varies"
+
+
+# --- fitted numbers -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A fitted number with its uncertainty (like scipy's linregress result)."""
+
+    value: float
+    stderr: float
+    ci_low: float
+    ci_high: float
+    n: int  # data points behind the estimate
+    method: str  # "bootstrap", "ols-t" or "profile"
+    confidence: float = 0.95
+
+    @classmethod
+    def missing(cls, n: int = 0, method: str = "none") -> Estimate:
+        return cls(math.nan, math.nan, math.nan, math.nan, n, method)
+
+    @property
+    def determined(self) -> bool:
+        return all(math.isfinite(x) for x in (self.value, self.ci_low, self.ci_high))
+
+    def covers(self, x: float, tolerance: float = 0.0) -> bool:
+        """Whether the CI meets [x − tolerance, x + tolerance]."""
+        return self.determined and self.ci_low - tolerance <= x <= self.ci_high + tolerance
+
+    def within(self, low: float, high: float) -> bool:
+        """Whether the whole CI lies inside [low, high]."""
+        return self.determined and low <= self.ci_low and self.ci_high <= high
+
+    def outside(self, low: float, high: float) -> bool:
+        """Whether the whole CI lies outside [low, high] (entirely below or above)."""
+        return self.determined and (self.ci_high < low or self.ci_low > high)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "value": finite_or_none(self.value),
+            "stderr": finite_or_none(self.stderr),
+            "ci_low": finite_or_none(self.ci_low),
+            "ci_high": finite_or_none(self.ci_high),
+            "n": self.n,
+            "method": self.method,
+            "confidence": self.confidence,
+        }
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Seed-averaged results of one (η, λ) grid point."""
+
+    lr: float
+    weight_decay: float
+    n_seeds: int
+    val_error: float  # mean over seeds
+    val_error_std: float  # sample std over seeds (NaN with one seed)
+    test_error: float  # mean over seeds with a test error (NaN if none)
+    n_diverged: int
+    eta_lambda_t: float  # η·λ·T (NaN when steps unknown)
+    equilibrium_index: float  # c·η·λ·T: phase-1 steps over the steps to equilibrium
+    phase1_norms: Mapping[str, float]  # layer → geometric mean over seeds of phase-1 ‖w‖
+    # layer → median over seeds of the measured time constants (relaxation_index); a
+    # diagnostic beside equilibrium_index, not a filter of any fit.
+    relaxation: Mapping[str, float]
+    # The analyzed metric (``--metric``): mean and sample std over seeds; equal to val_error
+    # and val_error_std for the default metric.
+    value: float = math.nan
+    value_std: float = math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "n_seeds": self.n_seeds,
+            "val_error": finite_or_none(self.val_error),
+            "val_error_std": finite_or_none(self.val_error_std),
+            "value": finite_or_none(self.value),
+            "value_std": finite_or_none(self.value_std),
+            "test_error": finite_or_none(self.test_error),
+            "n_diverged": self.n_diverged,
+            "eta_lambda_T": finite_or_none(self.eta_lambda_t),
+            "equilibrium_index": finite_or_none(self.equilibrium_index),
+            "phase1_norms": {k: finite_or_none(v) for k, v in self.phase1_norms.items()},
+            "relaxation": {k: finite_or_none(v) for k, v in self.relaxation.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """η* for one λ."""
+
+    weight_decay: float
+    lr_opt: float  # the per-λ local quadratic's vertex (= lr_grid where it has none)
+    lr_grid: float  # grid η with the lowest seed-averaged metric
+    val_error: float  # seed-averaged metric at lr_grid (the analyzed --metric)
+    n_lr: int  # η values on this λ's grid
+    edge: bool  # minimum on the first or last η of the grid
+    used: bool  # enters the joint fit of k
+    note: str | None  # why not used
+    # CI of η* from the local quadratic (delta method, cell noise only); NaN without one.
+    lr_ci_low: float = math.nan
+    lr_ci_high: float = math.nan
+    n_band: int = 0  # cells of this λ in the band of the joint fit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weight_decay": self.weight_decay,
+            "lr_opt": self.lr_opt,
+            "lr_grid": self.lr_grid,
+            "val_error": finite_or_none(self.val_error),
+            "n_lr": self.n_lr,
+            "edge": self.edge,
+            "used": self.used,
+            "note": self.note,
+            "lr_ci_low": finite_or_none(self.lr_ci_low),
+            "lr_ci_high": finite_or_none(self.lr_ci_high),
+            "n_band": self.n_band,
+        }
+
+
+@dataclass(frozen=True)
+class ScalingFit:
+    """log η* = intercept − k log λ over the used λ values (the primary, joint estimate)."""
+
+    k: Estimate
+    intercept: float
+    r_squared: float
+    n_lambda: int
+    theory: float | None
+    verdict: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "estimate": self.k.to_dict(),
+            "intercept": finite_or_none(self.intercept),
+            "r_squared": finite_or_none(self.r_squared),
+            "n_lambda": self.n_lambda,
+            "theory": self.theory,
+            "verdict": self.verdict,
+        }
+
+
+@dataclass(frozen=True)
+class KEstimate:
+    """One estimator's k (``k_estimates``): joint, per_lambda or collapse_band."""
+
+    k: Estimate
+    theory: float | None
+    verdict: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"estimate": self.k.to_dict(), "theory": self.theory, "verdict": self.verdict}
+
+
+@dataclass(frozen=True)
+class EpochK:
+    """The primary k from the validation metric after one epoch."""
+
+    epoch: int
+    k: Estimate
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "k": self.k.to_dict()}
+
+
+@dataclass(frozen=True)
+class ColumnCheck:
+    """Along one column η·λ^k = const (k from theory): the slope against log λ of the error
+    (``quantity`` "error") or of log(‖w‖·λ^s) (``"norm:<layer>"``); theory: 0."""
+
+    quantity: str
+    log_x: float  # log(η·λ^k) of the column
+    slope: Estimate
+    band: float  # |slope| below this counts as constant
+    n_lambda: int
+    verdict: str  # constant | varies | inconclusive | undetermined
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "quantity": self.quantity,
+            "log_x": self.log_x,
+            "slope": self.slope.to_dict(),
+            "band": finite_or_none(self.band),
+            "n_lambda": self.n_lambda,
+            "verdict": self.verdict,
+        }
+
+
+@dataclass(frozen=True)
+class CollapseFit:
+    """The k whose x = log η + k log λ puts every λ's error curve on one polynomial."""
+
+    k: Estimate
+    theory: float | None
+    verdict: str
+    degree: int
+    n_cells: int
+    rss: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "estimate": self.k.to_dict(),
+            "theory": self.theory,
+            "verdict": self.verdict,
+            "degree": self.degree,
+            "n_cells": self.n_cells,
+            "rss": finite_or_none(self.rss),
+        }
+
+
+@dataclass(frozen=True)
+class NormFit:
+    """One layer's norm law over equilibrium cells, in the optimizer's invariant coordinates:
+    log(‖w‖·λ^s) = intercept + p·log(η·λ^k) + q·log λ (theory: p, and q = 0); beside it the
+    old parametrization log ‖w‖ = c + a log η − b log λ (a = p, b = s − p·k − q)."""
+
+    layer: str
+    a: Estimate
+    b: Estimate
+    intercept: float
+    r_squared: float
+    n_cells: int
+    n_excluded: int  # cells with a phase-1 norm but c·η·λ·T below the threshold
+    theory: float | None
+    verdict: str  # p against theory ± norm_margin
+    p: Estimate = field(default_factory=Estimate.missing)
+    q: Estimate = field(default_factory=Estimate.missing)
+    s: float = math.nan  # the scale power (Theory.norm_scale_power)
+    k: float = math.nan  # the column exponent (Theory.k)
+    memory: str = UNDETERMINED  # q against 0 ± norm_margin: "equivalent" = no memory of w₀
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "a": self.a.to_dict(),
+            "b": self.b.to_dict(),
+            "p": self.p.to_dict(),
+            "q": self.q.to_dict(),
+            "s": finite_or_none(self.s),
+            "k": finite_or_none(self.k),
+            "intercept": finite_or_none(self.intercept),
+            "r_squared": finite_or_none(self.r_squared),
+            "n_cells": self.n_cells,
+            "n_excluded": self.n_excluded,
+            "theory": self.theory,
+            "verdict": self.verdict,
+            "memory": self.memory,
+        }
+
+
+__all__ = [
+    "CONSTANT",
+    "DIFFERENT",
+    "EQUIVALENT",
+    "INCONCLUSIVE",
+    "UNDETERMINED",
+    "VARIES",
+    "VERDICTS",
+    "Cell",
+    "CollapseFit",
+    "ColumnCheck",
+    "EpochK",
+    "Estimate",
+    "KEstimate",
+    "NormFit",
+    "Optimum",
+    "ScalingFit",
+]

@@ -1,0 +1,183 @@
+"""A group's trials as a dense panel, and the replicate means every estimator is fitted to.
+
+A group's trials become a :class:`Panel`: rows λ, each row's own η grid (padded with NaN), and
+seed slots. Every estimator (:mod:`l2bn.analysis.estimators`) takes *replicates* of the
+panel's cell means at once (arrays with a leading axis B, :func:`replicate_means` of a weight
+array), so that one call fits the full data (:func:`full_weights`), every jackknife
+leave-one-out and every bootstrap resample (:func:`l2bn.analysis.intervals.cluster_weights`).
+:func:`noise_sd` is the sd of one trial, which sets the band's width
+(:mod:`l2bn.analysis.band`) and the per-λ fits' noise.
+
+This is the bottom of the k-estimation stack, which depends one way:
+panel → band → estimators → intervals (:func:`~l2bn.analysis.intervals.estimate_k`, its entry
+point). All of it is pure NumPy/SciPy, batched over replicates; the calibration simulation
+(tests/analysis/test_calibration.py) runs planted panels through exactly these functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
+
+
+# --- the panel ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A group's trials on a dense grid.
+
+    ``values[l, m, s]``: the metric of the trial at λ row l, η column m (row l's grid is
+    ``log_lr[l]``, NaN-padded on the right), seed slot s; NaN where there is no trial. With
+    shared seeds, slot s is the same seed value in every row; with independent rows, slot s
+    of row l is that row's s-th seed (seeds of different rows are independent).
+    """
+
+    weight_decay: FloatArray  # (L,) λ > 0, increasing
+    log_lr: FloatArray  # (L, M)
+    values: FloatArray  # (L, M, S)
+    independent_rows: bool
+
+    @property
+    def log_wd(self) -> FloatArray:
+        return np.log(self.weight_decay)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        n_l, n_m, n_s = self.values.shape
+        return int(n_l), int(n_m), int(n_s)
+
+    @property
+    def present(self) -> BoolArray:
+        return np.isfinite(self.values)
+
+    @property
+    def n_seeds(self) -> int:
+        """Seeds per cell, the median over cells with any trial."""
+        counts = self.present.sum(axis=-1)
+        return int(np.median(counts[counts > 0])) if (counts > 0).any() else 0
+
+
+def build_panel(
+    weight_decay: Sequence[float],
+    lr: Sequence[float],
+    seed: Sequence[int],
+    value: Sequence[float],
+) -> Panel:
+    """A :class:`Panel` from one record per trial (λ > 0 only; the caller filters).
+
+    Several trials of one (λ, η, seed) are averaged. The rows are independent when no seed
+    value occurs in two λ rows.
+    """
+    wd = np.asarray(weight_decay, dtype=np.float64)
+    lr_a = np.asarray(lr, dtype=np.float64)
+    sd = np.asarray(seed, dtype=np.int64)
+    val = np.asarray(value, dtype=np.float64)
+    wds = np.unique(wd)
+    rows = [np.unique(lr_a[wd == w]) for w in wds]
+    seeds_per_row = [set(sd[wd == w].tolist()) for w in wds]
+    shared = any(
+        seeds_per_row[i] & seeds_per_row[j] for i in range(len(wds)) for j in range(i + 1, len(wds))
+    )
+    independent = len(wds) > 1 and not shared
+    if independent:
+        slot_of = [{s: i for i, s in enumerate(sorted(r))} for r in seeds_per_row]
+        n_s = max(len(r) for r in seeds_per_row)
+    else:
+        all_seeds = sorted(set(sd.tolist()))
+        common = {s: i for i, s in enumerate(all_seeds)}
+        slot_of = [common for _ in wds]
+        n_s = len(all_seeds)
+    n_m = max(r.size for r in rows)
+    log_lr = np.full((wds.size, n_m), np.nan)
+    total = np.zeros((wds.size, n_m, n_s))
+    count = np.zeros((wds.size, n_m, n_s))
+    for i, r in enumerate(rows):
+        log_lr[i, : r.size] = np.log(r)
+    row_of = np.searchsorted(wds, wd)
+    for t in range(val.size):
+        i = int(row_of[t])
+        m = int(np.searchsorted(rows[i], lr_a[t]))
+        s = slot_of[i][int(sd[t])]
+        total[i, m, s] += val[t]
+        count[i, m, s] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.where(count > 0, total / count, np.nan)
+    return Panel(wds, log_lr, values, independent)
+
+
+def centres(panel: Panel) -> tuple[float, float]:
+    """The mean log η over the grid and the mean log λ over the rows: the fits centre on them."""
+    finite = np.isfinite(panel.log_lr)
+    return float(panel.log_lr[finite].mean()), float(panel.log_wd.mean())
+
+
+# --- replicates ---------------------------------------------------------------------------
+
+
+def replicate_means(panel: Panel, weights: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Cell means and seed counts of each replicate: ``weights`` (B, L, M or 1, S) → (B, L, M).
+
+    A weight is how often a seed enters the replicate (0: left out; bootstrap: its count).
+    """
+    present = panel.present
+    v0 = np.where(present, panel.values, 0.0)
+    w = weights * present[None]
+    n = w.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(n > 0, (w * v0[None]).sum(axis=-1) / n, np.nan)
+    return means, n
+
+
+def full_weights(panel: Panel) -> FloatArray:
+    _, _, n_s = panel.shape
+    return np.ones((1, 1, 1, n_s))
+
+
+# --- noise --------------------------------------------------------------------------------
+
+
+def noise_sd(panel: Panel) -> tuple[float, str]:
+    """The sd of one trial's metric, and where it came from.
+
+    With seeds: the pooled within-cell sd (cells with ≥ 2 seeds). With one seed: from the
+    second differences along each λ's η grid (robust: median absolute), which the curve's own
+    curvature inflates, so the band is, if anything, too wide.
+    """
+    v = panel.values
+    present = panel.present
+    n = present.sum(axis=-1)
+    multi = n >= 2
+    if multi.any():
+        with np.errstate(invalid="ignore"):
+            var = np.nanvar(np.where(present, v, np.nan)[multi], axis=-1, ddof=1)
+        dof = (n[multi] - 1).sum()
+        pooled = float(np.sum(var * (n[multi] - 1)) / dof)
+        return math.sqrt(pooled), "seeds"
+    y = np.nanmean(np.where(present, v, np.nan), axis=-1) if present.any() else v[..., 0]
+    d2 = y[:, :-2] - 2 * y[:, 1:-1] + y[:, 2:]
+    d2 = d2[np.isfinite(d2)]
+    if d2.size == 0:
+        return math.nan, "none"
+    return float(np.median(np.abs(d2)) / 0.6745 / math.sqrt(6.0)), "second differences"
+
+
+__all__ = [
+    "BoolArray",
+    "FloatArray",
+    "IntArray",
+    "Panel",
+    "build_panel",
+    "centres",
+    "full_weights",
+    "noise_sd",
+    "replicate_means",
+]

@@ -1,0 +1,122 @@
+"""What ``l2bn analyze`` is asked to do: :class:`AnalyzeConfig` and the choices of its options.
+
+The settings are part of the report's JSON (``"settings"``, :meth:`AnalyzeConfig.to_dict`;
+the whole shape is documented in :mod:`l2bn.analysis.results`). :class:`Metric` and
+:class:`IntervalKind` are the choices of ``--metric`` and ``--interval``: the command line
+lists them in ``--help`` and rejects others; :class:`AnalyzeConfig` checks them again for
+library callers. Like the result types, nothing here imports optuna or SciPy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from l2bn.errors import ConfigError
+
+# l2bn.sweep.storage.DEFAULT_STORAGE, spelled out: importing that module imports optuna, and
+# nothing here needs it (tests/analysis/test_results.py checks that the two agree).
+DEFAULT_STORAGE = "sqlite:///l2bn.db"
+
+
+class Metric(StrEnum):
+    """The objective whose optimum η* is located (``--metric``)."""
+
+    val_error = "val_error"
+    val_loss = "val_loss"  # needs studies that recorded it
+
+
+class IntervalKind(StrEnum):
+    """The interval of k (``--interval``): see :attr:`AnalyzeConfig.interval`."""
+
+    jackknife = "jackknife"
+    bootstrap = "bootstrap"
+
+
+METRICS = tuple(m.value for m in Metric)  # ("val_error", "val_loss")
+INTERVALS = tuple(i.value for i in IntervalKind)  # ("jackknife", "bootstrap")
+
+
+@dataclass(frozen=True)
+class AnalyzeConfig:
+    """What ``l2bn analyze`` was asked to do."""
+
+    storage: str = DEFAULT_STORAGE
+    studies: tuple[str, ...] = ()  # empty: every study with user attr "optimizer"
+    equilibrium: float = 5.0  # a cell is in equilibrium when c·η·λ·T ≥ this (c: relaxation_rate)
+    # Intervals of k: "jackknife" (delete-one-seed, Student t; the calibrated default) or
+    # "bootstrap" (cluster bootstrap over seeds, ``bootstrap`` resamples; under-covers with
+    # few seeds, kept for comparison).
+    interval: str = "jackknife"
+    bootstrap: int = 1000
+    seed: int = 0  # bootstrap RNG seed: same data, same CI
+    confidence: float = 0.95
+    # Verdict margin δ for k: "equivalent" when the CI lies inside theory ± δ. 0.1 in k moves
+    # η* by a factor 10^0.2 ≈ 1.6 over two decades of λ, less than one step of the usual
+    # half-decade η grid, and keeps the two theories (k = ½ and 1) far apart.
+    margin: float = 0.1
+    # The same for the norm exponent p (theories ¼, ⅓, ½ lie 0.08 apart: half of δ).
+    norm_margin: float = 0.05
+    metric: str = "val_error"  # the objective whose optimum is located: val_error | val_loss
+    from_csv: Path | None = None  # read a ``--csv`` export instead of the storage
+    collapse_degree: int = 4  # degree of the master curve in log η + k log λ
+    k_bounds: tuple[float, float] = (-1.0, 2.5)  # search range of the collapse k
+    json_path: Path | None = None
+    csv_path: Path | None = None
+    plots_dir: Path | None = None
+    report_path: Path | None = None  # the self-contained HTML page (l2bn.analysis.report)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "studies", tuple(self.studies))
+        object.__setattr__(self, "k_bounds", tuple(float(x) for x in self.k_bounds))
+        for name in ("json_path", "csv_path", "plots_dir", "report_path", "from_csv"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+        if not (math.isfinite(self.equilibrium) and self.equilibrium >= 0):
+            raise ConfigError(f"equilibrium must be a number ≥ 0, got {self.equilibrium!r}")
+        if self.bootstrap < 0:
+            raise ConfigError(f"bootstrap must be ≥ 0, got {self.bootstrap}")
+        for name in ("margin", "norm_margin"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name.replace('_', '-')} must be a number ≥ 0, got {value!r}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.interval not in INTERVALS:
+            raise ConfigError(
+                f"interval must be one of {', '.join(INTERVALS)}, got {self.interval!r}"
+            )
+        if not (0.5 <= self.confidence < 1.0):
+            raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}")
+        if not (1 <= self.collapse_degree <= 10):
+            raise ConfigError(f"collapse-degree must be in 1..10, got {self.collapse_degree}")
+        lo, hi = self.k_bounds
+        if not lo < hi:
+            raise ConfigError(f"k-bounds must be increasing, got {self.k_bounds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        # Here, not at the top: l2bn.sweep.storage imports optuna, which the fits must not.
+        from l2bn.sweep.storage import redact
+
+        return {
+            "storage": redact(self.storage),
+            "studies": list(self.studies),
+            "equilibrium": self.equilibrium,
+            "interval": self.interval,
+            "bootstrap": self.bootstrap,
+            "seed": self.seed,
+            "confidence": self.confidence,
+            "margin": self.margin,
+            "norm_margin": self.norm_margin,
+            "metric": self.metric,
+            "from_csv": None if self.from_csv is None else str(self.from_csv),
+            "collapse_degree": self.collapse_degree,
+            "k_bounds": list(self.k_bounds),
+        }
+
+
+__all__ = ["DEFAULT_STORAGE", "INTERVALS", "METRICS", "AnalyzeConfig", "IntervalKind", "Metric"]
