@@ -1,4 +1,5 @@
-"""Per-step training throughput: l2bn's loop against a naive PyTorch loop, in one process.
+"""Per-step training throughput: l2bn's engine at K = 1 against a naive PyTorch loop, in one
+process.
 
 Baseline (the PyTorch CIFAR tutorial's way, torchvision-free): a map-style Dataset over the
 real CIFAR-10 subset with per-sample transforms in plain torch ops (4-px zero-pad + random
@@ -6,15 +7,16 @@ crop, random flip, to float, normalize), a DataLoader (shuffle, ``--loader-worke
 processes), and the paper's net written the usual way (conv → BN → ReLU → pool), fp32 NCHW,
 ``loss.item()`` logged every step.
 
-Candidate: l2bn's loop (l2bn.train.engine): uint8 data resident on the device, one permutation and
-augmentation per epoch, ConvNet in channels_last (pool before ReLU), the same optimizer.
-Ablation ``l2bn-nchw``: the same loop in NCHW, to separate layout from data pipeline. Where the
-CPU has bf16 dot products (AVX512-BF16 or AMX; what ``--precision auto`` picks) or with
-``--bf16``, also ``l2bn bf16``: channels_last under bf16 autocast, fp32 weights.
+Candidate: the step l2bn's loop runs (l2bn.train.engine.Engine.step, one run = K = 1 of the
+K-model engine): uint8 data resident on the device, one permutation and augmentation per
+epoch, channels_last input, the flat-buffer optimizer, the same optimizer settings.
+Ablation ``l2bn-nchw``: the same step fed NCHW input, to separate layout from data pipeline.
+Where the CPU has bf16 dot products (AVX512-BF16 or AMX; what ``--precision auto`` picks) or
+with ``--bf16``, also ``l2bn bf16``: channels_last under bf16 autocast, fp32 weights.
 
 Variants are timed in interleaved rounds (the machine is shared: never compare numbers from
-different runs), and the medians of ms/step are compared. Before timing, one batch's loss
-and gradients are checked to agree between the NCHW and channels_last nets (same weights).
+different runs), and the medians of ms/step are compared. Before timing, one batch's
+gradients are checked to agree between NCHW and channels_last input (same weights).
 
 Usage: ``python benchmarks/bench_step.py [--seconds 90] [--width 32] [--batch-size 128]``
 """
@@ -24,8 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,13 +36,9 @@ from torch import nn
 from l2bn.train import data as D
 from l2bn.train.config import TrainConfig
 from l2bn.train.device import fast_bf16
-from l2bn.train.models import ConvNet
-from l2bn.train.optim import build_optimizer
-from l2bn.train.tasks import ImageTask, make_task
+from l2bn.train.engine import Engine
 
-from common import endless, l2bn_step
-
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+from common import data_dir, endless, engine_step, has_cifar, interleaved, median
 
 
 class NaiveCifar(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
@@ -105,32 +101,22 @@ def naive_step(config: TrainConfig, workers: int) -> Callable[[], float]:
     return step
 
 
-def step_of_l2bn(
-    config: TrainConfig, channels_last: bool, bf16: bool = False
-) -> Callable[[], None]:
-    task = make_task(config, torch.device("cpu"), channels_last=channels_last)
-    return l2bn_step(task, build_optimizer(task.model, config), bf16)
+def nchw(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch[0].contiguous(), batch[1]
 
 
 def check_layouts_agree(config: TrainConfig, bf16: bool = False) -> float:
-    """Largest relative gradient difference between the NCHW fp32 ConvNet and the
-    channels_last one (in bf16 autocast with ``bf16``), same weights, same batch."""
-    task = make_task(config, torch.device("cpu"), channels_last=False)
-    assert isinstance(task, ImageTask)
-    xb, yb = next(task.batches(0))
-    a = task.model
-    b = ConvNet(config.width, config.norm, config.head)
-    b.load_state_dict(a.state_dict())
-    b.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    worst = 0.0
-    for m, x, low in ((a, xb, False), (b, xb.contiguous(memory_format=torch.channels_last), bf16)):
+    """Largest relative gradient difference between NCHW fp32 input and channels_last input
+    (in bf16 autocast with ``bf16``), same weights, same batch, through the engine's net."""
+    engine = Engine([config])
+    batch = next(iter(engine.task.batches(0)))
+    grads = []
+    for b, low in ((nchw(batch), False), (batch, bf16)):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
-            loss = nn.functional.cross_entropy(m(x), yb)
-        loss.backward()
-    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
-        assert pa.grad is not None and pb.grad is not None
-        worst = max(worst, float((pa.grad - pb.grad).norm() / pa.grad.norm()))
-    return worst
+            losses, _ = engine.task.losses(b)
+        engine.net.params.backward(losses.sum())
+        grads.append({n: g.clone() for n, g in engine.net.params.grads.items()})
+    return max(float((grads[0][n] - g).norm() / g.norm()) for n, g in grads[1].items())
 
 
 def main() -> None:
@@ -140,10 +126,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--loader-workers", type=int, default=2, help="baseline DataLoader workers")
     ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
-    ap.add_argument("--data-dir", type=Path, default=Path(os.environ.get("L2BN_DATA", SHARED)))
+    ap.add_argument("--data-dir", type=Path, default=data_dir())
     ap.add_argument("--bf16", action="store_true", help="time bf16 even where it is emulated")
     args = ap.parse_args()
-    if not (args.data_dir / D.CIFAR10_FOLDER / D.TEST_FILE).is_file():
+    if not has_cifar(args.data_dir):
         print(f"skipped: no CIFAR-10 under {args.data_dir} (pass --data-dir or set L2BN_DATA)")
         return
     config = TrainConfig(
@@ -163,31 +149,23 @@ def main() -> None:
     )
     print(f"NCHW vs channels_last gradients: max relative diff {check_layouts_agree(config):.2e}")
     bf16 = fast_bf16(torch.device("cpu"))
-    variants = {
+    variants: dict[str, Callable[[], Any]] = {
         "naive (DataLoader, NCHW)": naive_step(config, args.loader_workers),
-        "l2bn-nchw": step_of_l2bn(config, channels_last=False),
-        "l2bn (channels_last)": step_of_l2bn(config, channels_last=True),
+        "l2bn-nchw": engine_step(Engine([config]), layout=nchw),
+        "l2bn (channels_last)": engine_step(Engine([config])),
     }
     if bf16 or args.bf16:  # what --precision auto picks on this CPU, or asked for
         diff = check_layouts_agree(config, bf16=True)
         print(f"fp32 NCHW vs bf16 channels_last gradients: max relative diff {diff:.2e}")
-        variants["l2bn bf16 (channels_last)"] = step_of_l2bn(config, channels_last=True, bf16=True)
+        variants["l2bn bf16 (channels_last)"] = engine_step(
+            Engine([config.with_(precision="bf16")])
+        )
     print(f"CPU bf16 dot products (AVX512-BF16/AMX): {'yes' if bf16 else 'no'}")
-    for step in variants.values():  # warm-up: oneDNN primitive caches, loader workers
-        step()
-        step()
-    times: dict[str, list[float]] = {k: [] for k in variants}
-    start = time.perf_counter()
-    while time.perf_counter() - start < args.seconds:
-        for name, step in variants.items():
-            t = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times[name].append((time.perf_counter() - t) / args.steps * 1e3)
-    base = statistics.median(times["naive (DataLoader, NCHW)"])
+    times = interleaved(variants, args.seconds, args.steps, lambda: None)
+    base = median(times["naive (DataLoader, NCHW)"])
     print(f"width {args.width}, batch {args.batch_size}, {len(times['l2bn-nchw'])} rounds")
     for name, ts in times.items():
-        med = statistics.median(ts)
+        med = median(ts)
         print(f"  {name:26s} median {med:7.1f} ms/step  min {min(ts):7.1f}  x{base / med:.2f}")
 
 

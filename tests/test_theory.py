@@ -28,10 +28,10 @@ def test_the_constants_are_the_optimizers_own() -> None:
     from l2bn.train.optim import SPECS
 
     for name in ("momentum", "nesterov"):
-        assert SPECS[OptimizerName(name)].kwargs["momentum"] == MOMENTUM
+        assert SPECS[OptimizerName(name)].momentum == MOMENTUM
     for name in ("adam", "adamw"):
-        assert SPECS[OptimizerName(name)].kwargs["betas"][0] == ADAM_BETA1
-    assert MOMENTUM_RELAXATION == pytest.approx(1 / (1 - MOMENTUM))
+        assert SPECS[OptimizerName(name)].betas[0] == ADAM_BETA1
+    assert pytest.approx(1 / (1 - MOMENTUM)) == MOMENTUM_RELAXATION
 
 
 def _sphere_run(
@@ -40,8 +40,8 @@ def _sphere_run(
     """Train a scale-invariant weight (32 units in R^32) with PyTorch's own optimizer under
     isotropic gradient noise orthogonal to w and scaled by 1/‖w‖ (a BN layer's gradient), the
     norm starting ``start_scale`` × its equilibrium value (for Adam-L2, whose equilibrium
-    norm depends on the gradient scale, the SGD formula's: a start near it). Returns, over the last quarter,
-    (RMS angular update per step, growth ÷ shrink = Σ|Δw|² ÷ Σ −2w·Δw)."""
+    norm depends on the gradient scale, the SGD formula's: a start near it). Returns, over the
+    last quarter, (RMS angular update per step, growth ÷ shrink = Σ|Δw|² ÷ Σ −2w·Δw)."""
     g = torch.Generator().manual_seed(seed)
     units, dim = 32, 32
     w = torch.randn(units, dim, generator=g, dtype=torch.float64)

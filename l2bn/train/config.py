@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -164,6 +165,31 @@ class TrainConfig:
                 f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
         return cls(**d)
+
+
+BATCHABLE = ("lr", "weight_decay", "seed")  # what may differ between runs trained together
+
+
+def check_batchable(configs: Sequence[TrainConfig]) -> None:
+    """Raise ConfigError unless these runs can be trained side by side as one network
+    (l2bn.train.engine.train_many): at least one, and differing only in lr, weight_decay and
+    seed. Torch-free: the sweep's parent process calls it."""
+    if len(configs) == 0:
+        raise ConfigError("no runs to train: the list of configs is empty")
+    base = configs[0]
+    for i, c in enumerate(configs):
+        if not isinstance(c, TrainConfig):
+            raise ConfigError(f"run {i + 1} is a {type(c).__name__}, not a TrainConfig")
+        differ = [
+            f.name.replace("_", "-")
+            for f in fields(TrainConfig)
+            if f.name not in BATCHABLE and getattr(c, f.name) != getattr(base, f.name)
+        ]
+        if differ:
+            raise ConfigError(
+                f"runs trained together may differ only in lr, weight-decay and seed; run "
+                f"{i + 1} differs from run 1 in {', '.join(differ)}"
+            )
 
 
 _ENUM_FIELDS: dict[str, type[Enum]] = {

@@ -267,10 +267,9 @@ def epoch_images(
     """One epoch's data: the first ``n`` images of a fresh permutation, augmented, as uint8.
 
     Once per epoch rather than per batch (airbench): a dozen kernels per epoch instead of per
-    step, which matters on a GPU, and it lets the fused engine (l2bn.train.fused) slice K models'
-    batches out of K such tensors without any per-step gather. The plain loop and the fused
-    engine both draw from the run's generator through this one function, so a fused model
-    sees exactly the batches its unfused run would.
+    step, which matters on a GPU, and it lets l2bn.train.tasks slice K models' batches out of K
+    such tensors without any per-step gather. Each model draws from its own run's generator
+    through this one function, so model k of K sees exactly the batches of a run of its own.
     """
     perm = torch.randperm(len(split), device=split.y.device, generator=generator)[:n]
     x = split.x[perm]

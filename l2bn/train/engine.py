@@ -1,27 +1,103 @@
-"""One training run, read top to bottom. It neither prints nor knows about Optuna: it reports
-each epoch (and, cheaply, each batch) through callbacks, which may raise to stop it."""
+"""The training loop, read top to bottom: K runs that differ only in η, λ and seed, side by side.
+
+One run is K = 1 of the same code. The K models are one network (l2bn.train.models: grouped
+convolutions, one flat parameter buffer), so a step is one forward and one backward pass for
+all of them and one optimizer update of a few elementwise kernels. Nothing is shared between
+models but the kernels: each has its own initialization, data order and augmentation (its
+seed), its own η, λ and optimizer state, and its own loss (the summed loss gives every model
+exactly its own gradient). A model whose loss turns non-finite is frozen at once (its
+parameters stop changing) and recorded as diverged at the end of that epoch; the others train
+on untouched. Nothing here prints or knows about Optuna: each epoch (and, cheaply, each batch)
+is reported through callbacks, which may raise to stop training.
+
+Reproducibility: the same configs on the same device and software give the same result on a
+CPU. On CUDA, cuDNN autotunes its convolution algorithms for the run (``cudnn.benchmark``,
+switched on only around the loop and only unless deterministic algorithms were asked for) and
+several of its kernels (and atomics-based reductions) are nondeterministic, so two runs agree to
+float rounding, which chaotic training can amplify, not bitwise. For bitwise repeatability
+call ``torch.use_deterministic_algorithms(True)`` (and set ``CUBLAS_WORKSPACE_CONFIG=:4096:8``)
+before training: l2bn then leaves cuDNN's autotuner off. l2bn never touches the global RNG;
+every random draw comes from a generator seeded with the run's seed.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
 from l2bn import __version__
 from l2bn.theory import THEORY
-from l2bn.train.config import DatasetName, Precision, TrainConfig
+from l2bn.train.config import Precision, TrainConfig, check_batchable
 from l2bn.train.device import resolve_device, resolve_precision
-from l2bn.train.models import weight_tensors
-from l2bn.train.norms import layer_records
-from l2bn.train.optim import SPECS, build_optimizer, project_to_unit_norm, projection_targets
-from l2bn.train.records import EpochRecord, TrainResult
+from l2bn.train.models import layer_norms
+from l2bn.train.optim import SPECS, FlatOptimizer, project_to_unit_norm
+from l2bn.train.records import EpochRecord, TrainResult, layer_records
 from l2bn.train.tasks import make_task
 
 EpochCallback = Callable[[EpochRecord], None]
+ManyEpochCallback = Callable[[int, EpochRecord], None]  # (run index, its record)
 BatchCallback = Callable[[int, int, int], None]  # (epoch, batch, batches per epoch), 1-based
+
+
+class Engine:
+    """K runs set up to train: task (data + network), precision, optimizer; and their step."""
+
+    def __init__(self, configs: Sequence[TrainConfig], download: bool = False) -> None:
+        check_batchable(configs)  # first: a bad batch fails before any data is loaded
+        self.configs = list(configs)
+        self.k = len(self.configs)
+        base = self.configs[0]
+        self.device = resolve_device(base.device)
+        self.task = make_task(self.configs, self.device, download)
+        self.net = self.task.model
+        # bf16 autocast around the forward pass only: fp32 weights, gradients and optimizer
+        # state. The precision recorded is the one used (the tracking toy: always fp32).
+        self.precision = (
+            resolve_precision(base.precision, self.device) if self.task.bf16 else Precision.fp32
+        )
+        self.autocast = torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision is Precision.bf16
+        )
+        self.spec = SPECS[base.optimizer]  # the update rule; η and λ below are per model
+        self.optimizer = FlatOptimizer(
+            self.spec,
+            self.net.params,
+            weight_decay=[c.weight_decay for c in self.configs],  # λ: coupled, adamw decoupled
+            decay_all=base.decay_all,  # also γ, β, biases, WN gains (the paper: weights only)
+        )
+        if self.spec.project:
+            self.project()  # start on the sphere, as every later step ends
+        self.alive = torch.ones(self.k, dtype=torch.bool, device=self.device)
+
+    def start_epoch(self, epoch: int) -> list[float]:
+        """Set and return each model's η for ``epoch`` (0-based; ÷10 at each lr_drops)."""
+        lrs = [c.lr_at(epoch) for c in self.configs]
+        self.optimizer.set_lr(lrs)
+        return lrs
+
+    def step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training step of all K models: (losses K, errors K), left on the device."""
+        with self.autocast:
+            losses, wrong = self.task.losses(batch)
+        self.net.params.backward(losses.sum())  # the sum: each model gets its own gradient
+        self.alive &= torch.isfinite(losses.detach())  # a non-finite loss freezes its model
+        self.optimizer.step(self.alive)
+        if self.spec.project:
+            self.project()
+        return losses.detach(), wrong
+
+    def project(self) -> None:
+        project_to_unit_norm(self.net.weights, self.net.invariant)
+
+    def evaluate(self, split: str) -> tuple[torch.Tensor, int]:
+        """(each model's summed error on the split, K on the device; the count to divide by)."""
+        with self.autocast:
+            return self.task.evaluate(split)
 
 
 def train(
@@ -30,112 +106,110 @@ def train(
     on_batch: BatchCallback | None = None,
     download: bool = False,
 ) -> TrainResult:
-    start = time.perf_counter()
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    bf16 = precision is Precision.bf16 and config.dataset is not DatasetName.tracking
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
-    # channels_last (NHWC) in every precision: bf16 kernels need it, and on a 2-core AVX2 CPU
-    # fp32 NCHW was measured 2-3x slower per step (oneDNN reorders every conv's input).
-    task = make_task(config, device, channels_last=True, download=download)
-    model = task.model
-    optimizer = build_optimizer(model, config)
-    spec = SPECS[config.optimizer]
-    to_project = projection_targets(model) if spec.project else []
-    if to_project:
-        project_to_unit_norm(to_project)  # start on the sphere, as every later step ends
-    weights = weight_tensors(model)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    )
-
-    history: list[EpochRecord] = []
-    diverged = False
-    model.train()
-    for epoch in range(config.epochs):
-        epoch_start = time.perf_counter()
-        lr = config.lr_at(epoch)  # ÷10 at each of config.lr_drops
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        # Sums stay on the device: one host sync per epoch, not per step.
-        loss_sum = torch.zeros((), device=device)
-        wrong_sum = torch.zeros((), device=device)
-        seen = 0
-        for step, batch in enumerate(task.batches(epoch)):
-            with autocast:
-                loss, wrong = task.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if to_project:
-                project_to_unit_norm(to_project)
-            n = task.batch_size(batch)
-            loss_sum += loss.detach() * n
-            wrong_sum += wrong
-            seen += n
-            if on_batch is not None:
-                on_batch(epoch + 1, step + 1, task.steps_per_epoch)
-
-        train_loss = loss_sum.item() / seen
-        train_error = wrong_sum.item() / seen
-        diverged = not math.isfinite(train_loss)
-        # A diverged net predicts nothing: report chance level, a result rather than a crash.
-        val_error = task.chance_error if diverged else task.evaluate("val")
-        record = EpochRecord(
-            epoch=epoch + 1,
-            lr=lr,
-            train_loss=train_loss,
-            train_error=task.chance_error if diverged else train_error,
-            val_error=val_error,
-            seconds=time.perf_counter() - epoch_start,
-            layers=layer_records(weights, lr, THEORY[config.optimizer].eff_lr_power),
-        )
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
-        if diverged:
-            break
-
-    last = history[-1]
-    return TrainResult(
-        config=config,
-        history=tuple(history),
-        val_error=last.val_error,
-        test_error=task.chance_error if diverged else task.evaluate("test"),
-        train_loss=last.train_loss,
-        diverged=diverged,
-        steps_per_epoch=task.steps_per_epoch,
-        seconds=time.perf_counter() - start,
-        device=str(device),
-        precision=precision.value,
-        version=__version__,
-    )
-
-
-ManyEpochCallback = Callable[[int, EpochRecord], None]  # (run index, its record)
+    """One run: :func:`train_many` with K = 1."""
+    many = None if on_epoch is None else (lambda _m, record: on_epoch(record))
+    return train_many([config], many, on_batch, download)[0]
 
 
 def train_many(
-    configs: list[TrainConfig],
+    configs: Sequence[TrainConfig],
     on_epoch: ManyEpochCallback | None = None,
     on_batch: BatchCallback | None = None,
     download: bool = False,
 ) -> list[TrainResult]:
     """Train K runs that differ only in η, λ and seed side by side; one result per config.
 
-    TRANSITIONAL (the one-engine work replaces this body): fused where the fused engine
-    accepts the configs, else one plain run after another."""
-    from l2bn.errors import ConfigError
-    from l2bn.train.fused import check_fusable, train_fused
+    ``on_epoch(m, record)`` follows every epoch of every run m still training, in run order;
+    a run that diverged is reported once (chance-level errors) and then no more. Host syncs:
+    one per epoch (every record at once), none per step.
+    """
+    start = time.perf_counter()
+    engine = Engine(configs, download)
+    k, task = engine.k, engine.task
+    power = THEORY[engine.configs[0].optimizer].eff_lr_power  # η_eff = η / ‖w_unit‖^power
+    chance = task.chance_error
+    histories: list[list[EpochRecord]] = [[] for _ in range(k)]
+    diverged = [False] * k
+    with _cudnn_autotune(engine.device):
+        for epoch in range(engine.configs[0].epochs):
+            epoch_start = time.perf_counter()
+            lrs = engine.start_epoch(epoch)  # η per model, in the optimizer's units (optim.py)
+            # Sums stay on the device: one host transfer per epoch, not per step.
+            loss_sum = torch.zeros(k, device=engine.device)
+            wrong_sum = torch.zeros(k, device=engine.device)
+            seen = 0
+            for step, batch in enumerate(task.batches(epoch)):
+                losses, wrong = engine.step(batch)
+                n = task.batch_size(batch)
+                loss_sum += losses * n
+                wrong_sum += wrong
+                seen += n
+                if on_batch is not None:
+                    on_batch(epoch + 1, step + 1, task.steps_per_epoch)
 
+            # Every model's sums and layer norms in one transfer; means in double on the host.
+            val, n_val = engine.evaluate("val")
+            norms = layer_norms(engine.net.weights).flatten()  # layers × K × (‖w‖, unit norm)
+            host = torch.cat([loss_sum, wrong_sum, val.float(), norms]).tolist()
+            seconds = time.perf_counter() - epoch_start
+            for m in range(k):
+                if diverged[m]:
+                    continue  # reported once, at the epoch it diverged
+                train_loss = host[m] / seen
+                # A diverged net predicts nothing: chance level, a result rather than a crash.
+                diverged[m] = not math.isfinite(train_loss)
+                record = EpochRecord(
+                    epoch=epoch + 1,
+                    lr=lrs[m],
+                    train_loss=train_loss,
+                    train_error=chance if diverged[m] else host[k + m] / seen,
+                    val_error=chance if diverged[m] else host[2 * k + m] / n_val,
+                    seconds=seconds,
+                    layers=layer_records(engine.net.weights, host[3 * k :], k, m, lrs[m], power),
+                )
+                histories[m].append(record)
+                if on_epoch is not None:
+                    on_epoch(m, record)
+            if all(diverged):
+                break
+        test_sum, n_test = engine.evaluate("test")
+        test = [x / n_test for x in test_sum.tolist()]
+    seconds = time.perf_counter() - start
+    return [
+        TrainResult(
+            config=c,
+            history=tuple(histories[m]),
+            val_error=histories[m][-1].val_error,
+            test_error=chance if diverged[m] else test[m],
+            train_loss=histories[m][-1].train_loss,
+            diverged=diverged[m],
+            steps_per_epoch=task.steps_per_epoch,
+            seconds=seconds,
+            device=str(engine.device),
+            precision=engine.precision.value,
+            version=__version__,
+        )
+        for m, c in enumerate(engine.configs)
+    ]
+
+
+@contextlib.contextmanager
+def _cudnn_autotune(device: torch.device) -> Iterator[None]:
+    """cuDNN's autotuner around the loop only (fixed shapes: it pays), restored afterwards,
+    and never when the user asked for deterministic algorithms.
+
+    Not ``torch.backends.cudnn.flags(benchmark=True)``: that also resets every flag it is not
+    given to its own default (cuDNN disabled, TF32 allowed) and its signature changes between
+    the torch versions l2bn supports.
+    """
+    cudnn = torch.backends.cudnn
+    wanted = not (cudnn.deterministic or torch.are_deterministic_algorithms_enabled())
+    if device.type != "cuda" or not wanted:
+        yield
+        return
+    before = cudnn.benchmark
+    cudnn.benchmark = True
     try:
-        check_fusable(configs)
-    except ConfigError:
-        results = []
-        for m, c in enumerate(configs):
-            cb = None if on_epoch is None else (lambda r, m=m: on_epoch(m, r))
-            results.append(train(c, on_epoch=cb, on_batch=on_batch, download=download))
-        return results
-    return train_fused(configs, on_epoch=on_epoch, on_batch=on_batch, download=download)
+        yield
+    finally:
+        cudnn.benchmark = before

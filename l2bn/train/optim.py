@@ -1,77 +1,136 @@
-"""The optimizers of the paper, as data: one table, one factory.
+"""The optimizers of the paper: their hyperparameters as data, and one update on a flat buffer.
 
-λ (``weight_decay``) follows PyTorch: coupled L2 (gradient += λ·w) for all but ``adamw``, whose
-decay is decoupled (w ← w − η·λ·w). It applies to conv/linear weights only; normalization γ/β
-and biases are not decayed unless ``decay_all`` (the paper does not decay them).
+Conventions (the same as ``torch.optim``'s, term for term; tests/train/test_optim.py checks
+each update against a hand computation and against ``torch.optim`` itself):
+
+* η (``lr``) is in the optimizer's own units: a step of η·g for SGD, of ≈ η per element for
+  RMSprop/Adam/AdamW.
+* λ (``weight_decay``) is coupled L2, ``g ← g + λ·w``, for every optimizer but ``adamw``, whose
+  decay is decoupled, ``w ← w·(1 − η·λ)``. It applies to conv/linear weights only (and to the
+  direction v under weight norm); normalization γ/β, biases and WN gains are not decayed unless
+  ``decay_all`` (the paper does not decay them).
+* Every model of a batch of K keeps its own η, λ and optimizer state, and nothing is global:
+  no shared grad scaler, clipping or NaN check that would couple the models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
-from torch import nn
 
-from l2bn.train.config import OptimizerName, TrainConfig
-from l2bn.train.models import scale_invariant_layers, weight_tensors
+from l2bn.theory import ADAM_BETA1, MOMENTUM
+from l2bn.train.config import OptimizerName
+from l2bn.train.models import FlatParams
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    factory: Callable[..., torch.optim.Optimizer]
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    rule: Literal["sgd", "rmsprop", "adam"]
+    momentum: float = 0.0  # heavy-ball coefficient (dampening 0; the first buffer is g)
+    nesterov: bool = False
+    alpha: float = 0.99  # RMSprop's ρ: decay of the squared-gradient average
+    betas: tuple[float, float] = (ADAM_BETA1, 0.999)  # Adam's decay of the 1st and 2nd moments
+    eps: float = 1e-8  # added to √v (torch.optim's default for RMSprop, Adam, AdamW)
+    decoupled: bool = False  # AdamW: w ← w(1 − ηλ) instead of g ← g + λw
     project: bool = False  # rescale scale-invariant units to norm 1 after each step
 
 
+# The constants the theory's predictions depend on (α, β₁) are l2bn.theory's, not copies.
 SPECS: dict[OptimizerName, OptimizerSpec] = {
-    OptimizerName.sgd: OptimizerSpec(torch.optim.SGD),
-    OptimizerName.momentum: OptimizerSpec(torch.optim.SGD, {"momentum": 0.9}),  # heavy ball
-    OptimizerName.nesterov: OptimizerSpec(torch.optim.SGD, {"momentum": 0.9, "nesterov": True}),
-    # ρ = 0.9 as in the paper; PyTorch calls it alpha. eps = 1e-8 (PyTorch's default).
-    OptimizerName.rmsprop: OptimizerSpec(torch.optim.RMSprop, {"alpha": 0.9}),
-    OptimizerName.adam: OptimizerSpec(torch.optim.Adam, {"betas": (0.9, 0.999)}),
-    OptimizerName.adamw: OptimizerSpec(torch.optim.AdamW, {"betas": (0.9, 0.999)}),
+    OptimizerName.sgd: OptimizerSpec("sgd"),
+    OptimizerName.momentum: OptimizerSpec("sgd", momentum=MOMENTUM),  # heavy ball
+    OptimizerName.nesterov: OptimizerSpec("sgd", momentum=MOMENTUM, nesterov=True),
+    OptimizerName.rmsprop: OptimizerSpec("rmsprop", alpha=0.9),  # ρ = 0.9 as in the paper
+    OptimizerName.adam: OptimizerSpec("adam"),
+    OptimizerName.adamw: OptimizerSpec("adam", decoupled=True),
     # Paper §5.5: plain SGD, then every scale-invariant unit is put back on the unit sphere.
-    OptimizerName.normalized_sgd: OptimizerSpec(torch.optim.SGD, project=True),
+    OptimizerName.normalized_sgd: OptimizerSpec("sgd", project=True),
 }
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict[str, Any]]:
-    """Two groups: conv/linear weights get λ, everything else (γ, β, biases, WN's g) gets 0."""
-    decayed_ids = {id(t) for t in weight_tensors(model).values()}
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for p in model.parameters():
-        if not p.requires_grad:  # frozen (TrainConfig.affine = False): not trained at all
-            continue
-        (decay if decay_all or id(p) in decayed_ids else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+class FlatOptimizer:
+    """One optimizer for the K models whose trained parameters are ``params.flat``.
 
+    ``weight_decay`` is one λ per model; ``decay_all`` decays every trained element, not just
+    the conv/linear weights.
+    """
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    spec = SPECS[config.optimizer]
-    groups = param_groups(model, config.weight_decay, config.decay_all)
-    return spec.factory(groups, lr=config.lr, **spec.kwargs)
+    def __init__(
+        self,
+        spec: OptimizerSpec,
+        params: FlatParams,
+        weight_decay: Sequence[float],
+        decay_all: bool = False,
+    ) -> None:
+        self.spec, self.params = spec, params
+        flat = params.flat
+        wd = torch.tensor(weight_decay, dtype=flat.dtype, device=flat.device).view(-1, 1)
+        # K × P: λ of each element's model where it applies, else 0.
+        self.wd = (wd * torch.ones_like(params.decayed)) if decay_all else wd * params.decayed
+        self.lr = torch.zeros(params.k, 1, dtype=flat.dtype, device=flat.device)
+        self.t = 0  # steps taken; the K models step together
+        self.buf: torch.Tensor | None = None  # momentum
+        self.exp_avg = torch.zeros_like(params.flat) if spec.rule == "adam" else None
+        self.sq = torch.zeros_like(params.flat) if spec.rule != "sgd" else None
+
+    def set_lr(self, lr: Sequence[float]) -> None:
+        """η per model (a K × 1 column): once per epoch."""
+        flat = self.params.flat
+        self.lr = torch.tensor(lr, dtype=flat.dtype, device=flat.device).view(-1, 1)
+
+    @torch.no_grad()
+    def step(self, alive: torch.Tensor) -> None:
+        """One update of every model whose ``alive`` flag (K bools, on the device) is set.
+
+        A model that is not alive keeps its parameters exactly: its gradient is zeroed (so its
+        optimizer state stays finite, merely decaying) and its η is 0. No host sync. Five
+        passes over the buffer for SGD with momentum, as torch.optim's foreach SGD.
+        """
+        s = self.spec
+        self.t += 1
+        p, g = self.params.flat, self.params.grad
+        live = alive.view(-1, 1)
+        g.masked_fill_(~live, 0.0)  # the gradient is overwritten by the next backward anyway
+        lr = self.lr * live  # K × 1
+        if s.rule == "sgd":
+            d = torch.addcmul(g, self.wd, p)  # coupled L2: g + λw
+            if s.momentum:
+                if self.buf is None:
+                    self.buf = d.clone()  # torch: the first buffer is the gradient itself
+                else:
+                    torch.add(d, self.buf, alpha=s.momentum, out=self.buf)  # α·buf + d
+                d = d.add_(self.buf, alpha=s.momentum) if s.nesterov else self.buf
+            p.addcmul_(lr, d, value=-1)
+        elif s.rule == "rmsprop":
+            assert self.sq is not None
+            d = torch.addcmul(g, self.wd, p)
+            self.sq.mul_(s.alpha).addcmul_(d, d, value=1 - s.alpha)
+            p.addcmul_(lr, d.div_(self.sq.sqrt().add_(s.eps)), value=-1)
+        else:
+            assert self.exp_avg is not None and self.sq is not None
+            beta1, beta2 = s.betas
+            d = g if s.decoupled else torch.addcmul(g, self.wd, p)
+            self.exp_avg.lerp_(d, 1 - beta1)
+            self.sq.mul_(beta2).addcmul_(d, d, value=1 - beta2)
+            bc1 = 1 - beta1**self.t
+            bc2_sqrt = math.sqrt(1 - beta2**self.t)
+            denom = self.sq.sqrt().div_(bc2_sqrt).add_(s.eps)
+            if s.decoupled:  # w ← w(1 − ηλ) first, as torch.optim.AdamW
+                p.mul_(1 - lr * self.wd)
+            p.addcmul_(lr / bc1, torch.div(self.exp_avg, denom, out=denom), value=-1)
 
 
 @torch.no_grad()
-def project_to_unit_norm(weights: Iterable[tuple[torch.Tensor, str]]) -> None:
-    """Rescale each scale-invariant weight to unit norm: per output unit, or as a whole tensor
-    with the mean unit norm set to 1 where only the whole tensor is scale-invariant."""
-    for w, kind in weights:
-        # Divide w itself: flatten(1) of a channels_last weight is a copy, not a view.
-        norms = torch.linalg.vector_norm(w.flatten(1), dim=1)
-        if kind == "unit":
-            w.div_(norms.view(-1, *[1] * (w.dim() - 1)))
-        else:
-            w.div_(norms.mean())
-
-
-def projection_targets(model: nn.Module) -> list[tuple[torch.Tensor, str]]:
-    tensors = weight_tensors(model)
-    return [(tensors[name], kind) for name, kind in scale_invariant_layers(model).items()]
+def project_to_unit_norm(weights: dict[str, torch.Tensor], invariant: dict[str, str]) -> None:
+    """Normalized SGD: put every scale-invariant unit of every model back on the sphere. Per
+    output unit, or, where only the whole tensor is invariant, with mean unit norm 1."""
+    for layer, kind in invariant.items():
+        w = weights[layer]  # K × units × …
+        norms = torch.linalg.vector_norm(w.flatten(2), dim=2)  # K × units
+        if kind != "unit":
+            norms = norms.mean(dim=1, keepdim=True)
+        w.div_(norms.view(*norms.shape, *[1] * (w.dim() - 2)))

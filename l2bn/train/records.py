@@ -14,10 +14,15 @@ The JSON shape (``TrainResult.to_dict``) is the one ``l2bn train --json`` writes
 direction parameter v), ``unit_norm`` the mean norm of one output unit's weights, and
 ``eff_lr`` the effective learning rate computed from ``unit_norm`` (η/‖w‖² for the SGD
 family, η/‖w‖ for RMSProp/Adam/AdamW, η for normalized SGD).
+
+Torch-free on purpose: the sweep's parent process reads records without importing torch. The
+norms themselves are computed on the device for all K models at once
+(l2bn.train.models.layer_norms) and arrive here as host numbers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +42,26 @@ class LayerRecord:
             "unit_norm": finite_or_none(self.unit_norm),
             "eff_lr": finite_or_none(self.eff_lr),
         }
+
+
+def layer_record(norm: float, unit_norm: float, lr: float, eff_lr_power: int) -> LayerRecord:
+    """One layer's record from its norms: the single place where η_eff is defined."""
+    scale = unit_norm**eff_lr_power
+    return LayerRecord(
+        norm=norm, unit_norm=unit_norm, eff_lr=lr / scale if scale > 0 else float("inf")
+    )
+
+
+def layer_records(
+    layers: Iterable[str], norms: Sequence[float], k: int, m: int, lr: float, eff_lr_power: int
+) -> dict[str, LayerRecord]:
+    """Model m's records, from the norms of K models flattened as layers × K × (‖w‖, mean
+    unit norm) (what one host transfer of l2bn.train.models.layer_norms gives)."""
+    out: dict[str, LayerRecord] = {}
+    for i, name in enumerate(layers):
+        j = 2 * (i * k + m)
+        out[name] = layer_record(norms[j], norms[j + 1], lr, eff_lr_power)
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,41 +1,49 @@
-"""What is trained: the image classification task and the tracking toy, behind one interface.
+"""What is trained: the image task and the tracking toy, each for K models side by side.
 
-The training loop (l2bn.train.engine) only sees a :class:`Task`: a model, batches, a loss, and an
-error to report. Everything that differs between data sets lives here.
+The loop (l2bn.train.engine) only sees a :class:`Task`: a network of K models, batches, a loss
+per model, and an error per model to report. Everything that differs between data sets lives
+here. Each model draws its data order, augmentation and noise from its own generator seeded
+with its run's seed, exactly as a run of its own would: model k of K equals a K = 1 run.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Any, ClassVar, Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
-from torch import nn
+from torch.nn import functional as F
 
 from l2bn.errors import ConfigError
 from l2bn.train import data as D
 from l2bn.train.config import DatasetName, TrainConfig
-from l2bn.train.models import ConvNet
+from l2bn.train.models import ConvNets, Net, TrackingNets
+
+EVAL_IMAGES = 1024  # images × models per evaluation chunk (bounds activation memory)
 
 
 class Task(Protocol):
-    model: nn.Module
+    @property
+    def model(self) -> Net: ...
+
     steps_per_epoch: int
     chance_error: float  # reported for a diverged run
+    bf16: bool  # whether bf16 autocast may be used (the tracking toy: never)
 
     def batches(self, epoch: int) -> Iterator[Any]:
         """The epoch's batches, in order; nothing here may sync with the host."""
         ...
 
-    def loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean loss to minimize, number of errors in the batch), both device scalars."""
+    def losses(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean loss of each model, K; its errors in the batch, K), on the device."""
         ...
 
     def batch_size(self, batch: Any) -> int: ...
 
-    def evaluate(self, split: str) -> float:
-        """Error rate on ``"val"`` or ``"test"``."""
+    def evaluate(self, split: str) -> tuple[torch.Tensor, int]:
+        """Each model's error on ``"val"`` or ``"test"``: (sum over N items, K values on the
+        device; N). The caller divides on the host, in double precision."""
         ...
 
 
@@ -43,80 +51,77 @@ class ImageTask:
     """CIFAR-10 (or the synthetic images) with the paper's ConvNet."""
 
     chance_error = 0.9
+    bf16 = True
 
     def __init__(
-        self,
-        config: TrainConfig,
-        device: torch.device,
-        channels_last: bool,
-        download: bool = False,
+        self, configs: Sequence[TrainConfig], device: torch.device, download: bool = False
     ) -> None:
-        data_dir = None if config.dataset is DatasetName.synthetic else config.resolved_data_dir()
+        base = configs[0]
+        data_dir = None if base.dataset is DatasetName.synthetic else base.resolved_data_dir()
         self.data = D.load_image_data(
-            config.dataset.value, data_dir, config.val_fraction, str(device), download
+            base.dataset.value, data_dir, base.val_fraction, str(device), download
         )
-        if config.batch_size > len(self.data.train):
+        if base.batch_size > len(self.data.train):
             raise ConfigError(
-                f"batch-size {config.batch_size} exceeds the {len(self.data.train)} training "
+                f"batch-size {base.batch_size} exceeds the {len(self.data.train)} training "
                 f"images; use a smaller --batch-size"
             )
-        self.config = config
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model: nn.Module = ConvNet(
-            config.width, config.norm, config.head, affine=config.affine
-        ).to(device)
-        self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
+        self.k = len(configs)
+        self.per_batch, self.augment = base.batch_size, base.augment
         # Drop the last partial batch: a fixed step count per epoch, and no tiny BN batches.
-        self.steps_per_epoch = len(self.data.train) // config.batch_size
-        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.steps_per_epoch = len(self.data.train) // base.batch_size
+        self.model = ConvNets(
+            [c.seed for c in configs], base.width, base.norm, base.head, base.affine, device
+        )
+        self.generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+        # Normalization of K models' channels at once: the CIFAR statistics tiled K times.
+        self.mean = self.data.mean.repeat(1, self.k, 1, 1)
+        self.std = self.data.std.repeat(1, self.k, 1, 1)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        bs = self.config.batch_size
-        x, y = D.epoch_images(
-            self.data.train, self.generator, self.steps_per_epoch * bs, self.config.augment
-        )
+        """(images B × K·3 × H × W, labels K × B) per step, each model's own permutation and
+        augmentation drawn once per epoch (l2bn.train.data.epoch_images)."""
+        bs, n = self.per_batch, self.steps_per_epoch * self.per_batch
+        epochs = [D.epoch_images(self.data.train, g, n, self.augment) for g in self.generators]
+        x = torch.stack([e[0] for e in epochs])  # K × n × 3 × H × W, uint8
+        y = torch.stack([e[1] for e in epochs])
         for i in range(self.steps_per_epoch):
-            yield self._prepare(x[i * bs : (i + 1) * bs]), y[i * bs : (i + 1) * bs]
+            yield self._prepare(x[:, i * bs : (i + 1) * bs]), y[:, i * bs : (i + 1) * bs]
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return D.normalize(x, self.data, torch.float32).contiguous(memory_format=self.memory_format)
+        """K × B × 3 × H × W uint8 → B × K·3 × H × W normalized float, channels_last.
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        channels_last (NHWC) in every precision: bf16 kernels need it, and on a 2-core AVX2
+        CPU fp32 NCHW was measured 2-3× slower per step (oneDNN reorders every conv's input).
+        Layout first, on uint8: the cheapest tensor to move.
+        """
+        k, b, c, h, w = x.shape
+        x = x.transpose(0, 1).reshape(b, k * c, h, w).contiguous(memory_format=torch.channels_last)
+        return (x.float() - self.mean) / self.std
+
+    def losses(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
-        logits = self.model(x)
-        loss = nn.functional.cross_entropy(logits.float(), y)
-        wrong = (logits.argmax(1) != y).sum()
-        return loss, wrong
+        logits = self.model(x)  # K × B × 10
+        # Per-model mean cross-entropy; their sum gives each model exactly its own gradient.
+        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
+        wrong = (logits.argmax(2) != y).sum(1)
+        return ce.view(self.k, -1).mean(1), wrong
 
     def batch_size(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
-        return int(batch[1].shape[0])
+        return int(batch[1].shape[1])
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> float:
+    def evaluate(self, split: str) -> tuple[torch.Tensor, int]:
         s: D.Split = getattr(self.data, split)
-        was_training = self.model.training
-        self.model.eval()
-        wrong = torch.zeros((), dtype=torch.long, device=s.y.device)
-        for i in range(0, len(s), 1024):
-            logits = self.model(self._prepare(s.x[i : i + 1024]))
-            wrong += (logits.argmax(1) != s.y[i : i + 1024]).sum()
-        self.model.train(was_training)
-        return wrong.item() / len(s)
-
-
-class TrackingModel(nn.Module):
-    """U independent unit vectors u = w/‖w‖ in R^d: scale-invariant per unit by construction."""
-
-    scale_invariant: ClassVar[dict[str, str]] = {"w": "unit"}
-
-    def __init__(self, units: int, dim: int) -> None:
-        super().__init__()
-        self.w = nn.Linear(dim, units, bias=False)
-        nn.init.normal_(self.w.weight, std=1 / math.sqrt(dim))  # unit norms ≈ 1
-
-    def forward(self) -> torch.Tensor:
-        u: torch.Tensor = nn.functional.normalize(self.w.weight, dim=1)
-        return u
+        self.model.training = False  # BN: the running statistics
+        wrong = torch.zeros(self.k, dtype=torch.long, device=s.y.device)
+        chunk = max(64, EVAL_IMAGES // self.k)
+        for i in range(0, len(s), chunk):
+            xs = s.x[i : i + chunk]
+            logits = self.model(self._prepare(xs.expand(self.k, *xs.shape)))
+            wrong += (logits.argmax(2) != s.y[i : i + chunk]).sum(1)
+        self.model.training = True
+        return wrong, len(s)
 
 
 class TrackingTask:
@@ -129,9 +134,13 @@ class TrackingTask:
     one is a property of the angular update alone, so η* follows the theory's λ^-k exactly
     once ‖w‖ has settled (ηλ·T ≫ 1). The "error" is the noise-free 1 − u·a_t, averaged over
     each epoch's steps (chance level: 1, a random direction).
+
+    The K models share the targets (a fixed seed) and draw their own noise (their run's seed).
+    Always fp32: the toy is tiny, and bf16 would only add noise to a noise study.
     """
 
     chance_error = 1.0
+    bf16 = False
     UNITS = 16
     DIM = 32
     OMEGA = 5e-3  # rad/step: fast enough that the best η settles within ~300 steps
@@ -139,16 +148,16 @@ class TrackingTask:
     STEPS_PER_EPOCH = 200
     TARGET_SEED = 1234  # the same targets for every run, whatever its seed
 
-    def __init__(self, config: TrainConfig, device: torch.device) -> None:
-        torch.manual_seed(config.seed)
-        self.model: nn.Module = TrackingModel(self.UNITS, self.DIM).to(device)
+    def __init__(self, configs: Sequence[TrainConfig], device: torch.device) -> None:
+        self.k = len(configs)
+        self.model = TrackingNets([c.seed for c in configs], self.UNITS, self.DIM, device)
         self.steps_per_epoch = self.STEPS_PER_EPOCH
         g = torch.Generator().manual_seed(self.TARGET_SEED)
         basis, _ = torch.linalg.qr(torch.randn(self.UNITS, self.DIM, 2, generator=g))
         self.e1, self.e2 = basis[..., 0].to(device), basis[..., 1].to(device)
-        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
         self.step = 0
-        self._error_sum = torch.zeros((), device=device)
+        self._error_sum = torch.zeros(self.k, device=device)
         self._error_count = 0
 
     def target(self, step: int) -> torch.Tensor:
@@ -163,32 +172,29 @@ class TrackingTask:
             yield self.step
             self.step += 1
 
-    def loss(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.target(batch)
-        noise = torch.randn(a.shape, device=a.device, generator=self.generator, dtype=a.dtype)
-        u = self.model()
-        loss = (1 - (u * (a + self.SIGMA * noise)).sum(1)).sum()
-        error = (1 - (u.detach() * a).sum(1)).mean()
+    def losses(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.target(batch)  # U × D
+        noise = torch.stack(  # one draw per model and step, as a run of its own draws it
+            [torch.randn(a.shape, device=a.device, generator=g) for g in self.generators]
+        )
+        u = self.model()  # K × U × D
+        losses = (1 - (u * (a + self.SIGMA * noise)).sum(2)).sum(1)
+        error = (1 - (u.detach() * a).sum(2)).mean(1)
         self._error_sum += error
         self._error_count += 1
-        return loss, error
+        return losses, error
 
     def batch_size(self, batch: int) -> int:
         return 1
 
-    def evaluate(self, split: str) -> float:
+    def evaluate(self, split: str) -> tuple[torch.Tensor, int]:
         # The tracking error averaged over the last epoch: there is no held-out set, and one
         # step's error is too noisy to pick η* from.
-        return float(self._error_sum.item()) / max(1, self._error_count)
+        return self._error_sum, max(1, self._error_count)
 
 
-def make_task(
-    config: TrainConfig,
-    device: torch.device,
-    channels_last: bool = False,
-    download: bool = False,
-) -> Task:
-    if config.dataset is DatasetName.tracking:
-        return TrackingTask(config, device)
-    torch.manual_seed(config.seed)  # model initialization
-    return ImageTask(config, device, channels_last, download)
+def make_task(configs: Sequence[TrainConfig], device: torch.device, download: bool = False) -> Task:
+    """The task of K configs that differ only in η, λ and seed (config.check_batchable)."""
+    if configs[0].dataset is DatasetName.tracking:
+        return TrackingTask(configs, device)
+    return ImageTask(configs, device, download)
