@@ -9,18 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from l2bn.cli import main
+from cli_run import run_cli
 
 TINY = ["--dataset", "synthetic", "--width", "4", "--epochs", "1"]
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 def test_one_epoch_end_to_end_writes_the_whole_record(tmp_path: Path) -> None:

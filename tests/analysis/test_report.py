@@ -11,11 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cli_run import run_cli
 
 from l2bn.analysis import report as report_mod
 from l2bn.analysis.pipeline import AnalysisReport, AnalyzeConfig, run_analysis
 from l2bn.analysis.report import render_html, write_report
-from l2bn.cli import main
 
 from .planting import NORM_LRS, NORM_WDS, centred_grid, norms_law, plant_study, surface
 
@@ -181,14 +181,6 @@ def test_report_is_written_atomically(
 
 
 # --- the command line ---------------------------------------------------------------------
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 def test_cli_checks_the_report_path_before_the_analysis(

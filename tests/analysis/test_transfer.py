@@ -8,18 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_run import run_cli
 
 from l2bn.analysis.transfer import KSource, fitted_k, theory_k, transfer
-from l2bn.cli import main
 from l2bn.errors import AnalysisError, ConfigError
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-        raise SystemExit(0)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 def fitted_report(
