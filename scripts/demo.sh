@@ -5,7 +5,7 @@
 #     for equilibrium, so it shows the pipeline, not the physics;
 #  2. the tracking toy's sweep and analysis, where the theory's slopes come out (k ≈ 1, ½).
 # Results (SQLite studies, JSON reports, PNG figures) go to ./results; running it again
-# resumes and re-analyzes. About 2.5 minutes on 2 CPU cores.
+# resumes and re-analyzes. About 1 to 2.5 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,11 +14,12 @@ export L2BN_DATA=${L2BN_DATA:-data}
 mkdir -p results
 l2bn download
 l2bn sweep sweeps/demo.toml --workers 2 --storage sqlite:///results/demo.db
-l2bn analyze --storage sqlite:///results/demo.db --json results/demo.json --plots results/demo
+l2bn analyze --storage sqlite:///results/demo.db --json results/demo.json --plots results/demo \
+  --report results/demo.html
 l2bn sweep sweeps/tracking.toml --workers 2 --storage sqlite:///results/tracking.db
 l2bn analyze --storage sqlite:///results/tracking.db --json results/tracking.json \
-  --plots results/tracking
+  --plots results/tracking --report results/tracking.html
 echo
-echo "Reports (JSON): results/demo.json (CIFAR-10), results/tracking.json (the tracking toy)"
+echo "Reports:        results/demo.html, results/tracking.html (open in a browser; JSON beside them)"
 echo "Figures (PNG):  results/demo/, results/tracking/"
 echo "Studies:        results/demo.db, results/tracking.db (l2bn status / l2bn analyze --storage ...)"
