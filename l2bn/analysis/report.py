@@ -24,7 +24,7 @@ import html
 import json
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -376,37 +376,37 @@ def _optima(optima: Any) -> str:
     items = [o for o in optima or () if isinstance(o, Mapping)]
     if not items:
         return ""
-    keys = list(dict.fromkeys(k for o in items for k in o))
-    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
-    body = "".join(
-        "<tr"
-        + ("" if o.get("used", True) else " class='unused'")
-        + ">"
-        + "".join(f"<td class='num'>{_e(_text(o.get(k)))}</td>" for k in keys)
-        + "</tr>"
-        for o in items
-    )
-    return (
-        "<details open><summary>η* per λ (grey: not used in the fit of k)</summary>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></details>"
-    )
+    table = _records_table(items, lambda o: "" if o.get("used", True) else "unused")
+    summary = "η* per λ (grey: not used in the fit of k)"
+    return f"<details open><summary>{summary}</summary>{table}</details>"
 
 
 def _cells(cells: Any) -> str:
     items = [c for c in cells or () if isinstance(c, Mapping)]
     if not items:
         return ""
-    keys = list(dict.fromkeys(k for c in items for k in c))
-    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
-    body = "".join(
-        "<tr>" + "".join(f"<td class='num'>{_e(_text(c.get(k)))}</td>" for k in keys) + "</tr>"
-        for c in items
-    )
+    table = _records_table(items, lambda c: "", table_class="small")
     return (
         f"<details><summary>All {len(items)} cells (seed-averaged (η, λ) grid points)</summary>"
-        f"<div class='scroll'><table class='small'><thead><tr>{head}</tr></thead>"
-        f"<tbody>{body}</tbody></table></div></details>"
+        f"<div class='scroll'>{table}</div></details>"
     )
+
+
+def _records_table(
+    items: list[Mapping[str, Any]],
+    row_class: Callable[[Mapping[str, Any]], str],
+    table_class: str = "",
+) -> str:
+    """One row per record, one column per key any record has (first seen first)."""
+    keys = list(dict.fromkeys(k for item in items for k in item))
+    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+    rows = []
+    for item in items:
+        cls = row_class(item)
+        cells = "".join(f"<td class='num'>{_e(_text(item.get(k)))}</td>" for k in keys)
+        rows.append(f"<tr class='{cls}'>{cells}</tr>" if cls else f"<tr>{cells}</tr>")
+    attr = f" class='{table_class}'" if table_class else ""
+    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 # --- text ---------------------------------------------------------------------------------

@@ -18,6 +18,16 @@ from optuna.trial import TrialState
 from l2bn.sweep.study import point_of
 
 REPO = Path(__file__).resolve().parents[2]
+# The user attrs a completed point carries (README, "Study layout").
+ATTRS = {
+    "test_error",
+    "train_loss",
+    "diverged",
+    "steps_per_epoch",
+    "device",
+    "precision",
+    "history",
+}
 TESTS = REPO / "tests"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TINY = """

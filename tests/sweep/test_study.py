@@ -15,7 +15,7 @@ from l2bn.sweep.spec import Point, parse_sweep
 from l2bn.sweep.storage import open_storage
 from l2bn.sweep.study import MAX_RETRY, RequeueCallback, enqueue_missing, point_of, prepare_study
 
-from .helpers import TINY, assert_exactly_once, run_cli, tiny_sweep
+from .helpers import ATTRS, TINY, assert_exactly_once, run_cli, tiny_sweep
 
 SMALL = {
     "name": "s",
@@ -176,15 +176,7 @@ def test_study_layout_readable_with_plain_optuna(tmp_path: Path, fuse: int) -> N
         assert isinstance(t.distributions["seed"], optuna.distributions.IntDistribution)
         assert set(t.intermediate_values) == {1, 2}
         assert t.value == t.intermediate_values[2] == t.user_attrs["history"][-1]["val_error"]
-        assert set(t.user_attrs) == {
-            "test_error",
-            "train_loss",
-            "diverged",
-            "steps_per_epoch",
-            "device",
-            "precision",
-            "history",
-        }
+        assert set(t.user_attrs) == ATTRS
         assert (t.user_attrs["device"], t.user_attrs["precision"]) == ("cpu", "fp32")
         assert isinstance(t.user_attrs["diverged"], bool)
         assert [e["epoch"] for e in t.user_attrs["history"]] == [1, 2]

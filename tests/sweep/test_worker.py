@@ -28,18 +28,9 @@ from l2bn.sweep.storage import open_storage
 from l2bn.sweep.study import ERROR_ATTR, RequeueCallback, point_of, prepare_study
 from l2bn.sweep.worker import CUDA_FUSE, WorkerSpec, auto_fuse, run_worker
 
-from .helpers import assert_exactly_once, assert_failed_ones_were_queued_again
+from .helpers import ATTRS, assert_exactly_once, assert_failed_ones_were_queued_again
 
 K = pytest.mark.parametrize("k", [1, 4])
-ATTRS = {
-    "test_error",
-    "train_loss",
-    "diverged",
-    "steps_per_epoch",
-    "device",
-    "precision",
-    "history",
-}
 
 
 def grid(**train: Any) -> OptimizerSweep:
