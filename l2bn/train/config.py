@@ -44,6 +44,19 @@ class Head(StrEnum):
     bn = "bn"  # bias-free Linear + BatchNorm1d on the logits: every weight is scale-invariant
 
 
+class Schedule(StrEnum):
+    step = "step"  # η ÷ 10 at each fraction in lr_drops (the paper's)
+    wsd = "wsd"  # warmup-free stable-then-decay: η constant, then linear to 0 over decay_fraction
+    constant = "constant"  # η throughout
+
+
+class Objective(StrEnum):
+    """The validation metric that picks η* (a sweep's trial value, analyze's default)."""
+
+    val_error = "val_error"  # share of misclassified validation images
+    val_loss = "val_loss"  # mean cross-entropy (NLL) on the validation images: continuous
+
+
 class DatasetName(StrEnum):
     cifar10 = "cifar10"  # the official python-batches folder
     synthetic = "synthetic"  # seeded class templates + noise, in memory, for fast tests
@@ -82,7 +95,17 @@ class TrainConfig:
     data_dir: Path | None = None  # None: $L2BN_DATA, then ./data
     val_fraction: float = 0.1  # carved deterministically from the training set
     augment: bool = True  # translation by ≤ 4 px (zero padding) and horizontal flip
-    lr_drops: tuple[float, ...] = DEFAULT_LR_DROPS  # fractions of training where η ÷= 10
+    # How η moves over training (the phase before η first changes is "phase 1", where
+    # equilibrium is reached and measured). step: ÷10 at each of lr_drops (fractions of the
+    # epochs); wsd: constant, then linear to 0 over the last decay_fraction of the steps;
+    # constant: never changes (lr_drops and decay_fraction are then unused).
+    schedule: Schedule = Schedule.step
+    lr_drops: tuple[float, ...] = DEFAULT_LR_DROPS  # step: fractions of training where η ÷= 10
+    decay_fraction: float = 0.15  # wsd: share of all steps over which η falls linearly to 0
+    # S: every scale-invariant weight (l2bn.train.models.scale_invariant_layers) is multiplied
+    # by S after the default initialization. It changes nothing the network computes, only
+    # ‖w₀‖ and so the effective learning rate until equilibrium forgets it.
+    init_scale: float = 1.0
     decay_all: bool = False  # also decay normalization γ/β and biases (the paper does not)
     # Learnable normalization γ/β (BN, LN, the logit BN) and WN gains, as in the paper. False
     # freezes them (γ = 1, β = 0, g at its initial value): every trained parameter is then
@@ -128,6 +151,12 @@ class TrainConfig:
             raise ConfigError(
                 f"lr-drops must be increasing fractions in (0, 1), got {list(self.lr_drops)}"
             )
+        _positive_finite("init-scale", self.init_scale)
+        if not (0.0 < self.decay_fraction <= 1.0):
+            raise ConfigError(
+                f"decay-fraction must be in (0, 1], got {self.decay_fraction!r} (wsd: the share "
+                f"of steps over which η falls to 0)"
+            )
         if self.seed < 0:
             raise ConfigError(f"seed must be ≥ 0, got {self.seed}")
 
@@ -140,10 +169,37 @@ class TrainConfig:
         env = os.environ.get(DATA_ENV)
         return Path(env) if env else Path("data")
 
-    def lr_at(self, epoch: int) -> float:
-        """η during ``epoch`` (0-based): ÷10 after each drop point."""
-        drops = sum(1 for x in self.lr_drops if epoch >= round(x * self.epochs))
-        return self.lr * 0.1**drops
+    def lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+        """η at ``step`` (0-based) of ``epoch`` (0-based) under the schedule.
+
+        step: ÷10 after each drop epoch (the same for every step of an epoch); wsd: constant
+        until step T₀ (:meth:`decay_start`), then (T − t)/(T − T₀ + 1) of η at global step
+        t < T, so η falls linearly to 0 just after the last step; constant: η.
+        """
+        if self.schedule is Schedule.step:
+            drops = sum(1 for x in self.lr_drops if epoch >= round(x * self.epochs))
+            return self.lr * 0.1**drops
+        if self.schedule is Schedule.constant:
+            return self.lr
+        total = self.epochs * steps_per_epoch
+        start = self.decay_start(steps_per_epoch)
+        t = epoch * steps_per_epoch + step
+        return self.lr if t < start else self.lr * (total - t) / (total - start + 1)
+
+    def decay_start(self, steps_per_epoch: int) -> int:
+        """wsd: the first step (0-based, global) at which η is below its initial value."""
+        total = self.epochs * steps_per_epoch
+        return min(total - 1, round((1.0 - self.decay_fraction) * total))
+
+    def phase1_epochs(self, steps_per_epoch: int = 1) -> int:
+        """Epochs trained wholly at the initial η (phase 1): where equilibrium is reached."""
+        if self.schedule is Schedule.constant or (
+            self.schedule is Schedule.step and not self.lr_drops
+        ):
+            return self.epochs
+        if self.schedule is Schedule.step:
+            return max(1, round(self.lr_drops[0] * self.epochs))
+        return max(1, self.decay_start(steps_per_epoch) // steps_per_epoch)
 
     def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes)
@@ -167,13 +223,14 @@ class TrainConfig:
         return cls(**d)
 
 
-BATCHABLE = ("lr", "weight_decay", "seed")  # what may differ between runs trained together
+# What may differ between runs trained together (a sweep ties init_scale to λ per point).
+BATCHABLE = ("lr", "weight_decay", "seed", "init_scale")
 
 
 def check_batchable(configs: Sequence[TrainConfig]) -> None:
     """Raise ConfigError unless these runs can be trained side by side as one network
-    (l2bn.train.engine.train_many): at least one, and differing only in lr, weight_decay and
-    seed. Torch-free: the sweep's parent process calls it."""
+    (l2bn.train.engine.train_many): at least one, and differing only in lr, weight_decay,
+    seed and init_scale. Torch-free: the sweep's parent process calls it."""
     if len(configs) == 0:
         raise ConfigError("no runs to train: the list of configs is empty")
     base = configs[0]
@@ -187,8 +244,8 @@ def check_batchable(configs: Sequence[TrainConfig]) -> None:
         ]
         if differ:
             raise ConfigError(
-                f"runs trained together may differ only in lr, weight-decay and seed; run "
-                f"{i + 1} differs from run 1 in {', '.join(differ)}"
+                f"runs trained together may differ only in lr, weight-decay, seed and "
+                f"init-scale; run {i + 1} differs from run 1 in {', '.join(differ)}"
             )
 
 
@@ -197,6 +254,7 @@ _ENUM_FIELDS: dict[str, type[Enum]] = {
     "norm": Norm,
     "head": Head,
     "dataset": DatasetName,
+    "schedule": Schedule,
     "device": DeviceName,
     "precision": Precision,
 }

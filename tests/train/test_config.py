@@ -35,7 +35,7 @@ def test_any_other_difference_is_one_line_naming_it(change: dict[str, object], n
     message = str(info.value)
     assert "\n" not in message
     assert f"run 3 differs from run 1 in {named}" in message
-    assert "lr, weight-decay and seed" in message
+    assert "lr, weight-decay, seed and init-scale" in message
 
 
 def test_no_runs_or_something_else_than_a_config_is_refused() -> None:
