@@ -37,7 +37,7 @@ def engine_step(engine: Engine, layout: Callable[[Any], Any] | None = None) -> C
     """The training loop's own step (l2bn.train.engine.Engine.step, what train_many runs):
     autocast around the forward pass only, fp32 weights and optimizer, no host sync (l2bn
     fetches metrics once per epoch). ``layout`` may rewrite each batch first (an ablation)."""
-    engine.start_epoch(0)
+    engine.set_lr(0, 0)
     it = endless(engine.task.batches)
 
     def step() -> None:

@@ -32,7 +32,7 @@ import torch
 
 from l2bn import __version__
 from l2bn.theory import THEORY
-from l2bn.train.config import Precision, TrainConfig, check_batchable
+from l2bn.train.config import Precision, Schedule, TrainConfig, check_batchable
 from l2bn.train.device import resolve_device, resolve_precision
 from l2bn.train.models import layer_norms
 from l2bn.train.optim import SPECS, FlatOptimizer, project_to_unit_norm
@@ -70,13 +70,27 @@ class Engine:
             weight_decay=[c.weight_decay for c in self.configs],  # λ: coupled, adamw decoupled
             decay_all=base.decay_all,  # also γ, β, biases, WN gains (the paper: weights only)
         )
+        self.scale_init([c.init_scale for c in self.configs])
         if self.spec.project:
             self.project()  # start on the sphere, as every later step ends
         self.alive = torch.ones(self.k, dtype=torch.bool, device=self.device)
 
-    def start_epoch(self, epoch: int) -> list[float]:
-        """Set and return each model's η for ``epoch`` (0-based; ÷10 at each lr_drops)."""
-        lrs = [c.lr_at(epoch) for c in self.configs]
+    @torch.no_grad()
+    def scale_init(self, scales: Sequence[float]) -> None:
+        """Multiply model m's scale-invariant weights by scales[m] (--init-scale): the nets
+        compute the same function, only ‖w₀‖, and with it the early effective η, changes."""
+        if all(s == 1.0 for s in scales):
+            return
+        column = torch.tensor(scales, dtype=self.net.params.flat.dtype, device=self.device)
+        for layer in self.net.invariant:
+            w = self.net.weights[layer]
+            w.mul_(column.view(-1, *[1] * (w.dim() - 1)))
+
+    def set_lr(self, epoch: int, step: int) -> list[float]:
+        """Set and return each model's η at ``step`` of ``epoch`` (both 0-based) under the
+        schedule (TrainConfig.lr_at): a K-column copy, no host sync."""
+        n = self.task.steps_per_epoch
+        lrs = [c.lr_at(epoch, step, n) for c in self.configs]
         self.optimizer.set_lr(lrs)
         return lrs
 
@@ -128,17 +142,22 @@ def train_many(
     k, task = engine.k, engine.task
     power = THEORY[engine.configs[0].optimizer].eff_lr_power  # η_eff = η / ‖w_unit‖^power
     chance = task.chance_error
+    per_step_lr = engine.configs[0].schedule is Schedule.wsd  # step, constant: η per epoch
     histories: list[list[EpochRecord]] = [[] for _ in range(k)]
     diverged = [False] * k
     with _cudnn_autotune(engine.device):
         for epoch in range(engine.configs[0].epochs):
             epoch_start = time.perf_counter()
-            lrs = engine.start_epoch(epoch)  # η per model, in the optimizer's units (optim.py)
+            # η per model, in the optimizer's units (optim.py); the record keeps the epoch's mean.
+            lr_sums = [0.0] * k
             # Sums stay on the device: one host transfer per epoch, not per step.
             loss_sum = torch.zeros(k, device=engine.device)
             wrong_sum = torch.zeros(k, device=engine.device)
             seen = 0
             for step, batch in enumerate(task.batches(epoch)):
+                if step == 0 or per_step_lr:
+                    lrs = engine.set_lr(epoch, step)
+                lr_sums = [a + b for a, b in zip(lr_sums, lrs, strict=True)]
                 losses, wrong = engine.step(batch)
                 n = task.batch_size(batch)
                 loss_sum += losses * n
@@ -152,6 +171,7 @@ def train_many(
             norms = layer_norms(engine.net.weights).flatten()  # layers × K × (‖w‖, unit norm)
             host = torch.cat([loss_sum, wrong_sum, val.float(), norms]).tolist()
             seconds = time.perf_counter() - epoch_start
+            lrs = [x / task.steps_per_epoch for x in lr_sums]
             for m in range(k):
                 if diverged[m]:
                     continue  # reported once, at the epoch it diverged

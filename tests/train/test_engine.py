@@ -91,7 +91,7 @@ def test_k1_matches_the_plain_step_for_step(name: str, norm: str) -> None:
     config = STEP.with_(optimizer=name, lr=LR.get(name, 1e-2), norm=norm, head=head)
     plain = Plain(config)
     engine = Engine([config])
-    engine.start_epoch(0)
+    engine.set_lr(0, 0)
     _assert_same(engine.net, 0, plain)  # the same initialization (and projection)
     for _, (x, y) in zip(range(STEPS), engine.task.batches(0), strict=False):
         plain.step(x, y[0])
@@ -110,7 +110,7 @@ def test_k_models_are_k_runs_of_their_own(name: str, affine: bool) -> None:
         for lr, wd, seed in zip(lrs, [0.01, 0.1, 0.01, 0.0], [0, 1, 0, 2], strict=True)
     ]
     engine = Engine(configs)
-    engine.start_epoch(0)
+    engine.set_lr(0, 0)
     plains = [Plain(c) for c in configs]
     for k, plain in enumerate(plains):
         _assert_same(engine.net, k, plain)
@@ -129,7 +129,7 @@ def test_k4_equals_four_k1_engines(name: str) -> None:
     configs = [base.with_(lr=base.lr * (1 + k), weight_decay=0.01 * k, seed=k) for k in range(4)]
     four, ones = Engine(configs), [Engine([c]) for c in configs]
     for e in (four, *ones):
-        e.start_epoch(0)
+        e.set_lr(0, 0)
     for k, one in enumerate(ones):
         assert torch.equal(four.net.params.flat[k], one.net.params.flat[0])  # the same init
     batches = zip(four.task.batches(0), *(one.task.batches(0) for one in ones), strict=True)
@@ -150,7 +150,7 @@ def test_a_diverged_model_is_frozen_and_leaves_the_others_as_plain_runs() -> Non
     bad = good.with_(lr=1e6, seed=3)
     plain = Plain(good)
     engine = Engine([bad, good])
-    engine.start_epoch(0)
+    engine.set_lr(0, 0)
     frozen: dict[str, torch.Tensor] | None = None
     for _, (x, y) in zip(range(3 * STEPS), engine.task.batches(0), strict=False):
         plain.step(x[:, 3:], y[1])
@@ -260,7 +260,7 @@ def test_without_affine_the_trained_buffer_is_the_weights_and_they_stay_invarian
         assert engine.optimizer.exp_avg is not None
         assert engine.optimizer.exp_avg.numel() == engine.net.params.flat.numel()  # its state
         assert set(engine.net.invariant) == set(engine.net.weights)  # everything trained
-        engine.start_epoch(0)
+        engine.set_lr(0, 0)
         batch = next(iter(engine.task.batches(0)))
         engine.step(batch)
         # Every trained tensor is scale-invariant: scaling all of them leaves the losses be.
