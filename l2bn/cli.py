@@ -26,6 +26,7 @@ from l2bn.train.config import (
     Norm,
     OptimizerName,
     Precision,
+    Schedule,
     TrainConfig,
     parse_lr_drops,
 )
@@ -86,7 +87,7 @@ def train(
         ),
     ] = _D.optimizer,
     lr: Annotated[
-        float, typer.Option(help="η, the initial learning rate (÷10 at 50 % and 80 %).")
+        float, typer.Option(help="η, the initial learning rate (then as --schedule says).")
     ] = _D.lr,
     weight_decay: Annotated[
         float,
@@ -120,10 +121,30 @@ def train(
     augment: Annotated[
         bool, typer.Option(help="Random translation ≤ 4 px and horizontal flips.")
     ] = _D.augment,
+    schedule: Annotated[
+        Schedule,
+        typer.Option(
+            help="How η moves: step (÷10 at each --lr-drops fraction, the paper's), wsd "
+            "(constant, then linearly to 0 over the last --decay-fraction of the steps), "
+            "or constant."
+        ),
+    ] = _D.schedule,
     lr_drops: Annotated[
         str,
-        typer.Option(help="Fractions of training where η ÷= 10, comma-separated, or 'none'."),
+        typer.Option(help="step: fractions of training where η ÷= 10, comma-separated, or 'none'."),
     ] = ",".join(f"{x:g}" for x in _D.lr_drops),
+    decay_fraction: Annotated[
+        float,
+        typer.Option(help="wsd: the share of all steps, in (0, 1], over which η falls to 0."),
+    ] = _D.decay_fraction,
+    init_scale: Annotated[
+        float,
+        typer.Option(
+            help="S > 0: multiply every scale-invariant weight by S after the default "
+            "initialization (‖w₀‖ × S; the function is unchanged, the early effective η is "
+            "S² (SGD) or S (Adam) times smaller)."
+        ),
+    ] = _D.init_scale,
     decay_all: Annotated[
         bool, typer.Option("--decay-all", help="Also decay normalization γ/β and biases.")
     ] = _D.decay_all,
@@ -143,10 +164,12 @@ def train(
     ] = _D.seed,
     json_path: Annotated[
         Path | None,
-        typer.Option("--json", help="Write the whole record (config, per-epoch norms) here."),
+        typer.Option(
+            "--json", help="Write the whole record (config, per-epoch norms and updates) here."
+        ),
     ] = None,
 ) -> None:
-    """Train one network and record every layer's weight norm each epoch."""
+    """Train one network and record every layer's weight norm and update each epoch."""
     from l2bn.render import TrainProgress
     from l2bn.train.engine import train as run_training
 
@@ -163,7 +186,10 @@ def train(
         data_dir=data_dir,
         val_fraction=val_fraction,
         augment=augment,
+        schedule=schedule,
         lr_drops=parse_lr_drops(lr_drops),
+        decay_fraction=decay_fraction,
+        init_scale=init_scale,
         decay_all=decay_all,
         affine=affine,
         device=device,
@@ -318,16 +344,21 @@ def analyze(
         float,
         typer.Option(
             min=0.0,
-            help="Norm fits use cells with c·η·λ·T ≥ this (T: steps in the first LR phase; "
-            "c = 1/(1−momentum) = 10 for momentum and nesterov, 2 for adamw, else 1).",
+            help="Where no cell has measured update records (older studies): norm fits use "
+            "cells with c·η·λ·T ≥ this (T: steps in the first LR phase; c = 1/(1−momentum) "
+            "= 10 for momentum and nesterov, 2 for adamw, else 1). Otherwise the cells "
+            "measured in equilibrium (⟨θ²⟩/θ_eq², or growth ÷ shrink for adam/rmsprop).",
         ),
     ] = 5.0,
     metric: Annotated[
-        Metric,
+        Metric | None,
         typer.Option(
-            help="Objective whose optimum η* is located (val_loss needs studies that recorded it)."
+            help="Objective whose optimum η* is located (val_loss needs studies that recorded "
+            "it). Default: the studies' stored objective when a group's studies agree, else "
+            "val_error.",
+            show_default=False,
         ),
-    ] = Metric.val_error,
+    ] = None,
     margin: Annotated[
         float,
         typer.Option(
@@ -393,7 +424,7 @@ def analyze(
         seed=seed,
         margin=margin,
         norm_margin=norm_margin,
-        metric=metric.value,
+        metric=None if metric is None else metric.value,
         from_csv=from_csv,
         json_path=json_path,
         csv_path=csv_path,

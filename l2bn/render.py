@@ -24,12 +24,18 @@ from rich.table import Table
 from rich.text import Text
 
 from l2bn.analysis.fitted import (
+    ANGLE_TEST,
+    BALANCE_TEST,
     CONSTANT,
     DIFFERENT,
     EQUIVALENT,
+    IN_EQUILIBRIUM,
     INCONCLUSIVE,
+    OUT_OF_EQUILIBRIUM,
     UNDETERMINED,
+    UNKNOWN,
     VARIES,
+    Equilibrium,
     Estimate,
 )
 from l2bn.analysis.results import AnalysisReport, GroupReport
@@ -62,7 +68,7 @@ def summary_line(status: GridStatus, eta_s: float | None = None) -> Text:
 
 def status_table(status: GridStatus, running_only: bool = False) -> Table:
     table = Table(title=None if running_only else status.study_name, show_edge=False)
-    for col in ("lr", "weight_decay", "seed", "state", "epoch", "val_error", "runs"):
+    for col in ("lr", "weight_decay", "seed", "state", "epoch", status.objective, "runs"):
         table.add_column(col, justify="right" if col != "state" else "left")
     for p in status.points:
         if running_only and p.state is not PointState.running:
@@ -168,15 +174,34 @@ def render_result(result: TrainResult) -> Table:
     table.add_column("‖w‖", justify="right")
     table.add_column("mean unit ‖w‖", justify="right")
     table.add_column("η_eff", justify="right")
+    table.add_column("angle/step", justify="right")  # RMS θ, radians
+    table.add_column("÷ θ_eq", justify="right")  # 1 at equilibrium (where the theory has θ_eq)
+    table.add_column("balance", justify="right")  # growth ÷ shrink of ‖w‖: 1 when stationary
     last = result.history[-1]
     for name, rec in last.layers.items():
-        table.add_row(name, f"{rec.norm:.4g}", f"{rec.unit_norm:.4g}", f"{rec.eff_lr:.4g}")
+        table.add_row(
+            name,
+            f"{rec.norm:.4g}",
+            f"{rec.unit_norm:.4g}",
+            f"{rec.eff_lr:.4g}",
+            _num(rec.angle),
+            _num(rec.angle / rec.angle_eq if rec.angle_eq > 0 else math.nan, ".3f"),
+            _num(rec.balance, ".3f"),
+        )
     status = "[red]diverged[/red]" if result.diverged else "ok"
+    # One short line each (a caption wraps at the table's width).
     table.caption = (
         f"{status} after {last.epoch} epochs · train loss {last.train_loss:.4f} · "
-        f"val error {result.val_error:.4f} · test error {result.test_error:.4f}"
+        f"val loss {result.val_loss:.4f}\n"
+        f"val error {result.val_error:.4f} · test error {result.test_error:.4f}\n"
+        "angle, θ_eq, balance: the last epoch's per-step means"
     )
     return table
+
+
+def _num(x: float, spec: str = ".3g") -> str:
+    """A record's number, or "–" where it is not measured or not defined (NaN)."""
+    return "–" if math.isnan(x) else format(x, spec)
 
 
 # --- l2bn analyze --------------------------------------------------------------------
@@ -213,6 +238,9 @@ def render_report(report: AnalysisReport) -> Group:
         parts.append(Text("\n".join(f"• {w}" for w in report.warnings), style="yellow"))
     for g in report.groups:
         parts.append(render_group(g, report.settings))
+        if g.optima:
+            parts.append(render_optima(g))
+        parts.append(equilibrium_line(g))
         if g.columns:
             parts.append(render_columns(g))
         if g.k_by_epoch:
@@ -289,7 +317,8 @@ def render_group(g: GroupReport, settings: AnalyzeConfig) -> Table:
         )
     nf = g.first_layer_norm
     if nf is not None:
-        used = f"{nf.n_cells} cells ({nf.n_excluded} excl.)"
+        # Which filter chose the cells: "measured" or "clock c·η·λ·T ≥ 5" (no verdicts).
+        used = f"{nf.n_cells} cells ({nf.n_excluded} excl.; {nf.cell_filter or 'clock'})"
         table.add_row(
             f"p  (‖w_{nf.layer}‖·λ^{nf.s:g} ∝ (η·λ^{nf.k:g})^p)",
             _est(nf.p),
@@ -306,6 +335,71 @@ def render_group(g: GroupReport, settings: AnalyzeConfig) -> Table:
         )
         table.add_row(f"a  (old: ‖w_{nf.layer}‖ ∝ η^a)", _est(nf.a), theory(nf.theory), "", used)
         table.add_row(f"b  (old: ‖w_{nf.layer}‖ ∝ λ^-b)", _est(nf.b), theory(nf.theory), "", used)
+    return table
+
+
+_EQUILIBRIUM_STYLE = {IN_EQUILIBRIUM: "green", OUT_OF_EQUILIBRIUM: "red", UNKNOWN: "yellow"}
+_EQUILIBRIUM_RATIO = {ANGLE_TEST: "⟨θ²⟩/θ_eq²", BALANCE_TEST: "growth ÷ shrink"}
+
+
+def _ratio(x: float) -> str:
+    if math.isnan(x):
+        return "–"
+    return "∞" if math.isinf(x) else f"{x:.2f}"
+
+
+def equilibrium_cell(e: Equilibrium) -> Text:
+    """One cell's equilibrium: verdict, its worst layer's ratio, seeds in equilibrium."""
+    text = Text(e.verdict, style=_EQUILIBRIUM_STYLE.get(e.verdict, ""))
+    layer = e.worst_layer
+    if layer is not None:
+        text.append(f" {_ratio(e.ratio)} ({layer})")
+    if e.n_seeds > 1:
+        text.append(f" {e.n_in}/{e.n_seeds} seeds", style="dim")
+    return text
+
+
+def equilibrium_line(g: GroupReport) -> Text:
+    """The group's summary: how many optimum cells are in equilibrium, by measurement."""
+    s = g.optima_equilibrium
+    what = _EQUILIBRIUM_RATIO.get(g.equilibrium_test)
+    if what is None:
+        return Text(f"equilibrium: no measured test for {g.optimizer}", style="dim")
+    lo, hi = g.equilibrium_band
+    text = Text(
+        f"equilibrium (measured: {what} in [{lo:g}, {hi:g}] over the last "
+        f"{g.equilibrium_tail:.0%} of phase 1): "
+    )
+    style = "green" if s["in"] == s["total"] else "red" if s["out"] else "yellow"
+    text.append(f"{s['in']} of {s['total']} optimum cells in equilibrium", style=style)
+    text.append(f", {s['out']} out, {s['unknown']} unknown")
+    return text
+
+
+def render_optima(g: GroupReport) -> Table:
+    """η* per λ, and whether its cell is in equilibrium (the worst layer's ratio)."""
+    table = Table(title=Text(f"{g.label}: η* per λ ({g.metric})"), title_justify="left")
+    table.add_column("λ", justify="right")
+    table.add_column("η* [CI]", justify="right")
+    table.add_column("η grid", justify="right")
+    table.add_column(g.metric, justify="right")
+    table.add_column("used / note")
+    what = _EQUILIBRIUM_RATIO.get(g.equilibrium_test)
+    table.add_column(f"equilibrium ({what})" if what else "equilibrium")
+    for o in g.optima:
+        ci = (
+            f" [{o.lr_ci_low:.3g}, {o.lr_ci_high:.3g}]"
+            if math.isfinite(o.lr_ci_low) and math.isfinite(o.lr_ci_high)
+            else ""
+        )
+        table.add_row(
+            f"{o.weight_decay:.3g}",
+            f"{o.lr_opt:.3g}{ci}",
+            f"{o.lr_grid:.3g}",
+            f"{o.val_error:.4g}",
+            "used" if o.used else Text(o.note or "not used", style="dim"),
+            equilibrium_cell(o.equilibrium),
+        )
     return table
 
 

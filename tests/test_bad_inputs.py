@@ -58,6 +58,10 @@ CASES = [
     ),
     Case("train-json-no-folder", [*TRAIN, "--json", "{tmp}/no/dir/r.json"], "does not exist"),
     Case("train-json-is-a-folder", [*TRAIN, "--json", "{tmp}"], "is a folder"),
+    Case("train-init-scale-zero", [*TRAIN, "--init-scale", "0"], "init-scale must be a finite"),
+    Case("train-init-scale-nan", [*TRAIN, "--init-scale", "nan"], "init-scale must be a finite"),
+    Case("train-bad-schedule", [*TRAIN, "--schedule", "cosine"], "'cosine' is not one of"),
+    Case("train-decay-fraction", [*TRAIN, "--decay-fraction", "1.5"], "decay-fraction must be"),
     # --- sweep: files, grids, flags, URLs ---------------------------------------------------
     Case("sweep-file-missing", ["sweep", "{tmp}/missing.toml"], "does not exist"),
     Case("sweep-file-is-a-folder", ["sweep", "{tmp}"], "cannot read sweep file"),
@@ -126,6 +130,45 @@ CASES = [
         ["sweep", "{sweep}", "--storage", "sqlite:///{db}"],
         "made by a different sweep definition",
         sweep=OTHER_GRID,
+        study=True,
+    ),
+    # Sweep keys: the objective, the ties to λ, and TrainConfig settings given as sweep keys.
+    Case(
+        "sweep-objective-unknown",
+        ["sweep", "{sweep}"],
+        "objective 'val_acc' is not one of: val_error, val_loss",
+        sweep='objective = "val_acc"\n' + GOOD_SWEEP,
+    ),
+    Case(
+        "sweep-set-objective-unknown",
+        ["sweep", "{sweep}", "--set", "objective=accuracy"],
+        "objective 'accuracy' is not one of: val_error, val_loss",
+    ),
+    Case(
+        "sweep-set-reference-weight-decay-zero",
+        ["sweep", "{sweep}", "--set", "reference_weight_decay=0"],
+        "reference_weight_decay must be a number > 0",
+    ),
+    Case(
+        "sweep-set-init-scale-exponent-word",
+        ["sweep", "{sweep}", "--set", "init_scale_exponent=half"],
+        "init_scale_exponent must be a number, got 'half'",
+    ),
+    Case(
+        "sweep-set-schedule-unknown",
+        ["sweep", "{sweep}", "--set", "schedule=cosine"],
+        "schedule 'cosine' is not one of: step, wsd, constant",
+    ),
+    Case(
+        "sweep-init-scale-negative",
+        ["sweep", "{sweep}"],
+        "init-scale must be a finite number > 0",
+        sweep="init_scale = -2.0\n" + GOOD_SWEEP,
+    ),
+    Case(
+        "sweep-changed-objective-same-study",
+        ["sweep", "{sweep}", "--storage", "sqlite:///{db}", "--set", "objective=val_loss"],
+        "its training settings differ: objective",
         study=True,
     ),
     Case(

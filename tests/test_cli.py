@@ -50,11 +50,22 @@ def test_one_epoch_end_to_end_writes_the_whole_record(tmp_path: Path) -> None:
         "train_loss",
         "train_error",
         "val_error",
+        "val_loss",
         "seconds",
         "layers",
     }
     assert set(epoch["layers"]) == {"conv1", "conv2", "conv3", "conv4", "fc"}
-    assert set(epoch["layers"]["conv1"]) == {"norm", "unit_norm", "eff_lr"}
+    assert set(epoch["layers"]["conv1"]) == {
+        "norm",
+        "unit_norm",
+        "eff_lr",
+        "angle",
+        "angle_eq",
+        "radial",
+        "tangential",
+        "grad_norm",
+        "balance",
+    }
     assert 0 <= record["test_error"] <= 1 and record["diverged"] is False
 
 

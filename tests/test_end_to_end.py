@@ -47,3 +47,10 @@ def test_tracking_sweep_then_analyze_recovers_k_and_norm_exponents(tmp_path: Pat
         assert norm is not None and norm.layer == "w"
         assert norm.a.value == pytest.approx(exponent, abs=0.03)
         assert norm.b.value == pytest.approx(exponent, abs=0.03)
+        # Equilibrium, measured from the sweep's own records: every optimum cell of SGD
+        # (η·λ·T ≈ 7 there) has θ̄ at θ_eq; Adam's cells are judged by their balance.
+        opt = g.optima_equilibrium
+        assert opt["test"] == ("angle" if optimizer == "sgd" else "balance")
+        assert opt["unknown"] == 0, [o.equilibrium for o in g.optima]
+        if optimizer == "sgd":
+            assert opt["in"] == opt["total"] == 4, [o.equilibrium for o in g.optima]

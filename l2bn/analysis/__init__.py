@@ -15,8 +15,10 @@ of equal training identity, export and plot. Dependencies run one way:
 * :mod:`~l2bn.analysis.plots`: --plots figures (results); :mod:`~l2bn.analysis.report`: the
   --report page (results, plots);
 * :mod:`~l2bn.analysis.grouping`: which studies pool into a group (loading, results);
+* :mod:`~l2bn.analysis.equilibrium`: equilibrium by measurement, θ̄ against θ_eq or the
+  balance of growth and shrink over the tail of phase 1 (fitted, settings);
 * :mod:`~l2bn.analysis.cells`: a group's trials as seed-averaged cells, its panel and its
-  optima (fitted, loading, intervals);
+  optima (fitted, loading, intervals, equilibrium);
 * :mod:`~l2bn.analysis.pipeline`: the per-group analysis and the entry points (all above);
 * :mod:`~l2bn.analysis.transfer`: ``l2bn transfer`` (an analysis report's k, or the theory's).
 

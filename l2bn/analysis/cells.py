@@ -3,7 +3,8 @@
 * :func:`grid_key`: the grid value a trial's η or λ is filed under (round-off twins merged).
 * :func:`make_cell`: one (η, λ) grid point, its seeds averaged: the metric, the errors, the
   phase-1 norms of every layer (geometric mean over non-diverged seeds), the measured
-  relaxation (:func:`relaxation_summary` reports it) and the equilibrium index c·η·λ·T.
+  relaxation (:func:`relaxation_summary` reports it), the equilibrium index c·η·λ·T, and
+  whether it is at equilibrium by measurement (:mod:`l2bn.analysis.equilibrium`).
 * :func:`trial_panel`: the λ > 0 trials as a :class:`~l2bn.analysis.panel.Panel`, the input of
   :func:`~l2bn.analysis.intervals.estimate_k`.
 * :func:`locate_optima`: η* per λ, the grid minimum refined by the per-λ local quadratic of the
@@ -21,10 +22,12 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from l2bn.analysis.fitted import Cell, Optimum
+from l2bn.analysis.equilibrium import cell_equilibrium
+from l2bn.analysis.fitted import NO_TEST, Cell, Optimum
 from l2bn.analysis.intervals import KResult
 from l2bn.analysis.loading import TrialRecord
 from l2bn.analysis.panel import Panel, build_panel
+from l2bn.analysis.settings import EQUILIBRIUM_BAND, EQUILIBRIUM_TAIL
 
 
 def grid_key(x: float) -> float:
@@ -101,13 +104,22 @@ def locate_optima(
             Optimum(
                 weight_decay=wd, lr_opt=lr_opt, lr_grid=lr_grid, val_error=float(means[i]),
                 n_lr=n, edge=bool(edge), used=used and note is None, note=note,
-                lr_ci_low=lo, lr_ci_high=hi, n_band=n_band,
+                lr_ci_low=lo, lr_ci_high=hi, n_band=n_band, equilibrium=cs[i].equilibrium,
             )
         )  # fmt: skip
     return out
 
 
-def make_cell(pairs: Sequence[tuple[TrialRecord, float]], relaxation_rate: float) -> Cell:
+def make_cell(
+    pairs: Sequence[tuple[TrialRecord, float]],
+    relaxation_rate: float,
+    test: str = NO_TEST,
+    invariant: Sequence[str] = (),
+    band: tuple[float, float] = EQUILIBRIUM_BAND,
+    tail: float = EQUILIBRIUM_TAIL,
+) -> Cell:
+    """One grid point from its (trial, metric value) pairs; ``test``, ``invariant``, ``band``
+    and ``tail`` judge its equilibrium (:func:`~l2bn.analysis.equilibrium.cell_equilibrium`)."""
     trials = [t for t, _ in pairs]
     metric = np.array([v for _, v in pairs])
     vals = np.array([t.val_error for t in trials])
@@ -137,6 +149,7 @@ def make_cell(pairs: Sequence[tuple[TrialRecord, float]], relaxation_rate: float
         relaxation=relaxation,
         value=float(metric.mean()),
         value_std=float(metric.std(ddof=1)) if len(metric) > 1 else math.nan,
+        equilibrium=cell_equilibrium(trials, test, invariant, band, tail),
     )
 
 

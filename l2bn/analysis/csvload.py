@@ -9,6 +9,19 @@ studies of one optimizer with equal attrs pool as studies without a ``config`` a
 
 η after the first LR phase is not in the export: a record's per-epoch η is η for the
 ``phase1_epochs`` first epochs and NaN after, which is all the analysis reads of it.
+
+Equilibrium: the per-epoch angles are not in the export either, but each judged layer's ratio
+over the tail of phase 1 is (``eq_ratio_<layer>``, newer exports): a record carries them as
+:attr:`~l2bn.analysis.loading.TrialRecord.tail_ratios`, judged as the storage's would be. An
+export without them (older ones) leaves every cell's equilibrium unknown, and the norm fit
+picks its cells by the clock c·η·λ·T as before
+(:func:`~l2bn.analysis.equilibrium.norm_cell_filter`).
+The per-layer summaries of the update records over that window (``angle_<layer>``,
+``angle_eq_<layer>``, ``grad_norm_<layer>``, ``radial_<layer>``, ``tangential_<layer>``,
+``balance_<layer>``; newer exports) are read into
+:attr:`~l2bn.analysis.loading.TrialRecord.tail_summary`, so that an export of a report read
+from an export writes them again. ``objective`` (newer exports) is the study's stored
+objective, so ``--metric``'s default follows it here too.
 """
 
 from __future__ import annotations
@@ -20,11 +33,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from l2bn.analysis.loading import IDENTITY_FIELDS, StudyData, TrialRecord
+from l2bn.analysis.equilibrium import SUMMARIES
+from l2bn.analysis.loading import IDENTITY_FIELDS, METRICS, StudyData, TrialRecord
 from l2bn.errors import AnalysisError
 
 _NORM = re.compile(r"^norm_(.+)_e(\d+)$")
 _METRIC = re.compile(r"^(val_error|val_loss)_e(\d+)$")
+_RATIO = re.compile(r"^eq_ratio_(.+)$")
+# angle_eq before angle: "angle_eq_conv1" is θ_eq of conv1, not θ of a layer "eq_conv1".
+_SUMMARY = re.compile(
+    r"^(" + "|".join(sorted((q for q, _ in SUMMARIES), key=len, reverse=True)) + r")_(.+)$"
+)
 REQUIRED = ("study", "optimizer", "lr", "weight_decay", "seed", "val_error")
 
 
@@ -54,11 +73,17 @@ def load_csv_export(
             )
         norm_cols: dict[str, list[tuple[int, str]]] = {}
         metric_cols: dict[str, list[tuple[int, str]]] = {}
+        ratio_cols: dict[str, str] = {}  # layer → column
+        summary_cols: dict[str, dict[str, str]] = {}  # quantity → layer → column
         for col in header:
             if m := _NORM.match(col):
                 norm_cols.setdefault(m.group(1), []).append((int(m.group(2)), col))
             elif m := _METRIC.match(col):
                 metric_cols.setdefault(m.group(1), []).append((int(m.group(2)), col))
+            elif m := _RATIO.match(col):
+                ratio_cols[m.group(1)] = col
+            elif m := _SUMMARY.match(col):
+                summary_cols.setdefault(m.group(1), {})[m.group(2)] = col
         for cols in (*norm_cols.values(), *metric_cols.values()):
             cols.sort()
         rows = list(reader)
@@ -79,7 +104,7 @@ def load_csv_export(
         trials: list[TrialRecord] = []
         skipped = 0
         for i, row in enumerate(study_rows):
-            rec = _record(name, i, row, norm_cols, metric_cols)
+            rec = _record(name, i, row, norm_cols, metric_cols, ratio_cols, summary_cols)
             if rec is None:
                 skipped += 1
             else:
@@ -109,11 +134,18 @@ def load_csv_export(
                 n_skipped=skipped,
                 identity=identity,
                 has_config=False,
+                objective=_objective(study_rows),
             )
         )
     if not out:
         raise AnalysisError(f"{path}: no trials")
     return tuple(out), tuple(warnings)
+
+
+def _objective(rows: Sequence[Mapping[str, str]]) -> str | None:
+    """The study's stored objective, from its rows' ``objective`` column (None: absent)."""
+    found = {(row.get("objective") or "").strip() for row in rows}
+    return found.pop() if len(found) == 1 and found <= set(METRICS) else None
 
 
 def _record(
@@ -122,11 +154,17 @@ def _record(
     row: Mapping[str, str],
     norm_cols: Mapping[str, list[tuple[int, str]]],
     metric_cols: Mapping[str, list[tuple[int, str]]],
+    ratio_cols: Mapping[str, str] | None = None,
+    summary_cols: Mapping[str, Mapping[str, str]] | None = None,
 ) -> TrialRecord | None:
     lr, wd, value = _num(row["lr"]), _num(row["weight_decay"]), _num(row["val_error"])
     if not (lr > 0 and wd >= 0 and math.isfinite(lr) and math.isfinite(wd)):
         return None
-    if not math.isfinite(value):
+    # A study whose objective is val_loss may lack a trial's val_error: its loss stands in.
+    judged = value if math.isfinite(value) else _num(row.get("val_loss"))
+    if not math.isfinite(judged) or not (
+        math.isfinite(value) or (row.get("objective") or "").strip() == "val_loss"
+    ):
         return None
     norms: dict[str, tuple[float, ...]] = {}
     for layer, cols in norm_cols.items():
@@ -145,6 +183,24 @@ def _record(
     n_epochs = max([len(v) for v in (*norms.values(), *metrics.values())], default=0)
     phase1 = int(_num(row.get("phase1_epochs")) or 0) if row.get("phase1_epochs") else 0
     epoch_lrs = (lr,) * phase1 + (math.nan,) * max(n_epochs - phase1, 0) if phase1 else ()
+    tail: dict[str, float] | None = None
+    test = (row.get("equilibrium_test") or "").strip() or None
+    if ratio_cols and test is not None:
+        # "" = the layer does not judge this trial; "nan" = it does, unmeasured.
+        tail = {
+            layer: _num(raw)
+            for layer, col in ratio_cols.items()
+            if (raw := (row.get(col) or "").strip()) != ""
+        }
+    summary: dict[str, dict[str, float]] | None = None
+    if summary_cols:
+        # "" = not recorded in the window: left out, as tail_summary leaves it out.
+        summary = {}
+        for quantity, by_layer in summary_cols.items():
+            got = {layer: _num(raw) for layer, col in by_layer.items()
+                   if (raw := (row.get(col) or "").strip()) != ""}  # fmt: skip
+            if got:
+                summary[quantity] = got
     steps = _num(row.get("steps_per_epoch"))
     trial = _num(row.get("trial"))
     seed = _num(row.get("seed"))
@@ -163,6 +219,9 @@ def _record(
         norms=norms,
         val_loss=_num(row.get("val_loss")),
         metrics=metrics,
+        tail_ratios=tail,
+        tail_test=test,
+        tail_summary=summary,
     )
 
 

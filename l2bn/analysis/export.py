@@ -6,9 +6,22 @@ is documented in :mod:`l2bn.analysis.results`.
 CSV (:func:`write_csv`): one row per COMPLETE trial, wide format: the columns
 :data:`CSV_FIXED_COLUMNS`, then ``norm_<layer>_e<epoch>`` (Frobenius ‖w‖ after that 1-based
 epoch) for every layer and epoch seen, then ``val_error_e<epoch>`` and ``val_loss_e<epoch>``
-where histories record them; empty where a trial has no such value. A trial's group is the one
-of its ``study``. ``l2bn analyze --from-csv`` reads such a file back
-(:mod:`l2bn.analysis.csvload`).
+where histories record them, then ``eq_ratio_<layer>``: the layer's equilibrium ratio over the
+last ``equilibrium_tail`` of phase 1 (⟨θ²⟩/θ_eq² or the growth ÷ shrink balance, as the
+``equilibrium_test`` column says; :mod:`l2bn.analysis.equilibrium`) for each layer that judges
+the trial, ``nan`` where that layer was not measured, ``inf`` where θ_eq = 0, empty where the
+layer does not judge the trial; empty where a trial has no such value. Then the update
+records (:data:`~l2bn.analysis.loading.DYNAMICS`), summarized per layer over the same window
+(:func:`~l2bn.analysis.equilibrium.tail_summary`; per-epoch columns of six quantities would be
+thousands): ``angle_<layer>`` (√mean θ², the RMS angular update per step, rad),
+``angle_eq_<layer>`` (√mean θ_eq²), ``grad_norm_<layer>`` (RMS G̃ = ‖∇w L‖·‖w‖),
+``radial_<layer>`` (mean), ``tangential_<layer>`` (RMS) and ``balance_<layer>`` (mean growth
+÷ shrink; ``inf`` where nothing shrank), each over the window's epochs that recorded it, for
+every layer some trial recorded it for; empty where a trial did not (older histories, layers
+without a θ_eq). ``objective`` is the study's stored objective (empty: not stored,
+val_error). A trial's group is the one of its ``study``. ``l2bn analyze --from-csv`` reads
+such a file back (:mod:`l2bn.analysis.csvload`), equilibrium verdicts and the summaries
+included.
 """
 
 from __future__ import annotations
@@ -18,6 +31,13 @@ import math
 from pathlib import Path
 
 from l2bn import files
+from l2bn.analysis.equilibrium import (
+    SUMMARIES,
+    scale_invariant_layers,
+    tail_ratios,
+    tail_summary,
+)
+from l2bn.analysis.fitted import NO_TEST
 from l2bn.analysis.results import AnalysisReport
 from l2bn.analysis.trials import trial_history, trial_value
 
@@ -38,6 +58,8 @@ CSV_FIXED_COLUMNS = (
     "phase1_epochs",
     "eta_lambda_T",
     "val_loss",
+    "objective",
+    "equilibrium_test",
 )
 # Per-epoch validation metrics (TrialRecord.metrics, where loading provides them), after the
 # norm columns: ``<metric>_e<epoch>``.
@@ -64,6 +86,25 @@ def write_csv(report: AnalysisReport, path: Path) -> Path:
         for m in METRIC_COLUMNS
     }
     metric_cols = [(m, e) for m, count in metric_len.items() for e in range(count)]
+    ratios: dict[tuple[str, int], dict[str, float]] = {}  # (study, trial) → layer → ratio
+    for g in report.groups:
+        if g.equilibrium_test == NO_TEST:
+            continue
+        invariant = scale_invariant_layers(g.identity)
+        for t in g.trials:
+            got = tail_ratios(t, g.equilibrium_test, invariant, g.equilibrium_tail)
+            ratios[(t.study, t.number)] = got
+    ratio_cols = list(dict.fromkeys(layer for r in ratios.values() for layer in r))
+    summaries = {
+        (t.study, t.number): tail_summary(t, g.equilibrium_tail)
+        for g in report.groups
+        for t in g.trials
+    }
+    summary_cols = [
+        (q, layer)
+        for q, _ in SUMMARIES
+        for layer in dict.fromkeys(x for got in summaries.values() for x in got.get(q, {}))
+    ]
     _mkparent(path)
     with files.atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -72,6 +113,8 @@ def write_csv(report: AnalysisReport, path: Path) -> Path:
                 *CSV_FIXED_COLUMNS,
                 *(f"norm_{n}_e{e + 1}" for n, e in norm_cols),
                 *(f"{m}_e{e + 1}" for m, e in metric_cols),
+                *(f"eq_ratio_{n}" for n in ratio_cols),
+                *(f"{q}_{n}" for q, n in summary_cols),
             ]
         )
         for g in report.groups:
@@ -93,6 +136,8 @@ def write_csv(report: AnalysisReport, path: Path) -> Path:
                     t.phase1_epochs,
                     _csv_num(t.eta_lambda_t),
                     _csv_num(trial_value(t, "val_loss")),
+                    g.objectives.get(t.study) or "",
+                    "" if g.equilibrium_test == NO_TEST else g.equilibrium_test,
                 )
                 norms = [
                     _csv_num(vals[e]) if e < len(vals := t.norms.get(n, ())) else ""
@@ -102,7 +147,14 @@ def write_csv(report: AnalysisReport, path: Path) -> Path:
                 metrics = [
                     _csv_num(h[e]) if e < len(h := histories[m]) else "" for m, e in metric_cols
                 ]
-                w.writerow([*fixed, *norms, *metrics])
+                mine = ratios.get((t.study, t.number), {})
+                eq = [repr(mine[n]) if n in mine else "" for n in ratio_cols]
+                summary = summaries[(t.study, t.number)]
+                records = [
+                    "" if math.isnan(x := summary.get(q, {}).get(n, math.nan)) else repr(x)
+                    for q, n in summary_cols
+                ]
+                w.writerow([*fixed, *norms, *metrics, *eq, *records])
     return path
 
 

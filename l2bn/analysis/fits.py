@@ -12,7 +12,8 @@
   curves of every λ onto a single polynomial in log η + k log λ (grid scan, then bounded
   Brent; profile CI from the F(1, dof) test; undetermined when the CI runs into ``k_bounds``).
 * norm exponents log ‖w‖ = c + a log η − b log λ for one layer (:func:`fit_norms`: OLS,
-  t-intervals) over cells in equilibrium, c·η·λ·T ≥ ``equilibrium``.
+  t-intervals) over cells in equilibrium: measured "in" where the group's cells carry
+  verdicts, else c·η·λ·T ≥ ``equilibrium`` (:func:`l2bn.analysis.equilibrium.norm_cell_filter`).
 * the measured relaxation of a norm history (:func:`relaxation_index`).
 
 Every fit returns a result object of :mod:`l2bn.analysis.fitted`; :func:`verdict` compares
@@ -30,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize, stats
 
+from l2bn.analysis.equilibrium import CellFilter, norm_cell_filter
 from l2bn.analysis.fitted import (
     CONSTANT,
     DIFFERENT,
@@ -283,14 +285,14 @@ def _profile_edge(
 
 
 def _equilibrium_cells(
-    cells: Sequence[Cell], layer: str, cfg: AnalyzeConfig
+    cells: Sequence[Cell], layer: str, cell_filter: CellFilter
 ) -> tuple[list[Cell], int]:
     have = [
         c
         for c in cells
         if c.weight_decay > 0 and math.isfinite(v := c.phase1_norms.get(layer, math.nan)) and v > 0
     ]
-    used = [c for c in have if c.equilibrium_index >= cfg.equilibrium]
+    used = [c for c in have if cell_filter.admits(c)]
     return used, len(have) - len(used)
 
 
@@ -301,8 +303,11 @@ def fit_norms(
     theory: float | None,
     scale_power: float = 0.5,
     k: float = 1.0,
+    cell_filter: CellFilter | None = None,
 ) -> NormFit:
-    """The norm law of ``layer`` over the cells with c·η·λ·T ≥ ``cfg.equilibrium``.
+    """The norm law of ``layer`` over the cells ``cell_filter`` admits: by default
+    (:func:`~l2bn.analysis.equilibrium.norm_cell_filter`) those measured in equilibrium where
+    the cells carry verdicts, else those with c·η·λ·T ≥ ``cfg.equilibrium``.
 
     Invariant coordinates: log(‖w‖·λ^s) = c + p·log(η·λ^k) + q·log λ (s = ``scale_power``,
     k the theory's), OLS with t-intervals; p against ``theory`` (verdict), q against 0
@@ -310,11 +315,13 @@ def fit_norms(
     the same cells beside it (a = p, b = s − p·k − q). The cells' errors are treated as
     independent (the seed-averaged norms vary little between seeds).
     """
-    used, excluded = _equilibrium_cells(cells, layer, cfg)
+    chosen = cell_filter or norm_cell_filter(cells, cfg.equilibrium)
+    used, excluded = _equilibrium_cells(cells, layer, chosen)
     n = len(used)
     miss = Estimate.missing(n, "ols-t")
     blank = NormFit(layer, miss, miss, math.nan, math.nan, n, excluded, theory,
-                    UNDETERMINED, miss, miss, scale_power, k)  # fmt: skip
+                    UNDETERMINED, miss, miss, scale_power, k,
+                    cell_filter=chosen.label)  # fmt: skip
     if n < 4:  # 3 coefficients need at least one residual degree of freedom
         return blank
     log_lr = np.log([c.lr for c in used])
@@ -326,7 +333,8 @@ def fit_norms(
     )
     if old.rank < 3 or new.rank < 3:  # a single η or a single λ among equilibrium cells
         return NormFit(layer, miss, miss, math.nan, old.r_squared, n, excluded, theory,
-                       UNDETERMINED, miss, miss, scale_power, k)  # fmt: skip
+                       UNDETERMINED, miss, miss, scale_power, k,
+                       cell_filter=chosen.label)  # fmt: skip
     conf = cfg.confidence
     a = t_estimate(float(old.coef[1]), float(old.stderr[1]), old.dof, n, conf)
     b = t_estimate(float(old.coef[2]), float(old.stderr[2]), old.dof, n, conf)
@@ -347,6 +355,7 @@ def fit_norms(
         s=scale_power,
         k=k,
         memory=verdict(q, 0.0, cfg.norm_margin),
+        cell_filter=chosen.label,
     )
 
 
@@ -442,9 +451,12 @@ def column_checks(
     layers: Sequence[str],
     cfg: AnalyzeConfig,
     noise_sd: float,
+    cell_filter: CellFilter | None = None,
 ) -> list[ColumnCheck]:
     """The column test (see :func:`column_slopes`): the metric's seed mean, and for each of
-    ``layers`` log(‖w‖·λ^s) over equilibrium cells, must be constant along η·λ^k = const.
+    ``layers`` log(‖w‖·λ^s) over equilibrium cells (those ``cell_filter`` admits, by default
+    the norm fit's: :func:`~l2bn.analysis.equilibrium.norm_cell_filter`), must be constant
+    along η·λ^k = const.
 
     Bands: the metric's slope may change it across the column's λ span by less than 2
     cell-mean noise sds; log(‖w‖·λ^s)'s slope is an exponent, held to ``cfg.norm_margin``.
@@ -467,12 +479,13 @@ def column_checks(
     for x_c, est, n in column_slopes(log_lr, log_wd, metric, k, cfg.confidence):
         band = 2 * sd_mean / float(np.ptp(log_wd))
         out.append(ColumnCheck("error", x_c, est, band, n, column_verdict(est, band)))
+    chosen = cell_filter or norm_cell_filter(cells, cfg.equilibrium)
     for layer in layers:
         values = [
             np.array([
                 math.log(c.phase1_norms.get(layer, math.nan))
                 + scale_power * math.log(c.weight_decay)
-                if c.equilibrium_index >= cfg.equilibrium
+                if chosen.admits(c)
                 and c.phase1_norms.get(layer, math.nan) > 0
                 else math.nan
                 for c in r

@@ -24,6 +24,14 @@ VERDICTS = (EQUIVALENT, DIFFERENT, INCONCLUSIVE, UNDETERMINED)
 # Column test outcomes (see ColumnCheck).
 CONSTANT = "constant"
 VARIES = "varies"
+# Equilibrium by measurement (see Equilibrium): the verdicts, and the tests behind them.
+IN_EQUILIBRIUM = "in"
+OUT_OF_EQUILIBRIUM = "out"
+UNKNOWN = "unknown"  # no records to judge by: never counted as in equilibrium
+EQUILIBRIUM_VERDICTS = (IN_EQUILIBRIUM, OUT_OF_EQUILIBRIUM, UNKNOWN)
+ANGLE_TEST = "angle"  # ⟨θ²⟩/θ_eq², optimizers with a θ_eq (SGD family, AdamW)
+BALANCE_TEST = "balance"  # growth ÷ shrink, Adam/RMSProp with coupled L2
+NO_TEST = "none"  # no equilibrium to test (normalized SGD, an unknown optimizer)
 
 
 # --- fitted numbers -----------------------------------------------------------------------
@@ -73,6 +81,54 @@ class Estimate:
         }
 
 
+def _log_distance(ratio: float) -> float:
+    """How far a ratio lies from 1, symmetric in log; NaN stays NaN (unknown ranks last)."""
+    if math.isnan(ratio):
+        return -math.inf
+    return abs(math.log(ratio)) if 0 < ratio < math.inf else math.inf
+
+
+@dataclass(frozen=True)
+class Equilibrium:
+    """Whether a cell (or one λ's optimum cell) is at equilibrium, by measurement.
+
+    Over the last ``equilibrium_tail`` of phase 1, every scale-invariant layer's ratio must
+    lie in the band: ⟨θ²⟩/θ_eq² (test "angle") or the growth ÷ shrink balance (test
+    "balance"); see :mod:`l2bn.analysis.equilibrium`. ``ratios``: per layer, the ratio of the
+    seed farthest from 1 (NaN: unmeasured); a cell is "in" when every non-diverged seed is,
+    "out" when one seed is out, else "unknown".
+    """
+
+    verdict: str = UNKNOWN
+    test: str = NO_TEST
+    ratios: Mapping[str, float] = field(default_factory=dict)
+    n_in: int = 0  # non-diverged seeds in equilibrium
+    n_seeds: int = 0  # non-diverged seeds
+
+    @property
+    def worst_layer(self) -> str | None:
+        """The layer whose ratio lies farthest from 1 (None when none was measured)."""
+        measured = {k: v for k, v in self.ratios.items() if not math.isnan(v)}
+        return max(measured, key=lambda k: _log_distance(measured[k])) if measured else None
+
+    @property
+    def ratio(self) -> float:
+        """The worst layer's ratio (NaN when none was measured)."""
+        layer = self.worst_layer
+        return math.nan if layer is None else self.ratios[layer]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "test": self.test,
+            "ratio": finite_or_none(self.ratio),
+            "layer": self.worst_layer,
+            "ratios": {k: finite_or_none(v) for k, v in self.ratios.items()},
+            "n_in": self.n_in,
+            "n_seeds": self.n_seeds,
+        }
+
+
 @dataclass(frozen=True)
 class Cell:
     """Seed-averaged results of one (η, λ) grid point."""
@@ -94,6 +150,8 @@ class Cell:
     # and val_error_std for the default metric.
     value: float = math.nan
     value_std: float = math.nan
+    # Equilibrium by measurement (the clock above is a diagnostic beside it).
+    equilibrium: Equilibrium = field(default_factory=Equilibrium)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +168,7 @@ class Cell:
             "equilibrium_index": finite_or_none(self.equilibrium_index),
             "phase1_norms": {k: finite_or_none(v) for k, v in self.phase1_norms.items()},
             "relaxation": {k: finite_or_none(v) for k, v in self.relaxation.items()},
+            "equilibrium": self.equilibrium.to_dict(),
         }
 
 
@@ -129,6 +188,7 @@ class Optimum:
     lr_ci_low: float = math.nan
     lr_ci_high: float = math.nan
     n_band: int = 0  # cells of this λ in the band of the joint fit
+    equilibrium: Equilibrium = field(default_factory=Equilibrium)  # of the cell at lr_grid
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -143,6 +203,7 @@ class Optimum:
             "lr_ci_low": finite_or_none(self.lr_ci_low),
             "lr_ci_high": finite_or_none(self.lr_ci_high),
             "n_band": self.n_band,
+            "equilibrium": self.equilibrium.to_dict(),
         }
 
 
@@ -248,7 +309,7 @@ class NormFit:
     intercept: float
     r_squared: float
     n_cells: int
-    n_excluded: int  # cells with a phase-1 norm but c·η·λ·T below the threshold
+    n_excluded: int  # cells with a phase-1 norm that the cell filter leaves out
     theory: float | None
     verdict: str  # p against theory ± norm_margin
     p: Estimate = field(default_factory=Estimate.missing)
@@ -256,6 +317,9 @@ class NormFit:
     s: float = math.nan  # the scale power (Theory.norm_scale_power)
     k: float = math.nan  # the column exponent (Theory.k)
     memory: str = UNDETERMINED  # q against 0 ± norm_margin: "equivalent" = no memory of w₀
+    # What chose the cells (l2bn.analysis.equilibrium.CellFilter.label): "measured" (the
+    # cells measured in equilibrium) or "clock c·η·λ·T ≥ 5" (every verdict unknown).
+    cell_filter: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -273,21 +337,30 @@ class NormFit:
             "theory": self.theory,
             "verdict": self.verdict,
             "memory": self.memory,
+            "cell_filter": self.cell_filter,
         }
 
 
 __all__ = [
+    "ANGLE_TEST",
+    "BALANCE_TEST",
     "CONSTANT",
     "DIFFERENT",
+    "EQUILIBRIUM_VERDICTS",
     "EQUIVALENT",
     "INCONCLUSIVE",
+    "IN_EQUILIBRIUM",
+    "NO_TEST",
+    "OUT_OF_EQUILIBRIUM",
     "UNDETERMINED",
+    "UNKNOWN",
     "VARIES",
     "VERDICTS",
     "Cell",
     "CollapseFit",
     "ColumnCheck",
     "EpochK",
+    "Equilibrium",
     "Estimate",
     "KEstimate",
     "NormFit",

@@ -29,6 +29,8 @@ class GroupData:
     trials: tuple[TrialRecord, ...]
     identity: Mapping[str, Any] = field(default_factory=dict)
     distinct: Mapping[str, Any] = field(default_factory=dict)  # see results.GroupReport.distinct
+    # Each study's stored objective (StudyData.objective; None: not stored), study order.
+    objectives: tuple[str | None, ...] = ()
 
 
 # --- grouping -----------------------------------------------------------------------------
@@ -55,6 +57,7 @@ def group_studies(studies: Iterable[StudyData]) -> tuple[GroupData, ...]:
             trials=tuple(t for s in members for t in s.trials),
             identity=identity,
             distinct=d,
+            objectives=tuple(s.objective for s in members),
         )
         for members, identity, d in zip(pools.values(), identities, distinct, strict=True)
     )

@@ -7,9 +7,15 @@ unless named explicitly. Each COMPLETE trial becomes a :class:`TrialRecord` (par
 attrs, per-epoch η and layer norms from ``history``), each study a :class:`StudyData` with its
 training identity (:func:`training_identity`).
 
+Each study's stored ``objective`` (:func:`study_objective`) tells what its trials' value is:
+under ``val_loss`` the record's ``val_error`` comes from the user attr of that name (or the
+history). Besides the norms, the history's per-layer update records (``angle``, ``angle_eq``,
+``balance``, ``radial``, ``tangential``, ``grad_norm``; :data:`DYNAMICS`) and per-epoch
+``val_error``/``val_loss`` are kept (:func:`read_history`, one pass over the epochs).
+
 How the trials are read: on an RDB storage (SQLite, PostgreSQL, MySQL), with one SQL query per
-table for all chosen studies together (trials, trial_values, trial_params, and only the five
-user attrs a record needs), through SQLAlchemy on the storage's own engine and Optuna's table
+table for all chosen studies together (trials, trial_values, trial_params, and only the user
+attrs a record needs), through SQLAlchemy on the storage's own engine and Optuna's table
 definitions: no FrozenTrial is built, nothing analyze does not use (system attrs, intermediate
 values, distributions of other params, other user attrs) is read, and each ``history`` JSON is
 decoded once: 2.4× less CPU than through Optuna's per-trial objects on 10 000 trials with
@@ -27,7 +33,7 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 
@@ -64,6 +70,19 @@ class TrialRecord:
     val_loss: float = math.nan  # final validation loss (NLL); NaN where not recorded
     # Per-epoch validation metrics from the history ("val_error", "val_loss"; NaN for gaps).
     metrics: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    # Per-layer update statistics per epoch (quantity of DYNAMICS → layer → values, NaN for
+    # gaps): "angle", "angle_eq", "balance", "radial", "tangential", "grad_norm". Empty for
+    # histories written before they were recorded.
+    dynamics: Mapping[str, Mapping[str, tuple[float, ...]]] = field(default_factory=dict)
+    # The equilibrium ratio of each scale-invariant layer over the tail of phase 1, as an
+    # ``analyze --csv`` export wrote it (l2bn.analysis.csvload; NaN: unmeasured), and its
+    # test ("angle" or "balance"); None when read from a storage (computed from dynamics).
+    tail_ratios: Mapping[str, float] | None = None
+    tail_test: str | None = None
+    # The export's per-layer summaries of the update records over the same window (quantity
+    # → layer → value, l2bn.analysis.equilibrium.tail_summary), as an ``analyze --csv``
+    # export wrote them; None when read from a storage (computed from dynamics).
+    tail_summary: Mapping[str, Mapping[str, float]] | None = None
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -114,6 +133,9 @@ class StudyData:
     # IDENTITY_FIELDS → value (JSON values; lists as tuples); see training_identity.
     identity: Mapping[str, Any] = field(default_factory=dict)
     has_config: bool = False  # identity read from the ``config`` attr, not guessed from attrs
+    # The sweep's objective (its trials' value: "val_error" or "val_loss"), None where the
+    # study did not store one (older l2bn: val_error). See study_objective.
+    objective: str | None = None
 
 
 def training_identity(attrs: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -135,12 +157,33 @@ def training_identity(attrs: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         identity = {
             k: _frozen(train[k] if k in train else defaults[k]) for k in IDENTITY_FIELDS
         } | {k: _frozen(train[k]) for k in newer}
+        # A sweep that ties the initial scale to λ (S = init_scale·(λ/λ_ref)^-e) trains each
+        # (η, λ) from another w₀ than one that does not: a different experiment per trial.
+        identity |= _init_scale_tie(attrs.get("config"))
     else:
         identity = {k: _frozen(attrs.get(k)) if k in ATTR_FIELDS else None for k in IDENTITY_FIELDS}
     for key in ("optimizer", "norm", "dataset"):
         if attrs.get(key) is not None:
             identity[key] = str(attrs[key])
     return identity, train is not None
+
+
+def _init_scale_tie(raw: Any) -> dict[str, Any]:
+    """{"init_scale_exponent": e, and "reference_weight_decay": λ_ref where e ≠ 0} from the
+    stored sweep config (e = 0, no tie, for studies written before the key existed)."""
+    try:
+        config = json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    e = config.get("init_scale_exponent", 0.0) or 0.0
+    if e == 0:
+        return {"init_scale_exponent": 0.0}
+    return {
+        "init_scale_exponent": e,
+        "reference_weight_decay": config.get("reference_weight_decay"),
+    }
 
 
 def _config_train(raw: Any) -> dict[str, Any] | None:
@@ -154,6 +197,28 @@ def _config_train(raw: Any) -> dict[str, Any] | None:
     if not isinstance(train, dict):
         return None
     return {k: v for k, v in train.items() if k not in NOT_IDENTITY}
+
+
+def study_objective(attrs: Mapping[str, Any]) -> str | None:
+    """The objective a study's trials report as their value, if it stored one: the user attr
+    ``objective``, else the ``config`` JSON's top-level ``objective`` or its ``train`` dict's;
+    None when absent or not a known metric (older studies: val_error)."""
+    candidates: list[Any] = [attrs.get("objective")]
+    raw = attrs.get("config")
+    if isinstance(raw, str):
+        try:
+            config = json.loads(raw)
+        except json.JSONDecodeError:
+            config = None
+        if isinstance(config, dict):
+            candidates.append(config.get("objective"))
+            train = config.get("train")
+            if isinstance(train, dict):
+                candidates.append(train.get("objective"))
+    for c in candidates:
+        if isinstance(c, str) and c in METRICS:
+            return c
+    return None
 
 
 def _frozen(value: Any) -> Any:
@@ -220,10 +285,12 @@ def load_studies(
                 )
             raise AnalysisError(f"no studies in {url}; run `l2bn sweep` first")
 
+    objectives = {n: study_objective(summaries[n].user_attrs) for n in chosen}
     read = None
     if bulk_sql and isinstance(store, optuna.storages.RDBStorage):
         try:
-            read = _read_rdb(store, {n: store.get_study_id_from_name(n) for n in chosen})
+            ids = {n: store.get_study_id_from_name(n) for n in chosen}
+            read = _read_rdb(store, ids, objectives)
         except SQLAlchemyError as e:
             raise StorageError(f"cannot read studies from {url}: {describe(e)}") from None
     out: list[StudyData] = []
@@ -239,7 +306,11 @@ def load_studies(
                 )
             except SQLAlchemyError as e:
                 raise StorageError(f"cannot read study {name!r}: {describe(e)}") from None
-            trials = [rec for t in frozen if (rec := _frozen_record(name, t)) is not None]
+            trials = [
+                rec
+                for t in frozen
+                if (rec := _frozen_record(name, t, objectives[name])) is not None
+            ]
             n_complete = len(frozen)
         n_skipped = n_complete - len(trials)
         if n_skipped:
@@ -265,6 +336,7 @@ def load_studies(
                 n_skipped=n_skipped,
                 identity=identity,
                 has_config=has_config,
+                objective=objectives[name],
             )
         )
     return tuple(out), tuple(warnings)
@@ -273,6 +345,7 @@ def load_studies(
 # The params and user attrs a TrialRecord is made of: nothing else is read.
 RECORD_PARAMS = ("lr", "weight_decay", "seed")
 RECORD_ATTRS = (
+    "val_error",  # where the trial's value is another objective (val_loss)
     "test_error",
     "train_loss",
     "val_loss",
@@ -282,14 +355,18 @@ RECORD_ATTRS = (
 )
 
 
-def _frozen_record(study: str, t: optuna.trial.FrozenTrial) -> TrialRecord | None:
+def _frozen_record(
+    study: str, t: optuna.trial.FrozenTrial, objective: str | None = None
+) -> TrialRecord | None:
     values = t.values
     value = values[0] if values is not None and len(values) == 1 else None
-    return _trial_record(study, t.number, t.params, value, t.user_attrs)
+    return _trial_record(study, t.number, t.params, value, t.user_attrs, objective)
 
 
 def _read_rdb(
-    store: optuna.storages.RDBStorage, study_ids: Mapping[str, int]
+    store: optuna.storages.RDBStorage,
+    study_ids: Mapping[str, int],
+    objectives: Mapping[str, str | None] | None = None,
 ) -> dict[str, tuple[list[TrialRecord], int]]:
     """Per study: its COMPLETE trials' records (by trial id, as Optuna orders them) and how
     many COMPLETE trials it has; one query per table for all studies together."""
@@ -376,6 +453,7 @@ def _read_rdb(
             params.get(trial_id, empty),
             values.get(trial_id),
             user_attrs.get(trial_id, empty),
+            None if objectives is None else objectives.get(name),
         )
         if rec is not None:
             out[name][0].append(rec)
@@ -383,71 +461,100 @@ def _read_rdb(
 
 
 def _trial_record(
-    study: str, number: int, params: Mapping[str, Any], value: Any, ua: Mapping[str, Any]
+    study: str,
+    number: int,
+    params: Mapping[str, Any],
+    value: Any,
+    ua: Mapping[str, Any],
+    objective: str | None = None,
 ) -> TrialRecord | None:
+    """A trial's record; ``objective``: the study's stored objective, whose value the
+    trial's is (None: val_error, as every study before objectives were stored)."""
     lr = _as_float(params.get("lr"))
     wd = _as_float(params.get("weight_decay"))
     val = _as_float(value)
     if not (lr > 0 and wd >= 0 and math.isfinite(lr) and math.isfinite(wd)):
         return None
-    if not math.isfinite(val):
+    if not math.isfinite(val) and objective != "val_loss":
         return None
-    epoch_lrs, norms = parse_history(ua.get("history"))
-    metrics = parse_metrics(ua.get("history"))
+    h = read_history(ua.get("history"))
     steps = ua.get("steps_per_epoch")
     seed = _as_float(params.get("seed", 0))
+    val_error, val_loss = val, _as_float(ua.get("val_loss"))
+    if objective == "val_loss":
+        # The trial's value is its validation loss (+inf for a diverged run, whose loss is
+        # not finite); its error is a user attr (chance level when diverged) or the history's.
+        if not math.isfinite(val_loss) and math.isfinite(val):
+            val_loss = val
+        val_error = _as_float(ua.get("val_error"))
+        if not math.isfinite(val_error):
+            errors = h.metrics.get("val_error", ())
+            val_error = errors[-1] if errors else math.nan
+        if not (math.isfinite(val) or math.isfinite(val_error)):
+            return None
     return TrialRecord(
         study=study,
         number=number,
         lr=lr,
         weight_decay=wd,
         seed=int(seed) if math.isfinite(seed) else 0,
-        val_error=val,
+        val_error=val_error,
         test_error=_as_float(ua.get("test_error")),
         train_loss=_as_float(ua.get("train_loss")),
         diverged=bool(ua.get("diverged", False)),
         steps_per_epoch=int(steps) if isinstance(steps, int | float) and steps > 0 else None,
-        epoch_lrs=epoch_lrs,
-        norms=norms,
-        val_loss=_as_float(ua.get("val_loss")),
-        metrics=metrics,
+        epoch_lrs=h.lrs,
+        norms=h.norms,
+        val_loss=val_loss,
+        metrics=h.metrics,
+        dynamics=h.dynamics,
     )
 
 
 METRICS = ("val_error", "val_loss")  # the per-epoch validation metrics a history may hold
+# Per-layer update statistics of a history's epochs beside ``norm`` (l2bn.train.records):
+# θ (RMS angular update per step), θ_eq, the mean radial and RMS tangential change, the RMS
+# gradient at unit scale and growth ÷ shrink. Older histories have none of them.
+DYNAMICS = ("angle", "angle_eq", "radial", "tangential", "grad_norm", "balance")
+_OLD_LAYER_KEYS = 3  # norm, unit_norm, eff_lr: a layer record with more may hold DYNAMICS
 
 
-def parse_metrics(raw: Any) -> dict[str, tuple[float, ...]]:
-    """Per-epoch validation metrics from a ``history`` user attr: metric → one value per
-    epoch (NaN for gaps), only the metrics some epoch recorded."""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError:
-            return {}
-    if not isinstance(raw, list):
-        return {}
-    epochs = sorted((e for e in raw if isinstance(e, dict)), key=lambda e: e.get("epoch", 0))
-    out = {m: tuple(_as_float(e.get(m)) for e in epochs) for m in METRICS}
-    return {m: v for m, v in out.items() if any(math.isfinite(x) for x in v)}
+class History(NamedTuple):
+    """What :func:`read_history` reads of a ``history`` user attr, epochs in order."""
+
+    lrs: tuple[float, ...]  # η per epoch
+    norms: dict[str, tuple[float, ...]]  # layer → ‖w‖ per epoch
+    # quantity of DYNAMICS → layer → value per epoch (NaN for gaps); only quantities some
+    # epoch recorded.
+    dynamics: dict[str, dict[str, tuple[float, ...]]]
+    metrics: dict[str, tuple[float, ...]]  # "val_error", "val_loss" → value per epoch
 
 
-def parse_history(raw: Any) -> tuple[tuple[float, ...], dict[str, tuple[float, ...]]]:
-    """Per-epoch η and per-layer ‖w‖ from a ``history`` user attr (tolerant of gaps)."""
+_NO_HISTORY = History((), {}, {}, {})
+
+
+def read_history(raw: Any) -> History:
+    """Everything analyze reads of a ``history`` user attr, in one pass over its epochs
+    (tolerant of gaps, foreign encodings and older records without some keys)."""
     if isinstance(raw, str):  # foreign writers may store the JSON text itself
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError:
-            return (), {}
+            return _NO_HISTORY
     if not isinstance(raw, list) or not raw:
-        return (), {}
+        return _NO_HISTORY
     epochs = [e for e in raw if isinstance(e, dict)]
     epochs.sort(key=lambda e: e.get("epoch", 0))
+    n = len(epochs)
     lrs = tuple(_as_float(e.get("lr")) for e in epochs)
+    metrics = {m: tuple(_as_float(e.get(m)) for e in epochs) for m in METRICS}
     # One pass over epochs × layers (10 000 trials × 100 epochs × 5 layers is 5M values);
-    # dict order keeps the first layer seen first.
+    # dict order keeps the first layer seen first. Older records (three keys) skip the
+    # dynamics loop at the cost of one len().
     columns: dict[str, list[float]] = {}
+    dyn: dict[str, list[list[float]]] = {}  # layer → one column per quantity of DYNAMICS
     nan = math.nan
+    quantities = tuple(enumerate(DYNAMICS))
     for i, e in enumerate(epochs):
         layers = e.get("layers")
         if not isinstance(layers, dict):
@@ -455,11 +562,47 @@ def parse_history(raw: Any) -> tuple[tuple[float, ...], dict[str, tuple[float, .
         for name, rec in layers.items():
             col = columns.get(name)
             if col is None:
-                col = columns[name] = [nan] * len(epochs)
-            v = rec.get("norm") if isinstance(rec, dict) else None
+                col = columns[name] = [nan] * n
+            if not isinstance(rec, dict):
+                continue
+            v = rec.get("norm")
             if v is not None and v.__class__ is not bool and isinstance(v, int | float):
                 col[i] = float(v)
-    return lrs, {name: tuple(col) for name, col in columns.items()}
+            if len(rec) <= _OLD_LAYER_KEYS:
+                continue
+            cols = dyn.get(name)
+            if cols is None:
+                cols = dyn[name] = [[nan] * n for _ in DYNAMICS]
+            for j, q in quantities:
+                v = rec.get(q)
+                if type(v) is float:  # what JSON decodes a number with a point into
+                    cols[j][i] = v
+                elif type(v) is int:  # not a bool: its type is bool
+                    cols[j][i] = float(v)
+    dynamics: dict[str, dict[str, tuple[float, ...]]] = {}
+    for name, cols in dyn.items():
+        for j, q in quantities:
+            c = cols[j]
+            if any(x == x for x in c):  # some epoch recorded it (NaN ≠ NaN)
+                dynamics.setdefault(q, {})[name] = tuple(c)
+    return History(
+        lrs,
+        {name: tuple(col) for name, col in columns.items()},
+        {q: dynamics[q] for q in DYNAMICS if q in dynamics},
+        {m: v for m, v in metrics.items() if any(math.isfinite(x) for x in v)},
+    )
+
+
+def parse_metrics(raw: Any) -> dict[str, tuple[float, ...]]:
+    """Per-epoch validation metrics from a ``history`` user attr: metric → one value per
+    epoch (NaN for gaps), only the metrics some epoch recorded."""
+    return read_history(raw).metrics
+
+
+def parse_history(raw: Any) -> tuple[tuple[float, ...], dict[str, tuple[float, ...]]]:
+    """Per-epoch η and per-layer ‖w‖ from a ``history`` user attr (tolerant of gaps)."""
+    h = read_history(raw)
+    return h.lrs, h.norms
 
 
 def _as_float(x: Any) -> float:
@@ -469,13 +612,17 @@ def _as_float(x: Any) -> float:
 
 
 __all__ = [
+    "DYNAMICS",
     "IDENTITY_FIELDS",
     "NOT_IDENTITY",
+    "History",
     "StudyData",
     "TrialRecord",
     "load_studies",
     "open_for_reading",
     "parse_history",
     "parse_metrics",
+    "read_history",
+    "study_objective",
     "training_identity",
 ]

@@ -13,10 +13,17 @@ Pipeline (every step is a function of its inputs; nothing here prints):
    η* per λ, k three ways (:func:`~l2bn.analysis.intervals.estimate_k`) plus the whole-grid
    collapse, and the norm exponents of every layer (:mod:`l2bn.analysis.fits`), with ‖w‖ the
    Frobenius norm after the last epoch whose η equals the first epoch's, averaged
-   geometrically over a cell's non-diverged seeds, over cells in equilibrium:
-   c·η·λ·T ≥ ``equilibrium`` with
-   T = steps_per_epoch × epochs in that first phase and c the optimizer's
-   :attr:`l2bn.theory.Theory.relaxation_rate` (10 for momentum 0.9, 2 for AdamW, else 1).
+   geometrically over a cell's non-diverged seeds, over cells in equilibrium. Each cell is
+   judged in or out of equilibrium by measurement (the angular update against θ_eq, or
+   Adam's growth ÷ shrink, over the tail of phase 1: :mod:`l2bn.analysis.equilibrium`); the
+   norm fit takes the cells measured "in" where the group's cells carry verdicts, and where
+   every verdict is unknown (studies without the update records) the clock
+   c·η·λ·T ≥ ``equilibrium``, with T = steps_per_epoch × epochs in that first phase and c the
+   optimizer's :attr:`l2bn.theory.Theory.relaxation_rate` (10 for momentum 0.9, 2 for AdamW,
+   else 1); ``norms[].cell_filter`` says which
+   (:func:`~l2bn.analysis.equilibrium.norm_cell_filter`). The optimum cells' verdicts are
+   counted and warned about. The metric is ``--metric``, else the studies' stored objective
+   (:func:`group_metric`).
 4. :func:`analyze` runs 1-3; :func:`run_analysis` also writes the ``--json`` and ``--csv``
    (:mod:`l2bn.analysis.export`), ``--plots`` (:mod:`l2bn.analysis.plots`) and ``--report``
    (:mod:`l2bn.analysis.report`) outputs; :func:`l2bn.render.render_report` turns a report
@@ -33,6 +40,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,19 +53,31 @@ from l2bn.analysis.cells import (
     relaxation_summary,
     trial_panel,
 )
+from l2bn.analysis.equilibrium import (
+    CellFilter,
+    equilibrium_test,
+    norm_cell_filter,
+    scale_invariant_layers,
+)
 from l2bn.analysis.estimators import COLLAPSE_BAND, ESTIMATORS, JOINT, PER_LAMBDA
 from l2bn.analysis.export import write_csv, write_json
 from l2bn.analysis.fits import column_checks, fit_collapse, fit_norms, verdict
 from l2bn.analysis.fitted import (
+    ANGLE_TEST,
     DIFFERENT,
     EQUIVALENT,
     INCONCLUSIVE,
+    OUT_OF_EQUILIBRIUM,
     UNDETERMINED,
+    UNKNOWN,
     VARIES,
+    Cell,
     ColumnCheck,
     EpochK,
     Estimate,
     KEstimate,
+    NormFit,
+    Optimum,
     ScalingFit,
 )
 from l2bn.analysis.grouping import GroupData, group_studies, grouping_warnings
@@ -65,7 +85,7 @@ from l2bn.analysis.intervals import Interval, KResult, estimate_k
 from l2bn.analysis.loading import TrialRecord, load_studies
 from l2bn.analysis.panel import Panel
 from l2bn.analysis.results import AnalysisReport, GroupReport
-from l2bn.analysis.settings import AnalyzeConfig
+from l2bn.analysis.settings import DEFAULT_METRIC, AnalyzeConfig
 from l2bn.analysis.trials import trial_history, trial_value
 from l2bn.errors import AnalysisError, ConfigError
 from l2bn.sweep.storage import redact
@@ -78,21 +98,47 @@ def _estimate(iv: Interval, n: int, confidence: float) -> Estimate:
     return Estimate(iv.value, iv.stderr, iv.ci_low, iv.ci_high, n, iv.method, confidence)
 
 
+def group_metric(data: GroupData, settings: AnalyzeConfig) -> tuple[str, str | None]:
+    """The metric that locates this group's η*, and a note when it is not what the studies
+    asked for: ``--metric`` when given; else the studies' stored objective when they agree
+    (a study that stored none counts as val_error), else val_error."""
+    if settings.metric is not None:
+        return settings.metric, None
+    stored = {o or DEFAULT_METRIC for o in data.objectives} or {DEFAULT_METRIC}
+    if len(stored) == 1:
+        return stored.pop(), None
+    return DEFAULT_METRIC, (
+        f"the studies' stored objectives differ ({', '.join(sorted(stored))}): η* located by "
+        f"{DEFAULT_METRIC}; choose with --metric"
+    )
+
+
 def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> GroupReport:
     """Fit η*(λ), k (three ways, plus the whole-grid collapse), the norm laws of every layer,
-    the column test and k over training for one group."""
+    the column test and k over training for one group, and judge its cells' equilibrium."""
     cfg = settings or AnalyzeConfig()
     warnings: list[str] = []
-    values_all = [trial_value(t, cfg.metric) for t in data.trials]
-    if cfg.metric != "val_error" and not any(math.isfinite(v) for v in values_all):
-        raise ConfigError(
-            f"--metric {cfg.metric}: no trial of {', '.join(data.studies)} recorded {cfg.metric} "
-            "(studies written before it was recorded); use --metric val_error"
+    metric, note = group_metric(data, cfg)
+    if note is not None:
+        warnings.append(note)
+    values_all = [trial_value(t, metric) for t in data.trials]
+    if metric != "val_error" and not any(math.isfinite(v) for v in values_all):
+        if cfg.metric is not None:
+            raise ConfigError(
+                f"--metric {metric}: no trial of {', '.join(data.studies)} recorded {metric} "
+                "(studies written before it was recorded); use --metric val_error"
+            )
+        warnings.append(
+            f"the studies' objective is {metric}, but no trial recorded it: η* located by "
+            f"{DEFAULT_METRIC}"
         )
+        metric = DEFAULT_METRIC
+        values_all = [trial_value(t, metric) for t in data.trials]
+    cfg = replace(cfg, metric=metric)  # what every step below (and k over training) reads
     trials = tuple(t for t, v in zip(data.trials, values_all, strict=True) if math.isfinite(v))
     values = [v for v in values_all if math.isfinite(v)]
     if len(trials) < len(data.trials):
-        warnings.append(f"{len(data.trials) - len(trials)} trial(s) without {cfg.metric} left out")
+        warnings.append(f"{len(data.trials) - len(trials)} trial(s) without {metric} left out")
     by_cell: dict[tuple[float, float], list[tuple[TrialRecord, float]]] = defaultdict(list)
     for t, v in zip(trials, values, strict=True):
         by_cell[(grid_key(t.weight_decay), grid_key(t.lr))].append((t, v))
@@ -101,7 +147,12 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
 
     theory = theory_of(data.optimizer)
     rate = 1.0 if theory is None else theory.relaxation_rate
-    cells = tuple(make_cell(tv, rate) for _, tv in sorted(by_cell.items()))
+    test = equilibrium_test(data.optimizer)
+    invariant = scale_invariant_layers(data.identity)
+    cells = tuple(
+        make_cell(tv, rate, test, invariant, cfg.equilibrium_band, cfg.equilibrium_tail)
+        for _, tv in sorted(by_cell.items())
+    )
     n_diverged = sum(t.diverged for t in trials)
     max_seeds = max(c.n_seeds for c in cells)
     if n_diverged:
@@ -155,6 +206,7 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
     for o in optima:
         if o.note is not None and o.weight_decay > 0 and (o.edge or "flat" in o.note):
             warnings.append(f"λ={o.weight_decay:.3g}: {o.note}")
+    warnings.extend(_equilibrium_warnings(optima, test, cfg))
     if scaling.n_lambda < 2:
         warnings.append(
             f"only {scaling.n_lambda} λ value(s) with an interior η* (need ≥ 2): k undetermined"
@@ -166,25 +218,25 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
     theory_p = None if theory is None else theory.norm_exponent
     s_pow = 0.5 if theory is None else theory.norm_scale_power
     k_col = 1.0 if theory is None else theory.k
-    norms = tuple(fit_norms(cells, layer, cfg, theory_p, s_pow, k_col) for layer in layers)
+    # Equilibrium cells by measurement where the cells carry verdicts, else by the clock.
+    chosen = norm_cell_filter(cells, cfg.equilibrium)
+    norms = tuple(fit_norms(cells, layer, cfg, theory_p, s_pow, k_col, chosen) for layer in layers)
     if norms:
         first = norms[0]
         if first.n_excluded:
-            warnings.append(
-                f"{first.n_excluded} cell(s) out of equilibrium (c·η·λ·T < {cfg.equilibrium:g}) "
-                f"left out of the norm fit; {first.n_cells} used"
-            )
+            warnings.append(_excluded_note(cells, first, chosen))
         if first.n_cells < 4:
+            remedy = "" if chosen.measured else ", or a lower --equilibrium"
             warnings.append(
                 f"only {first.n_cells} equilibrium cell(s) for {first.layer}: the norm fit "
-                "needs ≥ 4 (longer phase 1, larger η·λ, or a lower --equilibrium)"
+                f"needs ≥ 4 (longer phase 1, larger η·λ{remedy})"
             )
         warnings.append(relaxation_summary(cells, first.layer, cfg.equilibrium))
     elif trials:
         warnings.append("no per-epoch histories with layer norms: norm exponents not fitted")
     columns: tuple[ColumnCheck, ...] = ()
     if theory is not None:
-        columns = tuple(column_checks(cells, k_col, s_pow, layers[:1], cfg, sigma))
+        columns = tuple(column_checks(cells, k_col, s_pow, layers[:1], cfg, sigma, chosen))
         varies = sorted({c.quantity for c in columns if c.verdict == VARIES})
         if varies:
             warnings.append(
@@ -220,8 +272,64 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
         noise_sd=sigma,
         noise_source=source,
         independent_rows=independent,
-        metric=cfg.metric,
+        metric=metric,
+        equilibrium_test=test,
+        equilibrium_band=cfg.equilibrium_band,
+        equilibrium_tail=cfg.equilibrium_tail,
+        objectives=dict(zip(data.studies, data.objectives, strict=False)),
     )
+
+
+def _excluded_note(cells: Sequence[Cell], fit: NormFit, chosen: CellFilter) -> str:
+    """How many cells the norm fit left out, and by which filter."""
+    if not chosen.measured:  # the clock: the words of every l2bn before the records
+        return (
+            f"{fit.n_excluded} cell(s) out of equilibrium (c·η·λ·T < {chosen.threshold:g}) "
+            f"left out of the norm fit; {fit.n_cells} used"
+        )
+    fitted = [
+        c
+        for c in cells
+        if c.weight_decay > 0 and math.isfinite(v := c.phase1_norms.get(fit.layer, math.nan))
+        and v > 0
+    ]  # fmt: skip
+    n_out = sum(c.equilibrium.verdict == OUT_OF_EQUILIBRIUM for c in fitted)
+    clock = sum(c.equilibrium_index >= chosen.threshold for c in fitted)
+    return (
+        f"{fit.n_excluded} cell(s) not measured in equilibrium ({n_out} out, "
+        f"{fit.n_excluded - n_out} unmeasured) left out of the norm fit; {fit.n_cells} used "
+        f"(cells chosen by measurement; the clock c·η·λ·T ≥ {chosen.threshold:g} would take "
+        f"{clock})"
+    )
+
+
+def _equilibrium_warnings(optima: Sequence[Optimum], test: str, cfg: AnalyzeConfig) -> list[str]:
+    """Optimum cells measured out of equilibrium (and, beside measured ones, unmeasured)."""
+    judged = [o for o in optima if o.weight_decay > 0]
+    out = [o for o in judged if o.equilibrium.verdict == OUT_OF_EQUILIBRIUM]
+    unknown = [o for o in judged if o.equilibrium.verdict == UNKNOWN]
+    lo, hi = cfg.equilibrium_band
+    what = "⟨θ²⟩/θ_eq²" if test == ANGLE_TEST else "growth ÷ shrink"
+    notes = []
+    if out:
+        shown = ", ".join(
+            f"λ={o.weight_decay:.3g} ({what} {o.equilibrium.ratio:.3g} in "
+            f"{o.equilibrium.worst_layer}, {o.equilibrium.n_seeds - o.equilibrium.n_in} of "
+            f"{o.equilibrium.n_seeds} seed(s) out)"
+            for o in out
+        )
+        notes.append(
+            f"{len(out)} of {len(judged)} optimum cell(s) not in equilibrium: {what} outside "
+            f"[{lo:g}, {hi:g}] over the last {cfg.equilibrium_tail:.0%} of phase 1 at {shown}; "
+            "η* there is not the equilibrium optimum the theory's k describes (a longer phase 1 "
+            "or a larger η·λ)"
+        )
+    if unknown and len(unknown) < len(judged):
+        notes.append(
+            f"equilibrium unknown at {len(unknown)} of {len(judged)} optimum cell(s) "
+            f"(λ={', '.join(f'{o.weight_decay:.3g}' for o in unknown)}): unmeasured records"
+        )
+    return notes
 
 
 # k estimators that differ by less than this are not flagged, whatever their precision: the
@@ -263,7 +371,7 @@ def _k_warnings(result: KResult, k_estimates: Mapping[str, KEstimate], panel: Pa
 
 def _k_by_epoch(trials: Sequence[TrialRecord], cfg: AnalyzeConfig) -> tuple[EpochK, ...]:
     """The primary k from each epoch's validation metric (history), with its interval."""
-    histories = [trial_history(t, cfg.metric) for t in trials]
+    histories = [trial_history(t, cfg.metric or DEFAULT_METRIC) for t in trials]
     lengths = [len(h) for h in histories if h]
     if not lengths or len(lengths) < len(trials) // 2:
         return ()

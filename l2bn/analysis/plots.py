@@ -9,14 +9,19 @@ optimizer has other groups gets its distinguishing fields too, e.g.
 ``_error_heatmap.png``      seed-averaged validation (and test) error over (λ, η), η* marked
 ``_eta_star.png``           η* against λ, log-log, with the fitted and the theory slope
 ``_collapse.png``           error against η·λ^k for the collapse k and the theory k
-``_norm_heatmap.png``       first-layer ‖w‖ at the end of LR phase 1 over (λ, η); cells out
-                            of equilibrium (c·η·λ·T below the threshold) crossed out
+``_norm_heatmap.png``       first-layer ‖w‖ at the end of LR phase 1 over (λ, η); cells the
+                            norm fit leaves out crossed: not measured in equilibrium, or
+                            (no verdicts: older studies) c·η·λ·T below the threshold
 ``_norm_trajectories.png``  first-layer ‖w‖ per epoch, one panel per λ, colour = η
 ``_k_by_epoch.png``         the primary k from each epoch's validation metric, with its CI
+``_equilibrium.png``        the angular update against θ_eq per epoch (θ̄²/θ_eq²; Adam and
+                            RMSProp: growth ÷ shrink) at each λ's optimum cell, one panel
+                            per scale-invariant layer, the band [0.8, 1.25] shaded
 ==========================  ================================================================
 
 The two norm figures need per-epoch histories and are skipped without them; so is
-``_k_by_epoch.png`` without per-epoch validation metrics. normalized-sgd
+``_k_by_epoch.png`` without per-epoch validation metrics, and ``_equilibrium.png`` without
+per-layer angle (or balance) records. normalized-sgd
 is a group like any other, so its heatmaps come out as ``normalized-sgd-…_*.png``.
 
 matplotlib is imported inside the functions (the CLI should not pay for it unless --plots is
@@ -34,7 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from l2bn.analysis.fitted import Cell
+from l2bn.analysis.equilibrium import (
+    epoch_ratios,
+    norm_cell_filter,
+    scale_invariant_layers,
+    tail_window,
+    trial_layers,
+)
+from l2bn.analysis.fitted import ANGLE_TEST, NO_TEST, Cell
 from l2bn.analysis.results import AnalysisReport, GroupReport
 from l2bn.files import atomic_open
 
@@ -49,6 +61,7 @@ FIGURES = (
     "norm_heatmap",
     "norm_trajectories",
     "k_by_epoch",
+    "equilibrium",
 )
 DPI = 120
 
@@ -70,6 +83,8 @@ def write_plots(report: AnalysisReport, out_dir: Path) -> list[Path]:
             )
         if g.k_by_epoch:
             written.append(_save(plot_k_by_epoch(g), out_dir / f"{g.slug}_k_by_epoch.png"))
+        if equilibrium_curves(g):
+            written.append(_save(plot_equilibrium(g), out_dir / f"{g.slug}_equilibrium.png"))
     return written
 
 
@@ -196,20 +211,24 @@ def plot_error_heatmap(group: GroupReport) -> Figure:
 
 
 def plot_norm_heatmap(group: GroupReport, equilibrium: float) -> Figure:
-    """First-layer ‖w‖ at the end of phase 1; × marks cells with c·η·λ·T < ``equilibrium``."""
+    """First-layer ‖w‖ at the end of phase 1; × marks the cells the norm fit leaves out
+    (:func:`~l2bn.analysis.equilibrium.norm_cell_filter`): not measured in equilibrium, or,
+    where no cell carries a verdict, c·η·λ·T < ``equilibrium``."""
     layer = group.first_layer or ""
     fig, axes = _figure()
     values = {(c.weight_decay, c.lr): c.phase1_norms.get(layer, math.nan) for c in group.cells}
-    young = {
-        (c.weight_decay, c.lr)
-        for c in group.cells
-        if not (c.equilibrium_index >= equilibrium)  # NaN (steps unknown): not in eq.
-    }
+    chosen = norm_cell_filter(group.cells, equilibrium)
+    young = {(c.weight_decay, c.lr) for c in group.cells if not chosen.admits(c)}
     _heatmap(axes[0], group, values, f"‖w‖ of {layer}", log_color=True, crossed=young,
              mark_optima=False)  # fmt: skip
+    if chosen.measured:
+        lo, hi = group.equilibrium_band
+        what = "θ̄²/θ_eq²" if group.equilibrium_test == ANGLE_TEST else "growth ÷ shrink"
+        why = f"measured: {what} outside [{lo:g}, {hi:g}], or unmeasured"
+    else:
+        why = f"c·η·λ·T < {equilibrium:g}; c = 10 with momentum"
     axes[0].set_title(
-        f"{group.label}: ‖w_{layer}‖ at end of LR phase 1\n× = out of equilibrium "
-        f"(c·η·λ·T < {equilibrium:g}; c = 10 with momentum)",
+        f"{group.label}: ‖w_{layer}‖ at end of LR phase 1\n× = out of equilibrium ({why})",
         fontsize=10,
     )
     return fig
@@ -310,6 +329,99 @@ def plot_k_by_epoch(group: GroupReport) -> Figure:
     return fig
 
 
+# --- equilibrium --------------------------------------------------------------------------
+
+
+def equilibrium_curves(group: GroupReport) -> dict[str, dict[float, list[float]]]:
+    """Per scale-invariant layer, per λ (> 0): the per-epoch ratio (θ̄²/θ_eq² or the balance)
+    of that λ's optimum cell, the mean over its non-diverged seeds (epochs where none is
+    finite: NaN). Empty without per-epoch angle or balance records."""
+    test = group.equilibrium_test
+    if test == NO_TEST or not any(t.dynamics for t in group.trials):
+        return {}
+    invariant = scale_invariant_layers(group.identity)
+    out: dict[str, dict[float, list[float]]] = defaultdict(dict)
+    for o in group.optima:
+        if o.weight_decay <= 0:
+            continue
+        runs = [
+            t
+            for t in group.trials
+            if not t.diverged
+            and math.isclose(t.weight_decay, o.weight_decay, rel_tol=1e-9)
+            and math.isclose(t.lr, o.lr_grid, rel_tol=1e-9)
+        ]
+        layers = dict.fromkeys(x for t in runs for x in trial_layers(t, test, invariant))
+        for layer in layers:
+            series = [r for t in runs if (r := epoch_ratios(t, layer, test))]
+            if not series or not any(math.isfinite(x) for r in series for x in r):
+                continue
+            n = max(len(r) for r in series)
+            arr = np.full((len(series), n), np.nan)
+            for i, r in enumerate(series):
+                arr[i, : len(r)] = r
+            arr[~np.isfinite(arr)] = np.nan  # θ_eq = 0 (λ = 0) is not drawn
+            with np.errstate(all="ignore"):
+                finite = np.isfinite(arr).any(axis=0)
+                mean = np.where(finite, np.nanmean(np.where(finite, arr, 0.0), axis=0), np.nan)
+            out[layer][o.weight_decay] = [float(x) for x in mean]
+    return dict(out)
+
+
+def plot_equilibrium(group: GroupReport, max_panels: int = 6) -> Figure:
+    """Per scale-invariant layer: the angular update over its equilibrium value, θ̄²/θ_eq²
+    (Adam/RMSProp: growth ÷ shrink), per epoch at each λ's optimum cell; the band shaded,
+    the tail of phase 1 where it is judged marked, log scale."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    curves = equilibrium_curves(group)
+    layers = list(curves)[:max_panels]
+    ncols = min(max(len(layers), 1), 3)
+    nrows = math.ceil(max(len(layers), 1) / ncols)
+    fig = Figure(figsize=(4.6 * ncols + 0.4, 3.8 * nrows))
+    grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    _margins(fig, hspace=0.45)
+    axes = list(grid.ravel())
+    for ax in axes[len(layers) :]:
+        ax.set_visible(False)
+    lo, hi = group.equilibrium_band
+    wds = sorted({wd for per in curves.values() for wd in per})
+    cmap = colormaps["viridis"]
+    colors = {wd: cmap(i / max(len(wds) - 1, 1)) for i, wd in enumerate(wds)}
+    phase1 = max((t.phase1_epochs for t in group.trials), default=0)
+    window = tail_window(phase1, group.equilibrium_tail)
+    ylabel = "θ̄² / θ_eq²" if group.equilibrium_test == ANGLE_TEST else "growth ÷ shrink"
+    finite_all: list[float] = []
+    for ax, layer in zip(axes, layers, strict=False):
+        ax.axhspan(lo, hi, color="green", alpha=0.15, lw=0, label=f"band [{lo:g}, {hi:g}]")
+        ax.axhline(1.0, color="green", lw=0.8)
+        if window:
+            ax.axvspan(window.start + 0.5, window.stop + 0.5, color="0.5", alpha=0.12, lw=0,
+                       label="judged: tail of phase 1")  # fmt: skip
+        for wd, values in sorted(curves[layer].items()):
+            epochs = np.arange(1, len(values) + 1)
+            shown = [v if v > 0 else math.nan for v in values]  # log scale
+            finite_all.extend(v for v in shown if math.isfinite(v))
+            ax.plot(epochs, shown, "-", lw=1.3, color=colors[wd], label=f"λ = {wd:.3g}")
+        longest = max((len(v) for v in curves[layer].values()), default=1)
+        ax.set_xlim(0.5, longest + 0.5)  # epochs whose ratio is ∞ (no shrink yet) stay in view
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(layer)
+        ax.grid(True, which="both", alpha=0.3)
+    if finite_all:  # the band always in view, a wild first epoch not dominating
+        low = min(lo / 1.5, float(np.percentile(finite_all, 2)))
+        high = max(hi * 1.5, 1.5 * float(np.percentile(finite_all, 98)))
+        axes[0].set_ylim(low, high)
+    for row in grid:
+        row[0].set_ylabel(ylabel)
+    if layers:
+        axes[0].legend(fontsize=7, loc="upper right", framealpha=0.8)
+    fig.suptitle(f"{group.label}: equilibrium at each λ's η*\n({ylabel} per epoch)", fontsize=10)
+    return fig
+
+
 # --- trajectories -------------------------------------------------------------------------
 
 
@@ -377,7 +489,9 @@ def plot_norm_trajectories(group: GroupReport, max_panels: int = 6) -> Figure:
 
 __all__ = [
     "FIGURES",
+    "equilibrium_curves",
     "plot_collapse",
+    "plot_equilibrium",
     "plot_error_heatmap",
     "plot_eta_star",
     "plot_k_by_epoch",

@@ -1,9 +1,11 @@
 """``l2bn analyze --report FILE.html``: one self-contained page to look at, and to mail.
 
 The page holds, from top to bottom: the settings and studies behind the analysis (storage
-redacted), the warnings, a summary of k per group, then per group its training identity and
-studies, a table of every fitted quantity (estimate, CI, theory, verdict, data used), η* per λ,
-its warnings, every figure of ``--plots`` embedded as a PNG data URI, and its cells (folded).
+redacted), the warnings, a summary of k per group (with how many optimum cells are in
+equilibrium), then per group its training identity and studies, a table of every fitted
+quantity (estimate, CI, theory, verdict, data used), η* per λ with its cell's equilibrium
+verdict, the group's equilibrium summary, its warnings, every figure of ``--plots`` embedded as
+a PNG data URI, and its cells (folded).
 
 It is built from :meth:`~l2bn.analysis.results.AnalysisReport.to_dict` (the stable JSON shape),
 not from the dataclasses, and renders what it does not know generically: a group entry that is
@@ -51,6 +53,7 @@ _LAID_OUT = frozenset(
         "n_diverged",
         "first_layer",
         "optima",
+        "optima_equilibrium",
         "cells",
         "warnings",
     }
@@ -71,7 +74,11 @@ _FIGURE_CAPTIONS = {
     "collapse": "error against the effective learning rate η·λ^k",
     "norm_heatmap": "first-layer ‖w‖ at the end of LR phase 1; × = out of equilibrium",
     "norm_trajectories": "first-layer ‖w‖ per epoch, one panel per λ, colour = η",
+    "equilibrium": "the angular update against its equilibrium value (θ̄²/θ_eq², or Adam's "
+    "growth ÷ shrink) per epoch at each λ's optimum cell; shaded: the band, and the tail of "
+    "phase 1 it is judged over",
 }
+_EQUILIBRIUM_RATIO = {"angle": "⟨θ²⟩/θ_eq²", "balance": "growth ÷ shrink"}
 
 Figure = tuple[str, bytes]  # (figure name, PNG bytes)
 
@@ -166,6 +173,8 @@ def _settings(data: Mapping[str, Any]) -> str:
     def shown(key: str, value: Any) -> str:
         if key == "studies" and not value:
             return "all (every study with user attr optimizer)"
+        if key == "metric" and value is None:
+            return "default (each group's stored objective when its studies agree, else val_error)"
         return _text(value)
 
     rows = "".join(
@@ -196,12 +205,47 @@ def _summary(groups: Sequence[Mapping[str, Any]]) -> str:
             f"<td class='num'>{_e(_text(g.get('n_trials')))}</td>"
             f"<td class='num'>{_e(_estimate(fit.get('estimate')))}</td>"
             f"<td class='num'>{_e(_text(fit.get('theory')))}</td>"
-            f"<td>{_verdict(fit.get('verdict'))}</td></tr>"
+            f"<td>{_verdict(fit.get('verdict'))}</td>"
+            f"<td>{_equilibrium_count(_sub(g, 'optima_equilibrium'))}</td></tr>"
         )
     return (
         "<section><h2>Summary: η* ∝ λ^-k</h2><table><thead><tr><th>group</th><th>studies</th>"
-        "<th>trials</th><th>k [CI]</th><th>theory</th><th>verdict</th></tr></thead>"
+        "<th>trials</th><th>k [CI]</th><th>theory</th><th>verdict</th>"
+        "<th>η* cells in equilibrium</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></section>"
+    )
+
+
+def _equilibrium_count(s: Mapping[str, Any]) -> str:
+    """ "3 of 4" with the verdict colour of the whole (all in, some out, else unknown)."""
+    if not s or not isinstance(s.get("total"), int):
+        return ""
+    n_in, n_out, total = s.get("in", 0), s.get("out", 0), s["total"]
+    css = "in" if n_in == total and total else "out" if n_out else "unknown"
+    return f"<span class='verdict v-{css}'>{_e(n_in)} of {_e(total)}</span>"
+
+
+def _equilibrium_summary(s: Any) -> str:
+    """The group's line: the test, its band and window, and the optimum cells' count."""
+    if not isinstance(s, Mapping) or not s:
+        return ""
+    what = _EQUILIBRIUM_RATIO.get(str(s.get("test")))
+    if what is None:
+        return "<p class='meta'>Equilibrium: no measured test for this optimizer.</p>"
+    band, tail = s.get("band"), s.get("tail")
+    shown_band = (
+        f"[{band[0]:g}, {band[1]:g}]"
+        if isinstance(band, list)
+        and len(band) == 2
+        and all(isinstance(x, int | float) for x in band)
+        else "?"
+    )
+    window = f"{tail:.0%}" if isinstance(tail, int | float) else "?"
+    return (
+        f"<p class='meta'>Equilibrium by measurement ({_e(what)} in {_e(shown_band)} over the "
+        f"last {_e(window)} of phase 1, every scale-invariant layer, every seed): "
+        f"{_equilibrium_count(s)} optimum cells in equilibrium, {_e(_text(s.get('out')))} out, "
+        f"{_e(_text(s.get('unknown')))} unknown.</p>"
     )
 
 
@@ -226,6 +270,7 @@ def _group(i: int, g: Mapping[str, Any], figures: Sequence[Figure]) -> str:
         _identity(g),
         _fits(g),
         _optima(g.get("optima")),
+        _equilibrium_summary(g.get("optima_equilibrium")),
         _warnings(g.get("warnings"), "Warnings for this group"),
     ]
     if figures:
@@ -403,10 +448,26 @@ def _records_table(
     rows = []
     for item in items:
         cls = row_class(item)
-        cells = "".join(f"<td class='num'>{_e(_text(item.get(k)))}</td>" for k in keys)
+        cells = "".join(_record_cell(k, item.get(k)) for k in keys)
         rows.append(f"<tr class='{cls}'>{cells}</tr>" if cls else f"<tr>{cells}</tr>")
     attr = f" class='{table_class}'" if table_class else ""
     return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _record_cell(key: str, value: Any) -> str:
+    """One cell of a records table; an equilibrium verdict as a badge with its worst ratio."""
+    if key == "equilibrium" and isinstance(value, Mapping) and "verdict" in value:
+        ratio, layer = value.get("ratio"), value.get("layer")
+        detail = ""
+        if isinstance(ratio, int | float) and layer is not None:
+            detail = f" {ratio:.3g} ({_e(layer)})"
+        elif layer is not None:
+            detail = f" ∞ ({_e(layer)})"  # a measured layer with a null ratio: θ_eq = 0
+        seeds = value.get("n_seeds")
+        if isinstance(seeds, int) and seeds > 1:
+            detail += f" {_e(value.get('n_in'))}/{_e(seeds)} seeds"
+        return f"<td>{_verdict(value['verdict'])}{detail}</td>"
+    return f"<td class='num'>{_e(_text(value))}</td>"
 
 
 # --- text ---------------------------------------------------------------------------------
@@ -474,6 +535,8 @@ table.small{font-size:12px}td.used{color:#555;font-size:12px}tr.unused td{color:
 .v-consistent,.v-equivalent,.v-constant{background:#d6f2d6;color:#145214}
 .v-inconsistent,.v-different,.v-varies{background:#f8d4d4;color:#7a1010}
 .v-undetermined,.v-inconclusive{background:#fbeec8;color:#6b4e00}
+.v-in{background:#d6f2d6;color:#145214}.v-out{background:#f8d4d4;color:#7a1010}
+.v-unknown{background:#fbeec8;color:#6b4e00}
 .warnings{background:#fff8e1;border-left:4px solid #e0b000;padding:.3em 1em;margin:.8em 0}
 .warnings h3{margin:.3em 0;font-size:14px}.warnings li{margin:.2em 0}
 .figures{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;border:1px solid #ddd;padding:6px;

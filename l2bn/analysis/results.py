@@ -13,7 +13,9 @@ JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as nu
      "storage": "sqlite:///l2bn.db",              # "csv:<path>" with --from-csv
      "settings": {"storage", "studies", "equilibrium", "interval", "bootstrap", "seed",
                   "confidence", "margin", "norm_margin", "metric", "from_csv",
-                  "collapse_degree", "k_bounds"},
+                  "collapse_degree", "k_bounds",
+                  "equilibrium_band", "equilibrium_tail"},   # metric null: the default
+                                                             # (each group's stored objective)
      "warnings": ["skipped x/sgd: a single weight_decay value ...", ...],  # not per group
      "groups": [{
         "optimizer": "adam", "norm": "bn", "dataset": "cifar10",
@@ -21,7 +23,8 @@ JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as nu
         "studies": ["sweep1/adam"],
         "n_trials": 150, "n_cells": 75, "n_lambda": 3, "max_seeds": 2, "n_diverged": 4,
         "first_layer": "conv1",                  # null without histories
-        "metric": "val_error",                   # v2: the analyzed objective (--metric)
+        "metric": "val_error",                   # v2: the analyzed objective (--metric, else
+                                                 # the studies' stored objective)
         "noise_sd": 0.015,                       # v2: sd of one trial's metric
         "noise_source": "seeds",                 # v2: or "joint-fit residuals" (1 seed)
         "independent_rows": false,               # v2: no seed value shared between λ rows
@@ -33,11 +36,15 @@ JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as nu
         "optima": [{"weight_decay": 0.001, "lr_opt": 0.012, "lr_grid": 0.01,
                     "val_error": 0.21, "n_lr": 25, "edge": false, "used": true,
                     "note": null, "lr_ci_low": 0.010, "lr_ci_high": 0.014,   # v2
-                    "n_band": 4}, ...],                                        # v2
+                    "n_band": 4,                                               # v2
+                    "equilibrium": EQUILIBRIUM}, ...],   # of the cell at lr_grid
+        "optima_equilibrium": {"test": "angle", "band": [0.8, 1.25], "tail": 0.2,
+                               "in": 3, "out": 1, "unknown": 0, "total": 4},  # λ > 0 optima
         "norms": [{"layer": "conv1", "p": ESTIMATE, "q": ESTIMATE, "s": 0.5, "k": 1.0,
                    "a": ESTIMATE, "b": ESTIMATE, "intercept": 0.3, "r_squared": 0.97,
                    "n_cells": 40, "n_excluded": 35, "theory": 0.333,
-                   "verdict": "equivalent", "memory": "equivalent"}, ...],  # one per layer
+                   "verdict": "equivalent", "memory": "equivalent",
+                   "cell_filter": "measured"}, ...],  # one per layer; or "clock c·η·λ·T ≥ 5"
         "columns": [{"quantity": "error" | "norm:conv1", "log_x": -6.9, "slope": ESTIMATE,
                      "band": 0.005, "n_lambda": 4, "verdict": "constant"}, ...],   # v2
         "k_by_epoch": [{"epoch": 1, "k": ESTIMATE}, ...],   # v2; [] without histories
@@ -46,11 +53,17 @@ JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as nu
                    "test_error": 0.21, "n_diverged": 0,
                    "eta_lambda_T": 1.2, "equilibrium_index": 12.0,    # c·η·λ·T
                    "phase1_norms": {"conv1": 3.2, ...},
-                   "relaxation": {"conv1": 7.5, ...}}, ...],  # measured r·T, phase 1
+                   "relaxation": {"conv1": 7.5, ...},   # measured r·T, phase 1
+                   "equilibrium": EQUILIBRIUM}, ...],
         "warnings": ["λ=0.1: η* on the lower edge of the η grid (extend the grid)", ...]}]}
 
     ESTIMATE = {"value", "stderr", "ci_low", "ci_high", "n", "method", "confidence"}
     KEST = {"estimate": ESTIMATE, "theory": 0.5, "verdict": "inconclusive"}
+    EQUILIBRIUM = {"verdict": "in" | "out" | "unknown",
+                   "test": "angle" | "balance" | "none",
+                   "ratio": 1.04, "layer": "conv3",   # the layer farthest from 1 (null: none)
+                   "ratios": {"conv1": 0.97, ...},     # per layer, the seed farthest from 1
+                   "n_in": 2, "n_seeds": 2}            # non-diverged seeds in / all
     # method of k: "<estimator>/<interval>": interval "seed-jackknife-t" (delete-one-seed
     # jackknife, t on S − 1 dof), "(λ, seed)-jackknife-t" (independent rows: Satterthwaite's
     # dof over λ strata), "seed-cluster-bootstrap" / "(λ, seed)-cluster-bootstrap"
@@ -71,9 +84,20 @@ v2 (analyze v2, additions marked above; nothing of the 0.1 shape was removed, bu
 * ``norms[]``: the norm law in invariant coordinates, log(‖w‖·λ^s) = c + p·log(η·λ^k) +
   q·log λ (s: :attr:`l2bn.theory.Theory.norm_scale_power`, k: the theory's); ``verdict`` is p
   against the theory, ``memory`` q against 0 (both with ``norm_margin``); the old a, b beside.
+  ``cell_filter`` says what chose its ``n_cells`` equilibrium cells: ``"measured"`` (the
+  cells measured "in", where the group's cells carry verdicts) or ``"clock c·η·λ·T ≥ 5"``
+  (``settings.equilibrium``; where every verdict is unknown: studies without the update
+  records). The column test's norm columns use the same cells.
 * ``columns``: along η·λ^k = const (theory's k), the slope against log λ of the metric and of
   log(‖w‖·λ^s) of the first layer (equilibrium cells), each at one column position.
 * ``k_by_epoch``: the joint k from each epoch's validation metric (per-epoch histories).
+
+Equilibrium by measurement (:mod:`l2bn.analysis.equilibrium`): over the last
+``equilibrium_tail`` (20 %) of phase 1, every scale-invariant layer's ratio must lie in
+``equilibrium_band`` ([0.8, 1.25]): ⟨θ²⟩/θ_eq² (test "angle": SGD, momentum, Nesterov,
+AdamW) or the growth ÷ shrink balance (test "balance": Adam, RMSProp); "in" when every
+non-diverged seed is, "out" when one is out, "unknown" without records (never "in"). A ratio
+of ∞ (θ_eq = 0, or a norm that only grew) is written as null with its layer named.
 
 ``verdict`` of k and the exponents, against theory ± margin δ: "equivalent" (the CI lies
 inside), "different" (the CI lies entirely outside), "inconclusive" (otherwise, including a
@@ -104,6 +128,10 @@ from typing import TYPE_CHECKING, Any
 
 import l2bn
 from l2bn.analysis.fitted import (
+    IN_EQUILIBRIUM,
+    NO_TEST,
+    OUT_OF_EQUILIBRIUM,
+    UNKNOWN,
     Cell,
     CollapseFit,
     ColumnCheck,
@@ -113,7 +141,7 @@ from l2bn.analysis.fitted import (
     Optimum,
     ScalingFit,
 )
-from l2bn.analysis.settings import AnalyzeConfig
+from l2bn.analysis.settings import EQUILIBRIUM_BAND, EQUILIBRIUM_TAIL, AnalyzeConfig
 from l2bn.files import finite_or_none
 
 if TYPE_CHECKING:
@@ -176,6 +204,13 @@ class GroupReport:
     noise_source: str = "none"  # "seeds", "second differences"
     independent_rows: bool = False  # no seed value shared between λ rows
     metric: str = "val_error"
+    # Equilibrium by measurement (l2bn.analysis.equilibrium): the test of this optimizer
+    # ("angle", "balance" or "none"), its band and the share of phase 1 it reads.
+    equilibrium_test: str = NO_TEST
+    equilibrium_band: tuple[float, float] = EQUILIBRIUM_BAND
+    equilibrium_tail: float = EQUILIBRIUM_TAIL
+    # Each study's stored objective (None: not stored); feeds --csv, not part of the JSON.
+    objectives: Mapping[str, str | None] = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
@@ -197,6 +232,20 @@ class GroupReport:
     @property
     def first_layer_norm(self) -> NormFit | None:
         return self.norms[0] if self.norms else None
+
+    @property
+    def optima_equilibrium(self) -> dict[str, Any]:
+        """How many of the optimum cells (λ > 0) are in equilibrium, out, unknown."""
+        judged = [o.equilibrium.verdict for o in self.optima if o.weight_decay > 0]
+        return {
+            "test": self.equilibrium_test,
+            "band": list(self.equilibrium_band),
+            "tail": self.equilibrium_tail,
+            "in": judged.count(IN_EQUILIBRIUM),
+            "out": judged.count(OUT_OF_EQUILIBRIUM),
+            "unknown": judged.count(UNKNOWN),
+            "total": len(judged),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -220,6 +269,7 @@ class GroupReport:
             "k_estimates": {name: e.to_dict() for name, e in self.k_estimates.items()},
             "collapse": None if self.collapse is None else self.collapse.to_dict(),
             "optima": [o.to_dict() for o in self.optima],
+            "optima_equilibrium": self.optima_equilibrium,
             "norms": [n.to_dict() for n in self.norms],
             "columns": [c.to_dict() for c in self.columns],
             "k_by_epoch": [e.to_dict() for e in self.k_by_epoch],

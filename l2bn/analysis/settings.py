@@ -38,6 +38,15 @@ class IntervalKind(StrEnum):
 
 METRICS = tuple(m.value for m in Metric)  # ("val_error", "val_loss")
 INTERVALS = tuple(i.value for i in IntervalKind)  # ("jackknife", "bootstrap")
+DEFAULT_METRIC = Metric.val_error.value  # for studies that stored no objective (older l2bn)
+
+# Equilibrium by measurement (l2bn.analysis.equilibrium): over the last EQUILIBRIUM_TAIL of
+# the first LR phase (at least one epoch), a scale-invariant layer is at equilibrium when its
+# mean θ² over θ_eq² (or, for Adam/RMSProp with coupled L2, its growth ÷ shrink balance) lies
+# in EQUILIBRIUM_BAND. The band is symmetric in log (0.8 = 1/1.25): θ̄ within about ±11 % of
+# θ_eq.
+EQUILIBRIUM_BAND = (0.8, 1.25)
+EQUILIBRIUM_TAIL = 0.2
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,9 @@ class AnalyzeConfig:
 
     storage: str = DEFAULT_STORAGE
     studies: tuple[str, ...] = ()  # empty: every study with user attr "optimizer"
-    equilibrium: float = 5.0  # a cell is in equilibrium when c·η·λ·T ≥ this (c: relaxation_rate)
+    # The clock's threshold: where no cell of a group carries a measured verdict (older
+    # studies), the norm fit takes the cells with c·η·λ·T ≥ this (c: relaxation_rate).
+    equilibrium: float = 5.0
     # Intervals of k: "jackknife" (delete-one-seed, Student t; the calibrated default) or
     # "bootstrap" (cluster bootstrap over seeds, ``bootstrap`` resamples; under-covers with
     # few seeds, kept for comparison).
@@ -60,7 +71,9 @@ class AnalyzeConfig:
     margin: float = 0.1
     # The same for the norm exponent p (theories ¼, ⅓, ½ lie 0.08 apart: half of δ).
     norm_margin: float = 0.05
-    metric: str = "val_error"  # the objective whose optimum is located: val_error | val_loss
+    # The objective whose optimum is located: val_error | val_loss; None (the default): each
+    # group's stored objective when all its studies agree, else val_error (with a note).
+    metric: str | None = None
     from_csv: Path | None = None  # read a ``--csv`` export instead of the storage
     collapse_degree: int = 4  # degree of the master curve in log η + k log λ
     k_bounds: tuple[float, float] = (-1.0, 2.5)  # search range of the collapse k
@@ -68,10 +81,13 @@ class AnalyzeConfig:
     csv_path: Path | None = None
     plots_dir: Path | None = None
     report_path: Path | None = None  # the self-contained HTML page (l2bn.analysis.report)
+    equilibrium_band: tuple[float, float] = EQUILIBRIUM_BAND  # of ⟨θ²⟩/θ_eq², or the balance
+    equilibrium_tail: float = EQUILIBRIUM_TAIL  # the share of phase 1 it is measured over
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "studies", tuple(self.studies))
         object.__setattr__(self, "k_bounds", tuple(float(x) for x in self.k_bounds))
+        object.__setattr__(self, "equilibrium_band", tuple(float(x) for x in self.equilibrium_band))
         for name in ("json_path", "csv_path", "plots_dir", "report_path", "from_csv"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
@@ -84,7 +100,7 @@ class AnalyzeConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name.replace('_', '-')} must be a number ≥ 0, got {value!r}")
-        if self.metric not in METRICS:
+        if self.metric is not None and self.metric not in METRICS:
             raise ConfigError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
         if self.interval not in INTERVALS:
             raise ConfigError(
@@ -97,6 +113,13 @@ class AnalyzeConfig:
         lo, hi = self.k_bounds
         if not lo < hi:
             raise ConfigError(f"k-bounds must be increasing, got {self.k_bounds}")
+        band = self.equilibrium_band
+        if len(band) != 2 or not (0 < band[0] <= 1 <= band[1] < math.inf):
+            raise ConfigError(
+                f"equilibrium-band must be (low, high) with 0 < low ≤ 1 ≤ high, got {band}"
+            )
+        if not (0 < self.equilibrium_tail <= 1):
+            raise ConfigError(f"equilibrium-tail must be in (0, 1], got {self.equilibrium_tail!r}")
 
     def to_dict(self) -> dict[str, Any]:
         # Here, not at the top: l2bn.sweep.storage imports optuna, which the fits must not.
@@ -116,7 +139,19 @@ class AnalyzeConfig:
             "from_csv": None if self.from_csv is None else str(self.from_csv),
             "collapse_degree": self.collapse_degree,
             "k_bounds": list(self.k_bounds),
+            "equilibrium_band": list(self.equilibrium_band),
+            "equilibrium_tail": self.equilibrium_tail,
         }
 
 
-__all__ = ["DEFAULT_STORAGE", "INTERVALS", "METRICS", "AnalyzeConfig", "IntervalKind", "Metric"]
+__all__ = [
+    "DEFAULT_METRIC",
+    "DEFAULT_STORAGE",
+    "EQUILIBRIUM_BAND",
+    "EQUILIBRIUM_TAIL",
+    "INTERVALS",
+    "METRICS",
+    "AnalyzeConfig",
+    "IntervalKind",
+    "Metric",
+]

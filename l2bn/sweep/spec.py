@@ -6,6 +6,9 @@ Schema (every key optional except that at least one ``[optimizers.<name>]`` tabl
     lr = {min = 1e-3, max = 1, num = 7}  # η grid, log-spaced; or an explicit list [0.01, 0.1]
     weight_decay = [1e-2, 4e-2, 1.6e-1]  # λ grid, same two forms; every λ must be > 0
     lr_scale_exponent = 0.0            # k: with k ≠ 0 the lr grid lists η·λ^k, see below
+    init_scale_exponent = 0.0          # e: the run at λ has S = init_scale·(λ/λ_ref)^-e
+    reference_weight_decay = 1.0       # λ_ref: the λ where η and S are the listed values
+    objective = "val_error"            # the trial's value: val_error or val_loss
     seeds = [0]                        # or a count: seeds = 3 means [0, 1, 2]
     independent_seeds = false          # true: every λ row gets seeds of its own (see below)
     epochs = 40                        # ... and any other TrainConfig field except
@@ -17,10 +20,22 @@ Schema (every key optional except that at least one ``[optimizers.<name>]`` tabl
     lr_scale_exponent = 0.5
 
 ``lr_scale_exponent`` (k) makes the η grid follow the predicted optimum η* ∝ λ^-k: the ``lr``
-values are then values of η·λ^k, and the run at λ uses η = value·λ^-k. The grid stays a full
-rectangle in (log η·λ^k, log λ), every trial stores the η it really used, and the analysis fits
-η* against λ from those; k only decides where the cells lie, so a wrong k costs coverage (an
-optimum on the grid's edge), never a biased fit.
+values are then values of η·(λ/λ_ref)^k, and the run at λ uses η = value·(λ/λ_ref)^-k (λ_ref =
+``reference_weight_decay``, 1 by default: η = value·λ^-k). The grid stays a full rectangle in
+(log η·λ^k, log λ), every trial stores the η it really used, and the analysis fits η* against λ
+from those; k only decides where the cells lie, so a wrong k costs coverage (an optimum on the
+grid's edge), never a biased fit.
+
+``init_scale_exponent`` (e) ties the initial scale to λ the same way: the run at λ multiplies
+its scale-invariant initial weights by S = init_scale·(λ/λ_ref)^-e (TrainConfig.init_scale;
+the trial records it as its user attr ``init_scale``). With k and e on a symmetry map of the
+optimizer (sweeps/symmetry.toml) every λ row is a rescaled copy of the row at λ_ref.
+
+Every computed value is rounded to SIGNIFICANT_DIGITS, so that every node computes the same
+float, except when the tie factor (λ/λ_ref)^-k (or ^-e) is an exact power of two: λ/λ_ref is
+2^m exactly (math.frexp gives mantissa ½) and k·m is an integer. The product is then exact
+IEEE arithmetic, the same on every node, and is kept unrounded, so that symmetric rows stay
+exact rescalings (η·4^n rounded to 10 digits is not η·4^n).
 """
 
 from __future__ import annotations
@@ -35,10 +50,26 @@ from pathlib import Path
 from typing import Any
 
 from l2bn.errors import ConfigError
-from l2bn.train.config import OptimizerName, TrainConfig
+from l2bn.train.config import Objective, OptimizerName, TrainConfig
 
-GRID_KEYS = ("lr", "weight_decay", "lr_scale_exponent", "seeds", "independent_seeds")
+GRID_KEYS = (
+    "lr",
+    "weight_decay",
+    "lr_scale_exponent",
+    "init_scale_exponent",
+    "reference_weight_decay",
+    "seeds",
+    "independent_seeds",
+)
+SETTING_KEYS = ("objective",)  # sweep settings that are neither grid nor TrainConfig keys
 SWEEP_ONLY_KEYS = ("name", "optimizers")
+# The stored config's keys added after studies were first stored, with the value every study
+# stored before them ran with (l2bn.sweep.study fills them in before comparing).
+STORED_DEFAULTS: dict[str, Any] = {
+    "init_scale_exponent": 0.0,
+    "reference_weight_decay": 1.0,
+    "objective": Objective.val_error.value,
+}
 PER_RUN_FIELDS = ("optimizer", "lr", "weight_decay", "seed")  # set per trial, not per sweep
 # Where a node keeps its data and what it trains on: not part of the experiment, so two nodes
 # that differ only in these join one study (they are left out of the study's ``config``).
@@ -92,6 +123,9 @@ class OptimizerSweep:
     # row later leaves the others' seeds as they were): rows independent, which analyze
     # detects (no seed shared between rows) and resamples accordingly.
     independent_seeds: bool = False
+    init_scale_exponent: float = 0.0  # e: S = init_scale·(λ/λ_ref)^-e at λ
+    reference_weight_decay: float = 1.0  # λ_ref: the row whose η and S are the listed values
+    objective: Objective = Objective.val_error  # the trial's value (and intermediate values)
 
     @property
     def study_name(self) -> str:
@@ -101,16 +135,31 @@ class OptimizerSweep:
         return TrainConfig.from_dict({**self.train, "optimizer": self.optimizer.value})
 
     def config_for(self, point: Point) -> TrainConfig:
-        return self.base_config().with_(
-            lr=point.lr, weight_decay=point.weight_decay, seed=point.seed
+        base = self.base_config()
+        return base.with_(
+            lr=point.lr,
+            weight_decay=point.weight_decay,
+            seed=point.seed,
+            init_scale=self.init_scale_for(point.weight_decay, base.init_scale),
         )
+
+    def lr_for(self, value: float, weight_decay: float) -> float:
+        """η of the λ row ``weight_decay`` for the lr grid value ``value``: value·(λ/λ_ref)^-k."""
+        return tied(value, weight_decay / self.reference_weight_decay, self.lr_scale_exponent)
+
+    def init_scale_for(self, weight_decay: float, init_scale: float | None = None) -> float:
+        """S of the λ row ``weight_decay``: init_scale·(λ/λ_ref)^-e (init_scale: the file's)."""
+        if init_scale is None:
+            init_scale = self.base_config().init_scale
+        ratio = weight_decay / self.reference_weight_decay
+        return tied(init_scale, ratio, self.init_scale_exponent)
 
     def points(self) -> list[Point]:
         """Every (η, λ, seed) of the grid, in a fixed order: λ, then η, then seed."""
         out: list[Point] = []
         for wd in self.weight_decay.values:
             for base in self.lr.values:
-                lr = _canonical(base * wd ** (-self.lr_scale_exponent))
+                lr = self.lr_for(base, wd)
                 out.extend(Point(lr, wd, seed) for seed in self.seeds_for(wd))
         return sorted(set(out), key=lambda p: (p.weight_decay, p.lr, p.seed))
 
@@ -138,6 +187,10 @@ class OptimizerSweep:
             "lr": self.lr.spec,
             "weight_decay": self.weight_decay.spec,
             "lr_scale_exponent": self.lr_scale_exponent,
+            "init_scale_exponent": self.init_scale_exponent,
+            "reference_weight_decay": self.reference_weight_decay,
+            # What the trials' values are: `l2bn analyze` defaults its metric to it.
+            "objective": self.objective.value,
             "seeds": list(self.seeds),
             # Written only when set: studies stored before the key existed stay the same.
             **({"independent_seeds": True} if self.independent_seeds else {}),
@@ -254,7 +307,7 @@ def parse_sweep(
 
 
 def _check_keys(table: dict[str, Any], where: str, section: str) -> None:
-    known = set(GRID_KEYS) | set(TRAIN_KEYS)
+    known = set(GRID_KEYS) | set(SETTING_KEYS) | set(TRAIN_KEYS)
     for key in table:
         if key not in known:
             hint = (
@@ -271,9 +324,15 @@ def _resolve(name: str, opt: OptimizerName, d: dict[str, Any], where: str) -> Op
             raise ConfigError(f"{where}missing {key} grid, e.g. {key} = {{min=1e-3, max=1, num=7}}")
     lr = _axis(d["lr"], "lr", where)
     wd = _axis(d["weight_decay"], "weight_decay", where)
-    k = d.get("lr_scale_exponent", 0.0)
-    if isinstance(k, bool) or not isinstance(k, int | float) or not math.isfinite(k):
-        raise ConfigError(f"{where}lr_scale_exponent must be a number, got {k!r}")
+    k = _exponent(d, "lr_scale_exponent", where)
+    e = _exponent(d, "init_scale_exponent", where)
+    ref = d.get("reference_weight_decay", STORED_DEFAULTS["reference_weight_decay"])
+    if not (_is_number(ref) and math.isfinite(ref) and ref > 0):
+        raise ConfigError(f"{where}reference_weight_decay must be a number > 0, got {ref!r}")
+    objective = d.get("objective", STORED_DEFAULTS["objective"])
+    if not isinstance(objective, str) or objective not in {o.value for o in Objective}:
+        choices = ", ".join(o.value for o in Objective)
+        raise ConfigError(f"{where}objective {objective!r} is not one of: {choices}")
     seeds = _seeds(d.get("seeds", [0]), where)
     independent = d.get("independent_seeds", False)
     if not isinstance(independent, bool):
@@ -285,16 +344,25 @@ def _resolve(name: str, opt: OptimizerName, d: dict[str, Any], where: str) -> Op
             f"change one of {list(wd.values)} slightly"
         )
     train = {key: d[key] for key in TRAIN_KEYS if key in d}
-    sweep = OptimizerSweep(name, opt, lr, wd, float(k), seeds, train, independent)
+    sweep = OptimizerSweep(
+        name, opt, lr, wd, k, seeds, train, independent, e, float(ref), Objective(objective)
+    )
     try:
-        base = sweep.base_config()
-        for p in sweep.points():  # every η·λ^-k must be a valid TrainConfig too
-            base.with_(lr=p.lr, weight_decay=p.weight_decay, seed=p.seed)
+        sweep.base_config()
+        for p in sweep.points():  # every η·(λ/λ_ref)^-k and S must make a valid TrainConfig
+            sweep.config_for(p)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
     except TypeError as e:  # e.g. epochs = "ten" reaching a comparison
         raise ConfigError(f"{where}{e}") from None
     return sweep
+
+
+def _exponent(d: dict[str, Any], key: str, where: str) -> float:
+    value = d.get(key, 0.0)
+    if not (_is_number(value) and math.isfinite(value)):
+        raise ConfigError(f"{where}{key} must be a number, got {value!r}")
+    return float(value)
 
 
 def _axis(spec: Any, key: str, where: str) -> Axis:
@@ -360,3 +428,28 @@ def row_key(weight_decay: float) -> int:
 def _canonical(x: float) -> float:
     """Round to SIGNIFICANT_DIGITS: the same float on every node, and readable in tables."""
     return float(f"{x:.{SIGNIFICANT_DIGITS}g}")
+
+
+def power_of_two(ratio: float, exponent: float) -> int | None:
+    """n when ratio^-exponent is exactly 2^n (ratio = 2^m exactly, -exponent·m an integer),
+    else None."""
+    mantissa, exp2 = math.frexp(ratio)
+    if mantissa != 0.5:
+        return None
+    n = -exponent * (exp2 - 1)
+    return int(n) if n == int(n) and abs(n) < 1000 else None  # 2^±1000: still a normal float
+
+
+def tied(value: float, ratio: float, exponent: float) -> float:
+    """value·ratio^-exponent, the same float on every node: exact (unrounded) when the factor
+    is an exact power of two, otherwise rounded to SIGNIFICANT_DIGITS (module docstring)."""
+    if exponent == 0:
+        return value
+    n = power_of_two(ratio, exponent)
+    if n is not None:
+        return value * math.ldexp(1.0, n)  # exact IEEE arithmetic: no rounding needed
+    try:
+        factor = ratio ** (-exponent)
+    except OverflowError:
+        factor = math.inf  # refused by TrainConfig's check of the point, naming the setting
+    return _canonical(value * factor)

@@ -30,7 +30,7 @@ class PointStatus:
     point: Point
     state: PointState
     epoch: int = 0  # epochs reported so far, for a running point
-    value: float | None = None  # final validation error, for a done point
+    value: float | None = None  # the trial's value (GridStatus.objective), for a done point
     attempts: int = 0  # trials that ran for this point (FAIL ones included)
 
 
@@ -42,6 +42,7 @@ class GridStatus:
     skipped: int = 0  # PRUNED trials: queue slots that did not train
     seconds_per_run: float | None = None  # mean wall time of the completed runs
     extra: dict[str, int] = field(default_factory=dict)  # trials not on this grid, by state
+    objective: str = "val_error"  # what PointStatus.value is: the sweep's objective
 
     def count(self, *states: PointState) -> int:
         return sum(1 for p in self.points if p.state in states)
@@ -98,7 +99,13 @@ def grid_status(study: optuna.Study, sweep: OptimizerSweep) -> GridStatus:
             extra[t.state.name] = extra.get(t.state.name, 0) + 1
     mean = sum(durations) / len(durations) if durations else None
     return GridStatus(
-        study.study_name, sweep.base_config().epochs, tuple(out), skipped, mean, extra
+        study.study_name,
+        sweep.base_config().epochs,
+        tuple(out),
+        skipped,
+        mean,
+        extra,
+        sweep.objective.value,
     )
 
 

@@ -6,9 +6,12 @@ Layout (README, "Study layout"; any Optuna client can read it):
   ``dataset``, ``epochs``, ``width``, ``config`` (the resolved sweep as JSON, without the
   node-local ``data_dir`` and ``device``) and ``l2bn_version``.
 * one COMPLETE trial per grid point: params ``lr``, ``weight_decay`` (log float) and ``seed``
-  (int); value = final validation error; intermediate values = validation error per epoch
-  (step = 1-based epoch); user attrs ``test_error``, ``train_loss`` (None if not finite),
-  ``diverged``, ``steps_per_epoch``, ``history``.
+  (int); value = the sweep's objective (``config``'s ``objective``: final validation error by
+  default, or final validation loss, +inf for a diverged run); intermediate values = that
+  metric per epoch (step = 1-based epoch); user attrs ``val_error``, ``test_error``,
+  ``val_loss`` and ``train_loss`` (None if not finite), ``diverged``, ``steps_per_epoch``,
+  ``init_scale`` (S, which a sweep with ``init_scale_exponent`` ties to λ), ``device``,
+  ``precision``, ``history``.
 * FAIL trials are runs that were interrupted or lost (their point was queued again, as a
   WAITING copy with the system attrs ``failed_trial``/``retry_history`` of Optuna's retry
   callback; ``l2bn_error`` says what failed when an error did); PRUNED trials never trained
@@ -21,6 +24,7 @@ point that has no WAITING, RUNNING or COMPLETE trial: so each point has at most 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -32,10 +36,10 @@ from optuna.trial import FrozenTrial, TrialState
 from l2bn import __version__
 from l2bn.errors import ConfigError, StorageError
 from l2bn.files import finite_or_none
-from l2bn.sweep.spec import LOCATION_FIELDS, TRAIN_KEYS, OptimizerSweep, Point
+from l2bn.sweep.spec import LOCATION_FIELDS, STORED_DEFAULTS, TRAIN_KEYS, OptimizerSweep, Point
 from l2bn.sweep.storage import describe, enqueue_lock
-from l2bn.train.config import TrainConfig
-from l2bn.train.records import TrainResult
+from l2bn.train.config import Objective, TrainConfig
+from l2bn.train.records import EpochRecord, TrainResult
 
 LIVE = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
 SKIPPED_ATTR = "l2bn_skipped"
@@ -105,10 +109,11 @@ GRID_KEYS = ("lr", "weight_decay", "seeds")  # what a sweep file may add to with
 
 
 def _with_new_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """A study stored before a TrainConfig field existed ran with that field's default."""
+    """A study stored before a TrainConfig field (or a sweep key such as ``objective``)
+    existed ran with that field's default."""
     defaults = TrainConfig().to_dict()
     missing = {k: defaults[k] for k in TRAIN_KEYS if k not in config.get("train", {})}
-    return {**config, "train": {**missing, **config.get("train", {})}}
+    return {**STORED_DEFAULTS, **config, "train": {**missing, **config.get("train", {})}}
 
 
 def _without_grid(config: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +125,18 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
     stored by an older l2bn holds them; nodes with data in other folders share one study)."""
     train = {k: v for k, v in config.get("train", {}).items() if k not in LOCATION_FIELDS}
     return {**config, "train": train}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The keys (train keys as ``train.<key>``) whose values differ, outside the grid."""
+    a, b = _without_grid(old), _without_grid(new)
+    train_a, train_b = a.pop("train", {}), b.pop("train", {})
+    out = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return out + [
+        f"train.{k}"
+        for k in sorted(set(train_a) | set(train_b))
+        if train_a.get(k) != train_b.get(k)
+    ]
 
 
 def _adopt_config(study: optuna.Study, sweep: OptimizerSweep, attrs: dict[str, Any]) -> None:
@@ -149,7 +166,7 @@ def _adopt_config(study: optuna.Study, sweep: OptimizerSweep, attrs: dict[str, A
         why = (
             f"{len(orphans)} of its points are not in this grid"
             if same_training
-            else "its training settings differ"
+            else f"its training settings differ: {', '.join(_differences(old, new))}"
         )
         raise ConfigError(
             f"study {study.study_name!r} in this storage was made by a different sweep "
@@ -201,11 +218,29 @@ def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage:
     return backend
 
 
+def objective_value(objective: Objective, result: TrainResult | EpochRecord) -> float:
+    """The trial value (of a finished run) or intermediate value (of an epoch) under
+    ``objective``. A diverged run has chance-level errors but no loss (NaN): under val_loss
+    its value is +inf, the worst, so that it completes as diverged like under val_error."""
+    if objective is Objective.val_error:
+        return result.val_error
+    if isinstance(result, TrainResult) and result.diverged:
+        return math.inf
+    return result.val_loss
+
+
 def result_attrs(result: TrainResult) -> dict[str, Any]:
     """A finished run's trial user attrs, as the README's "Study layout" documents them."""
     return {
+        # Both validation metrics, whichever the objective (the trial's value): analyze may
+        # read either.
+        "val_error": result.val_error,
+        "val_loss": finite_or_none(result.val_loss),
         "test_error": result.test_error,
         "train_loss": finite_or_none(result.train_loss),
+        # The initial scale S the run used: the file's init_scale, tied to λ by
+        # init_scale_exponent (not a param: the grid point is (lr, weight_decay, seed)).
+        "init_scale": result.config.init_scale,
         "diverged": result.diverged,
         "steps_per_epoch": result.steps_per_epoch,
         # What auto resolved to on the node that ran it: a study may span CPUs and GPUs.

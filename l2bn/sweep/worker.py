@@ -10,7 +10,8 @@ plain run), in rounds until nothing is queued or running:
    (see :mod:`l2bn.sweep.storage`), and one heartbeat thread beats for every claimed trial.
 3. Train them with :func:`l2bn.train.engine.train_many`, one ``trial.report`` per epoch each.
 4. Finish each: the user attrs of :func:`l2bn.sweep.study.result_attrs`, then COMPLETE with
-   the final validation error. A non-finite result is a FAIL and an error, never skipped.
+   the sweep's objective (final validation error, or loss). A non-finite one is a FAIL and an
+   error, never skipped.
 
 Faults, handled alike at every K. Every storage write that meets a dropped database
 connection waits for the server and is repeated (each is idempotent). SIGINT or SIGTERM
@@ -53,10 +54,11 @@ from l2bn.sweep.study import (
     LIVE,
     SKIPPED_ATTR,
     RequeueCallback,
+    objective_value,
     point_of,
     result_attrs,
 )
-from l2bn.train.config import TrainConfig
+from l2bn.train.config import Objective, TrainConfig
 from l2bn.train.records import EpochRecord, TrainResult
 
 DEFAULT_HEARTBEAT_S = 30
@@ -176,8 +178,10 @@ class _Round:
         storage: optuna.storages.RDBStorage,
         beats: Heartbeats,
         requeue: RequeueCallback,
+        objective: Objective = Objective.val_error,
     ) -> None:
         self.study, self.storage, self.beats, self.requeue = study, storage, beats, requeue
+        self.objective = objective  # what each trial's value and intermediate values are
         self.claims: list[_Claim] = []
         self.patient = True  # whether writes wait for a lost database server
 
@@ -246,7 +250,8 @@ class _Round:
         def on_epoch(m: int, record: EpochRecord) -> None:
             claim = claims[m]
             if not claim.finished:
-                report = functools.partial(claim.trial.report, record.val_error, record.epoch)
+                value = objective_value(self.objective, record)
+                report = functools.partial(claim.trial.report, value, record.epoch)
                 self._unless_finished_elsewhere(claim, lambda: self.write(report))
                 if all(c.finished for c in claims):
                     raise _RoundLost
@@ -260,8 +265,10 @@ class _Round:
         for claim, result in zip(claims, results, strict=True):
             if claim.finished:
                 continue
-            if not math.isfinite(result.val_error):  # Optuna would FAIL it: so do we, aloud
-                why = f"training returned val_error {result.val_error}"
+            value = objective_value(self.objective, result)
+            # Optuna would FAIL a NaN: so do we, aloud. +inf is a diverged run's loss only.
+            if not (math.isfinite(value) or (result.diverged and value == math.inf)):
+                why = f"training returned {self.objective.value} {value}"
                 self._fail(claim, why, requeue=False)
                 c = result.config
                 bad.append(f"{why} at lr={c.lr:g}, weight_decay={c.weight_decay:g}, seed={c.seed}")
@@ -273,7 +280,8 @@ class _Round:
     def _record(self, claim: _Claim, result: TrainResult) -> None:
         for key, value in result_attrs(result).items():
             self.write(functools.partial(claim.trial.set_user_attr, key, value))
-        claim.value = result.val_error  # now the result can be told, even after a lost link
+        # Now the result can be told, even after a lost link.
+        claim.value = objective_value(self.objective, result)
 
     def tell(self) -> int:
         """Tell every result computed (COMPLETE); returns how many trials completed."""
@@ -387,7 +395,7 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
                     break
                 time.sleep(min(POLL_S * 5, spec.heartbeat_interval))
                 continue
-            work = _Round(study, storage, beats, requeue)
+            work = _Round(study, storage, beats, requeue, spec.sweep.objective)
             try:
                 work.claim(spec.sweep, k, stop)
                 if work.claims:

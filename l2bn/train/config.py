@@ -106,6 +106,11 @@ class TrainConfig:
     # by S after the default initialization. It changes nothing the network computes, only
     # ‖w₀‖ and so the effective learning rate until equilibrium forgets it.
     init_scale: float = 1.0
+    # The symmetry control (sweeps/symmetry.toml): BN's and LN's ε × S², Adam's and RMSProp's
+    # ε ÷ S, with S = init_scale. The only constants that break the maps of l2bn.theory
+    # ((αw₀, α²η, λ/α²) and kin) are these ε; moved with the map, two runs related by it are
+    # exact copies up to w → αw (bitwise for α a power of two). Off: PyTorch's ε (the paper).
+    scale_eps: bool = False
     decay_all: bool = False  # also decay normalization γ/β and biases (the paper does not)
     # Learnable normalization γ/β (BN, LN, the logit BN) and WN gains, as in the paper. False
     # freezes them (γ = 1, β = 0, g at its initial value): every trained parameter is then

@@ -7,8 +7,11 @@ models but the kernels: each has its own initialization, data order and augmenta
 seed), its own η, λ and optimizer state, and its own loss (the summed loss gives every model
 exactly its own gradient). A model whose loss turns non-finite is frozen at once (its
 parameters stop changing) and recorded as diverged at the end of that epoch; the others train
-on untouched. Nothing here prints or knows about Optuna: each epoch (and, cheaply, each batch)
-is reported through callbacks, which may raise to stop training.
+on untouched. Every step also measures, on the device, how far each layer's weights turned
+and how their norm moved (l2bn.train.meter); each epoch's records (losses, errors, norms,
+those update statistics) reach the host in one transfer. Nothing here prints or knows about
+Optuna: each epoch (and, cheaply, each batch) is reported through callbacks, which may raise
+to stop training.
 
 Reproducibility: the same configs on the same device and software give the same result on a
 CPU. On CUDA, cuDNN autotunes its convolution algorithms for the run (``cudnn.benchmark``,
@@ -34,6 +37,7 @@ from l2bn import __version__
 from l2bn.theory import THEORY
 from l2bn.train.config import Precision, Schedule, TrainConfig, check_batchable
 from l2bn.train.device import resolve_device, resolve_precision
+from l2bn.train.meter import UpdateMeter
 from l2bn.train.models import layer_norms
 from l2bn.train.optim import SPECS, FlatOptimizer, project_to_unit_norm
 from l2bn.train.records import EpochRecord, TrainResult, layer_records
@@ -47,7 +51,9 @@ BatchCallback = Callable[[int, int, int], None]  # (epoch, batch, batches per ep
 class Engine:
     """K runs set up to train: task (data + network), precision, optimizer; and their step."""
 
-    def __init__(self, configs: Sequence[TrainConfig], download: bool = False) -> None:
+    def __init__(
+        self, configs: Sequence[TrainConfig], download: bool = False, measure_updates: bool = True
+    ) -> None:
         check_batchable(configs)  # first: a bad batch fails before any data is loaded
         self.configs = list(configs)
         self.k = len(self.configs)
@@ -69,11 +75,15 @@ class Engine:
             self.net.params,
             weight_decay=[c.weight_decay for c in self.configs],  # λ: coupled, adamw decoupled
             decay_all=base.decay_all,  # also γ, β, biases, WN gains (the paper: weights only)
+            # The symmetry control: Adam's/RMSProp's ε ÷ S, as gradients scale by 1/S.
+            eps_scales=[c.init_scale for c in self.configs] if base.scale_eps else None,
         )
         self.scale_init([c.init_scale for c in self.configs])
         if self.spec.project:
             self.project()  # start on the sphere, as every later step ends
         self.alive = torch.ones(self.k, dtype=torch.bool, device=self.device)
+        # Per-layer angular/radial update statistics (l2bn.train.meter); off only to time it.
+        self.meter = UpdateMeter(self.net) if measure_updates else None
 
     @torch.no_grad()
     def scale_init(self, scales: Sequence[float]) -> None:
@@ -100,16 +110,21 @@ class Engine:
             losses, wrong = self.task.losses(batch)
         self.net.params.backward(losses.sum())  # the sum: each model gets its own gradient
         self.alive &= torch.isfinite(losses.detach())  # a non-finite loss freezes its model
+        if self.meter is not None:
+            self.meter.snapshot()  # w before the step
         self.optimizer.step(self.alive)
         if self.spec.project:
             self.project()
+        if self.meter is not None:
+            self.meter.measure(self.alive)  # Δw of the whole step, projection included
         return losses.detach(), wrong
 
     def project(self) -> None:
         project_to_unit_norm(self.net.weights, self.net.invariant)
 
-    def evaluate(self, split: str) -> tuple[torch.Tensor, int]:
-        """(each model's summed error on the split, K on the device; the count to divide by)."""
+    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(each model's summed error on the split, K on the device; its summed loss, K; the
+        count to divide both by)."""
         with self.autocast:
             return self.task.evaluate(split)
 
@@ -130,17 +145,20 @@ def train_many(
     on_epoch: ManyEpochCallback | None = None,
     on_batch: BatchCallback | None = None,
     download: bool = False,
+    measure_updates: bool = True,
 ) -> list[TrainResult]:
     """Train K runs that differ only in η, λ and seed side by side; one result per config.
 
     ``on_epoch(m, record)`` follows every epoch of every run m still training, in run order;
     a run that diverged is reported once (chance-level errors) and then no more. Host syncs:
-    one per epoch (every record at once), none per step.
+    one per epoch (every record at once), none per step. ``measure_updates=False`` leaves the
+    update fields of the layer records NaN (benchmarks/bench_records.py times the difference).
     """
     start = time.perf_counter()
-    engine = Engine(configs, download)
+    engine = Engine(configs, download, measure_updates)
     k, task = engine.k, engine.task
-    power = THEORY[engine.configs[0].optimizer].eff_lr_power  # η_eff = η / ‖w_unit‖^power
+    theory = THEORY[engine.configs[0].optimizer]
+    power = theory.eff_lr_power  # η_eff = η / ‖w_unit‖^power
     chance = task.chance_error
     per_step_lr = engine.configs[0].schedule is Schedule.wsd  # step, constant: η per epoch
     histories: list[list[EpochRecord]] = [[] for _ in range(k)]
@@ -166,41 +184,67 @@ def train_many(
                 if on_batch is not None:
                     on_batch(epoch + 1, step + 1, task.steps_per_epoch)
 
-            # Every model's sums and layer norms in one transfer; means in double on the host.
-            val, n_val = engine.evaluate("val")
+            # One host transfer per epoch for every record: per model the train, validation
+            # and loss sums; per layer and model the norms and the update sums (meter.py).
+            # Means in double on the host.
+            val_wrong, val_nll, n_val = engine.evaluate("val")
             norms = layer_norms(engine.net.weights).flatten()  # layers × K × (‖w‖, unit norm)
-            host = torch.cat([loss_sum, wrong_sum, val.float(), norms]).tolist()
+            updates = engine.meter.take() if engine.meter is not None else norms[:0]
+            parts = (loss_sum, wrong_sum, val_wrong, val_nll, norms, updates)
+            host = torch.cat([x.double() for x in parts]).tolist()
+            train_loss_sums, train_wrong, val_wrong_sums, val_nll_sums = (
+                host[i * k : (i + 1) * k] for i in range(4)
+            )
+            layer_norm_list = host[4 * k : 4 * k + norms.numel()]
+            update_sums = host[4 * k + norms.numel() :] or None  # None: not measured
             seconds = time.perf_counter() - epoch_start
             lrs = [x / task.steps_per_epoch for x in lr_sums]
             for m in range(k):
                 if diverged[m]:
                     continue  # reported once, at the epoch it diverged
-                train_loss = host[m] / seen
+                train_loss = train_loss_sums[m] / seen
                 # A diverged net predicts nothing: chance level, a result rather than a crash.
                 diverged[m] = not math.isfinite(train_loss)
+                # θ_eq at the epoch's mean η for the scale-invariant layers (None where the
+                # theory has no formula: adam, rmsprop, normalized-sgd).
+                angle_eq = theory.angular_update(lrs[m], engine.configs[m].weight_decay)
                 record = EpochRecord(
                     epoch=epoch + 1,
                     lr=lrs[m],
                     train_loss=train_loss,
-                    train_error=chance if diverged[m] else host[k + m] / seen,
-                    val_error=chance if diverged[m] else host[2 * k + m] / n_val,
+                    train_error=chance if diverged[m] else train_wrong[m] / seen,
+                    val_error=chance if diverged[m] else val_wrong_sums[m] / n_val,
+                    val_loss=math.nan if diverged[m] else val_nll_sums[m] / n_val,
                     seconds=seconds,
-                    layers=layer_records(engine.net.weights, host[3 * k :], k, m, lrs[m], power),
+                    layers=layer_records(
+                        engine.net.weights,
+                        layer_norm_list,
+                        k,
+                        m,
+                        lrs[m],
+                        power,
+                        updates=update_sums,
+                        angle_eq=angle_eq,
+                        invariant=engine.net.invariant,
+                    ),
                 )
                 histories[m].append(record)
                 if on_epoch is not None:
                     on_epoch(m, record)
             if all(diverged):
                 break
-        test_sum, n_test = engine.evaluate("test")
-        test = [x / n_test for x in test_sum.tolist()]
+        test_wrong, test_nll, n_test = engine.evaluate("test")
+        test = [x / n_test for x in torch.cat([test_wrong.double(), test_nll.double()]).tolist()]
+        test_error, test_loss = test[:k], test[k:]
     seconds = time.perf_counter() - start
     return [
         TrainResult(
             config=c,
             history=tuple(histories[m]),
             val_error=histories[m][-1].val_error,
-            test_error=chance if diverged[m] else test[m],
+            test_error=chance if diverged[m] else test_error[m],
+            val_loss=histories[m][-1].val_loss,
+            test_loss=math.nan if diverged[m] else test_loss[m],
             train_loss=histories[m][-1].train_loss,
             diverged=diverged[m],
             steps_per_epoch=task.steps_per_epoch,

@@ -198,6 +198,7 @@ class ConvNets:
         affine: bool,
         device: torch.device,
         dtype: torch.dtype = torch.float32,  # of parameters and buffers (autocast is separate)
+        eps_scales: Sequence[float] | None = None,  # per model: normalization ε × scale²
     ) -> None:
         inits = [init_convnet(s, width, norm, head, affine) for s in seeds]
         self.k, self.norm, self.head = len(seeds), norm, head
@@ -208,6 +209,20 @@ class ConvNets:
         self.weights = {layer: self.params.views[name] for layer, name in names.items()}
         self.invariant = scale_invariant_layers(norm, head)
         self.training = True
+        # norm((x − μ)/√(σ² + ε·S²)) = norm(x/S with ε): dividing the normalized layer's input
+        # by S (exact for a power of two) is ε·S², per model, with one ε for the fused K.
+        self.inv_scale = (
+            None
+            if eps_scales is None or all(x == 1.0 for x in eps_scales)
+            else torch.tensor([1.0 / x for x in eps_scales], dtype=dtype, device=device)
+        )
+
+    def _unscale(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B × K·C × …) with model m's channels ÷ S_m: the normalization's ε·S_m²."""
+        if self.inv_scale is None:
+            return x
+        per_channel = self.inv_scale.repeat_interleave(x.shape[1] // self.k)
+        return x * per_channel.view(1, -1, *[1] * (x.dim() - 2))
 
     def _get(self, name: str) -> torch.Tensor | None:
         """A trained or frozen tensor, K values side by side (None: the layer has none)."""
@@ -228,7 +243,7 @@ class ConvNets:
     def _bn(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         mean, var = self._get(f"{prefix}.running_mean"), self._get(f"{prefix}.running_var")
         return F.batch_norm(
-            x,
+            self._unscale(x),
             mean,  # views of self.buffers: updated in place
             var,
             self._get(f"{prefix}.weight"),  # None without affine: γ = 1, β = 0
@@ -248,7 +263,7 @@ class ConvNets:
                 x = self._bn(x, f"norm{i}")
             elif self.norm is Norm.ln:  # over (C, H, W) of each sample and model
                 gamma, beta = self._get(f"norm{i}.weight"), self._get(f"norm{i}.bias")
-                x = F.group_norm(x, self.k, gamma, beta, NORM_EPS)
+                x = F.group_norm(self._unscale(x), self.k, gamma, beta, NORM_EPS)
             # Max-pooling commutes with ReLU (both monotone), so pooling first gives the same
             # numbers and gradients while ReLU touches a quarter of the values (CPU: ~10 %).
             if i < 4:

@@ -65,6 +65,7 @@ class FlatOptimizer:
         params: FlatParams,
         weight_decay: Sequence[float],
         decay_all: bool = False,
+        eps_scales: Sequence[float] | None = None,
     ) -> None:
         self.spec, self.params = spec, params
         flat = params.flat
@@ -72,6 +73,14 @@ class FlatOptimizer:
         # K × P: λ of each element's model where it applies, else 0.
         self.wd = (wd * torch.ones_like(params.decayed)) if decay_all else wd * params.decayed
         self.lr = torch.zeros(params.k, 1, dtype=flat.dtype, device=flat.device)
+        # ε added to √v: the spec's, or per model ε ÷ eps_scales[m] (TrainConfig.scale_eps).
+        self.eps: float | torch.Tensor = (
+            spec.eps
+            if eps_scales is None
+            else torch.tensor([spec.eps / x for x in eps_scales], dtype=flat.dtype)
+            .view(-1, 1)
+            .to(flat.device)
+        )
         self.t = 0  # steps taken; the K models step together
         self.buf: torch.Tensor | None = None  # momentum
         self.exp_avg = torch.zeros_like(params.flat) if spec.rule == "adam" else None
@@ -109,7 +118,7 @@ class FlatOptimizer:
             assert self.sq is not None
             d = torch.addcmul(g, self.wd, p)
             self.sq.mul_(s.alpha).addcmul_(d, d, value=1 - s.alpha)
-            p.addcmul_(lr, d.div_(self.sq.sqrt().add_(s.eps)), value=-1)
+            p.addcmul_(lr, d.div_(self.sq.sqrt().add_(self.eps)), value=-1)
         else:
             assert self.exp_avg is not None and self.sq is not None
             beta1, beta2 = s.betas
@@ -118,7 +127,7 @@ class FlatOptimizer:
             self.sq.mul_(beta2).addcmul_(d, d, value=1 - beta2)
             bc1 = 1 - beta1**self.t
             bc2_sqrt = math.sqrt(1 - beta2**self.t)
-            denom = self.sq.sqrt().div_(bc2_sqrt).add_(s.eps)
+            denom = self.sq.sqrt().div_(bc2_sqrt).add_(self.eps)
             if s.decoupled:  # w ← w(1 − ηλ) first, as torch.optim.AdamW
                 p.mul_(1 - lr * self.wd)
             p.addcmul_(lr / bc1, torch.div(self.exp_avg, denom, out=denom), value=-1)

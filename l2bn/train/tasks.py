@@ -41,9 +41,10 @@ class Task(Protocol):
 
     def batch_size(self, batch: Any) -> int: ...
 
-    def evaluate(self, split: str) -> tuple[torch.Tensor, int]:
-        """Each model's error on ``"val"`` or ``"test"``: (sum over N items, K values on the
-        device; N). The caller divides on the host, in double precision."""
+    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Each model's error and loss on ``"val"`` or ``"test"``: (errors summed over the N
+        items, K values on the device; losses summed likewise, K; N). The caller divides on
+        the host, in double precision."""
         ...
 
 
@@ -71,7 +72,13 @@ class ImageTask:
         # Drop the last partial batch: a fixed step count per epoch, and no tiny BN batches.
         self.steps_per_epoch = len(self.data.train) // base.batch_size
         self.model = ConvNets(
-            [c.seed for c in configs], base.width, base.norm, base.head, base.affine, device
+            [c.seed for c in configs],
+            base.width,
+            base.norm,
+            base.head,
+            base.affine,
+            device,
+            eps_scales=[c.init_scale for c in configs] if base.scale_eps else None,
         )
         self.generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
         # Normalization of K models' channels at once: the CIFAR statistics tiled K times.
@@ -111,17 +118,22 @@ class ImageTask:
         return int(batch[1].shape[1])
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> tuple[torch.Tensor, int]:
+    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Misclassified images and summed cross-entropy (NLL, nats) per model."""
         s: D.Split = getattr(self.data, split)
         self.model.training = False  # BN: the running statistics
         wrong = torch.zeros(self.k, dtype=torch.long, device=s.y.device)
+        nll = torch.zeros(self.k, device=s.y.device)
         chunk = max(64, EVAL_IMAGES // self.k)
         for i in range(0, len(s), chunk):
-            xs = s.x[i : i + chunk]
-            logits = self.model(self._prepare(xs.expand(self.k, *xs.shape)))
-            wrong += (logits.argmax(2) != s.y[i : i + chunk]).sum(1)
+            xs, ys = s.x[i : i + chunk], s.y[i : i + chunk]
+            logits = self.model(self._prepare(xs.expand(self.k, *xs.shape)))  # K × B × 10
+            wrong += (logits.argmax(2) != ys).sum(1)
+            targets = ys.expand(self.k, -1).flatten()
+            ce = F.cross_entropy(logits.float().flatten(0, 1), targets, reduction="none")
+            nll += ce.view(self.k, -1).sum(1)
         self.model.training = True
-        return wrong, len(s)
+        return wrong, nll, len(s)
 
 
 class TrackingTask:
@@ -187,10 +199,11 @@ class TrackingTask:
     def batch_size(self, batch: int) -> int:
         return 1
 
-    def evaluate(self, split: str) -> tuple[torch.Tensor, int]:
+    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
         # The tracking error averaged over the last epoch: there is no held-out set, and one
-        # step's error is too noisy to pick η* from.
-        return self._error_sum, max(1, self._error_count)
+        # step's error is too noisy to pick η* from. The noise-free loss per unit, 1 − u·a_t,
+        # is that error itself: the loss reported is the error.
+        return self._error_sum, self._error_sum, max(1, self._error_count)
 
 
 def make_task(configs: Sequence[TrainConfig], device: torch.device, download: bool = False) -> Task:

@@ -54,6 +54,38 @@ def planted_history(lr: float, wd: float, layer_norms: dict[str, float]) -> list
     return history
 
 
+def with_dynamics(
+    history: list[dict[str, Any]],
+    wd: float,
+    ratio: Callable[[int], float],
+    invariant: Sequence[str] = ("conv1", "conv2"),
+    rate: float = 2.0,
+    balance: bool = False,
+) -> list[dict[str, Any]]:
+    """``history`` with the per-layer update records of l2bn.train.records added: in each
+    layer of ``invariant``, θ_eq = √(rate·η·λ) with η the epoch's, and θ = θ_eq·√ratio(epoch)
+    (so θ²/θ_eq² = ratio(epoch)); ``balance`` = ratio(epoch) too when asked, else null (as for
+    optimizers with a θ_eq). Other layers: angle_eq null (not scale-invariant)."""
+    out = []
+    for e in history:
+        e = json.loads(json.dumps(e))
+        eq = math.sqrt(rate * e["lr"] * wd)
+        r = ratio(e["epoch"])
+        for name, rec in e["layers"].items():
+            inv = name in invariant
+            rec.update(
+                angle=(eq if inv else 0.01) * math.sqrt(r),
+                angle_eq=None if balance or not inv else eq,
+                radial=-0.5 * eq**2,
+                tangential=eq,
+                grad_norm=1.0,
+                balance=r if balance else None,
+            )
+        e["val_loss"] = 2 * e.get("val_error", 0.5)
+        out.append(e)
+    return out
+
+
 def plant_study(
     storage: str | optuna.storages.BaseStorage,
     name: str,
@@ -67,11 +99,13 @@ def plant_study(
     rng_seed: int = 0,
     history: Callable[[float, float], list[dict[str, Any]]] | None = None,
     attrs: dict[str, Any] | None = None,
+    dynamics: Callable[[float, float], Callable[[int], float]] | None = None,
 ) -> int:
     """Write every (η, λ, seed) as a COMPLETE trial in one ``add_trials``; return the count.
 
     The dataset attr is the name's prefix, so one optimizer's studies in different test
     scenarios are not pooled into one group. ``attrs``: study user attrs on top of those.
+    ``dynamics``: per cell, θ²/θ_eq² per epoch of its conv layers (:func:`with_dynamics`).
     """
     rng = np.random.default_rng(rng_seed)
     study = optuna.create_study(storage=storage, study_name=name)
@@ -102,6 +136,8 @@ def plant_study(
                     ua["history"] = planted_history(lr, wd, jitter)
                 if history is not None:
                     ua["history"] = history(lr, wd)
+                if dynamics is not None and "history" in ua:
+                    ua["history"] = with_dynamics(ua["history"], wd, dynamics(lr, wd))
                 trials.append(
                     optuna.trial.create_trial(
                         params={"lr": lr, "weight_decay": wd, "seed": seed},

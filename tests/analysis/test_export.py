@@ -29,7 +29,10 @@ GROUP_KEYS = {
     # analyze v2
     "metric", "noise_sd", "noise_source", "independent_rows", "k_estimates", "columns",
     "k_by_epoch",
+    # equilibrium by measurement
+    "optima_equilibrium",
 }  # fmt: skip
+EQUILIBRIUM_KEYS = {"verdict", "test", "ratio", "layer", "ratios", "n_in", "n_seeds"}
 
 
 def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
@@ -67,13 +70,21 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
         assert g["k"]["estimate"]["method"].startswith("joint/")
         assert set(g["optima"][0]) == {
             "weight_decay", "lr_opt", "lr_grid", "val_error", "n_lr", "edge", "used", "note",
-            "lr_ci_low", "lr_ci_high", "n_band",
+            "lr_ci_low", "lr_ci_high", "n_band", "equilibrium",
         }  # fmt: skip
+        assert set(g["optima"][0]["equilibrium"]) == EQUILIBRIUM_KEYS
         assert set(g["cells"][0]) == {
             "lr", "weight_decay", "n_seeds", "val_error", "val_error_std", "test_error",
             "n_diverged", "eta_lambda_T", "equilibrium_index", "phase1_norms", "relaxation",
-            "value", "value_std",
+            "value", "value_std", "equilibrium",
         }  # fmt: skip
+        assert set(g["cells"][0]["equilibrium"]) == EQUILIBRIUM_KEYS
+        # Planted histories record no angles: equilibrium unknown, never "in".
+        assert {c["equilibrium"]["verdict"] for c in g["cells"]} == {"unknown"}
+        assert set(g["optima_equilibrium"]) == {
+            "test", "band", "tail", "in", "out", "unknown", "total",
+        }  # fmt: skip
+        assert g["optima_equilibrium"]["in"] == 0
         for c in g["columns"]:
             assert set(c) == {"quantity", "log_x", "slope", "band", "n_lambda", "verdict"}
         assert g["k_by_epoch"] == []  # planted histories hold no per-epoch val_error
@@ -88,8 +99,10 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
     norm = nsgd["norms"][0]
     assert set(norm) == {
         "layer", "a", "b", "intercept", "r_squared", "n_cells", "n_excluded", "theory", "verdict",
-        "p", "q", "s", "k", "memory",
+        "p", "q", "s", "k", "memory", "cell_filter",
     }  # fmt: skip
+    # No update records in these histories: the clock picks the equilibrium cells.
+    assert norm["cell_filter"] == "clock c·η·λ·T ≥ 5"
     assert set(norm["a"]) == ESTIMATE_KEYS and norm["a"]["value"] == pytest.approx(0.25, abs=0.02)
 
 
@@ -109,6 +122,9 @@ def test_csv_has_one_row_per_trial_with_per_epoch_norms(planted: str, tmp_path: 
     assert int(row["phase1_epochs"]) == PHASE1
     assert float(row["eta_lambda_T"]) == pytest.approx(lr * wd * STEPS_PER_EPOCH * PHASE1)
     assert float(row["norm_conv1_e5"]) == pytest.approx(2.0 * (lr / wd) ** 0.25, rel=0.05)
+    # No update records in these histories: no summary columns (tests/analysis/
+    # test_equilibrium.py checks them where the records are).
+    assert not [c for c in cols if c.startswith(("angle_", "grad_norm_", "balance_"))]
 
 
 def test_writers_make_folders_and_leave_no_temporary_file(planted: str, tmp_path: Path) -> None:

@@ -88,9 +88,28 @@ def test_identity_is_every_training_field_but_the_grid_seed_and_location() -> No
         "lr", "weight_decay", "seed", "data_dir", "device",
     }  # fmt: skip
     identity, from_config = training_identity(sweep_attrs("adam", affine=False, epochs=7))
-    assert from_config and set(identity) == set(IDENTITY_FIELDS)
+    assert from_config and set(identity) == {*IDENTITY_FIELDS, "init_scale_exponent"}
     assert identity["optimizer"] == "adam" and identity["affine"] is False
     assert identity["epochs"] == 7 and identity["lr_drops"] == (0.5, 0.8)  # hashable
+
+
+def test_an_init_scale_tied_to_lambda_is_another_experiment() -> None:
+    """S = init_scale·(λ/λ_ref)^-e: the same (η, λ) starts from another ‖w₀‖ when e or λ_ref
+    differ, so such studies are not pooled; without a tie (e = 0) λ_ref does not matter."""
+    plain, _ = training_identity(sweep_attrs("sgd"))
+    tied = [
+        training_identity(sweep_attrs("sgd", optimizers={"sgd": extra}))[0]
+        for extra in (
+            {"init_scale_exponent": 0.5, "reference_weight_decay": 0.01},
+            {"init_scale_exponent": 0.5, "reference_weight_decay": 0.04},
+            {"init_scale_exponent": 1.0, "reference_weight_decay": 0.01},
+            {"reference_weight_decay": 0.04},
+        )
+    ]
+    assert plain["init_scale_exponent"] == 0.0 and "reference_weight_decay" not in plain
+    assert tied[0] != plain and tied[0] != tied[1] and tied[0] != tied[2]
+    assert tied[3] == plain
+    assert tied[0]["reference_weight_decay"] == 0.01
 
 
 def test_fields_an_older_sweep_did_not_write_take_their_defaults() -> None:

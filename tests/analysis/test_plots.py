@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,18 @@ from .planting import NORM_LRS, NORM_WDS, fast_sqlite, log_grid, norms_law, plan
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def relaxing_ratio(lr: float, wd: float) -> Callable[[int], float]:
+    """θ²/θ_eq² per epoch: from far above 1 towards 1 at a rate set by η·λ."""
+    return lambda epoch: 1 + 20 * math.exp(-lr * wd * 1000 * epoch)
+
+
 @pytest.fixture(scope="module")
 def storage(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('plots') / 'plots.db'}"
     rdb = fast_sqlite(url)
-    # With per-epoch histories (every figure) …
+    # With per-epoch histories and update records (every figure) …
     plant_study(rdb, "pl/sgd", "sgd", NORM_LRS, NORM_WDS, surface(1.0, -4.0), seeds=1,
-                norms=norms_law(0.25))  # fmt: skip
+                norms=norms_law(0.25), dynamics=relaxing_ratio)  # fmt: skip
     # … and without (no norm figures), for normalized SGD's own heatmap.
     plant_study(rdb, "pl/normalized-sgd", "normalized-sgd", log_grid(1e-5, 1e-1, 9),
                 [1e-4, 1e-3, 1e-2], surface(0.0, math.log(1e-3)), seeds=1)  # fmt: skip

@@ -20,8 +20,11 @@ from l2bn.sweep.study import point_of
 REPO = Path(__file__).resolve().parents[2]
 # The user attrs a completed point carries (README, "Study layout").
 ATTRS = {
+    "val_error",
+    "val_loss",
     "test_error",
     "train_loss",
+    "init_scale",
     "diverged",
     "steps_per_epoch",
     "device",

@@ -97,7 +97,9 @@ def test_a_sweep_that_cannot_be_fused_writes_nothing_and_is_one_line_exit_2(
     before = snapshot(tmp_path)
 
     def refuse(configs: object) -> None:
-        raise ConfigError("runs trained together may differ only in lr, weight-decay, seed and init-scale")
+        raise ConfigError(
+            "runs trained together may differ only in lr, weight-decay, seed and init-scale"
+        )
 
     monkeypatch.setattr(runner, "check_batchable", refuse)
     with pytest.raises(SystemExit) as info:

@@ -97,3 +97,20 @@ def test_cli_status_prints_the_grid(tmp_path: Path) -> None:
     proc = run_cli("status", str(path), "--storage", url)
     assert proc.returncode == 0, proc.stderr
     assert "tiny/sgd: 4/4 done" in proc.stdout and proc.stdout.count("done") >= 4
+
+
+def test_the_value_column_is_named_after_the_sweeps_objective(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from l2bn.render import status_table
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    for objective in ("val_error", "val_loss"):
+        (sweep,) = parse_sweep({**SIX, "name": objective, "objective": objective}).select(None)
+        prepare_study(open_storage(url), sweep)
+        status = status_of(url, sweep)
+        assert status.objective == objective
+        console = Console(width=200, record=True)
+        console.print(status_table(status))
+        header = console.export_text().splitlines()[1]
+        assert objective in header and ({"val_error", "val_loss"} - {objective}).pop() not in header

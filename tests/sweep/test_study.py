@@ -181,3 +181,50 @@ def test_study_layout_readable_with_plain_optuna(tmp_path: Path, fuse: int) -> N
         assert isinstance(t.user_attrs["diverged"], bool)
         assert [e["epoch"] for e in t.user_attrs["history"]] == [1, 2]
         assert "layers" in t.user_attrs["history"][0]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"objective": "val_loss"}, "objective"),
+        ({"init_scale_exponent": 0.5}, "init_scale_exponent"),
+        ({"reference_weight_decay": 1e-3, "lr_scale_exponent": 1.0}, "lr_scale_exponent"),
+        ({"schedule": "constant"}, "train.schedule"),
+        ({"init_scale": 2.0}, "train.init_scale"),
+    ],
+)
+def test_changing_the_objective_or_a_tie_of_a_study_is_refused(
+    tmp_path: Path, change: dict[str, object], named: str
+) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'x.db'}")
+    (first,) = parse_sweep(SMALL).select(None)
+    study = prepare_study(storage, first)
+    assert json.loads(study.user_attrs["config"])["objective"] == "val_error"
+    (other,) = parse_sweep({**SMALL, **change}).select(None)
+    with pytest.raises(ConfigError, match=f"its training settings differ: .*{named}"):
+        prepare_study(storage, other)
+    # The other way round too: a study made for val_loss is not resumed for val_error.
+    (loss,) = parse_sweep({**SMALL, "objective": "val_loss"}).select(None)
+    again = prepare_study(storage, loss, "by-loss")
+    assert json.loads(again.user_attrs["config"])["objective"] == "val_loss"
+    with pytest.raises(ConfigError, match="its training settings differ: objective"):
+        prepare_study(storage, first, "by-loss")
+
+
+def test_a_study_stored_before_the_objective_and_the_ties_existed_still_resumes(
+    tmp_path: Path,
+) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / 'x.db'}")
+    (sweep,) = parse_sweep(SMALL).select(None)
+    study = prepare_study(storage, sweep)
+    old = json.loads(study.user_attrs["config"])
+    for key in ("objective", "init_scale_exponent", "reference_weight_decay"):
+        del old[key]
+    for key in ("schedule", "decay_fraction", "init_scale"):
+        del old["train"][key]
+    study.set_user_attr("config", json.dumps(old, sort_keys=True))
+    again = prepare_study(storage, sweep)  # not refused: it ran with every default
+    assert "config_history" not in again.user_attrs and len(again.trials) == 2
+    (loss,) = parse_sweep({**SMALL, "objective": "val_loss"}).select(None)
+    with pytest.raises(ConfigError, match="its training settings differ: objective"):
+        prepare_study(storage, loss)

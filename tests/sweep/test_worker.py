@@ -364,3 +364,80 @@ def test_stale_trials_of_a_dead_worker_are_failed_and_retried(setup: Any, k: int
     assert_exactly_once(study, 4)
     assert study.trials[dead.number].state == TrialState.FAIL
     assert_failed_ones_were_queued_again(study)
+
+
+# --- the objective and the tied initial scale --------------------------------------------------
+
+
+@K
+def test_the_objective_val_loss_is_the_value_and_the_intermediate_values(
+    setup: Any, k: int
+) -> None:
+    spec, study = setup(k, grid(epochs=2, objective="val_loss"))
+    assert run_worker(spec).trials == 4
+    assert_exactly_once(study, 4)
+    for t in study.trials:
+        assert set(t.user_attrs) == ATTRS
+        history = t.user_attrs["history"]
+        assert t.value == t.user_attrs["val_loss"] == history[-1]["val_loss"]
+        assert t.intermediate_values == {e["epoch"]: e["val_loss"] for e in history}
+        assert t.user_attrs["val_error"] == history[-1]["val_error"] != t.value
+        assert t.value is not None and math.isfinite(t.value)
+
+
+@K
+def test_each_trial_records_the_initial_scale_its_lambda_row_trained_with(
+    setup: Any, k: int
+) -> None:
+    # e = ½, λ_ref = 1e-2: S = 4·(λ/1e-2)^-½, so 40 at λ = 1e-4 and 4 at 1e-2; at K = 4 the two
+    # rows train side by side as one network.
+    sweep = grid(init_scale_exponent=0.5, reference_weight_decay=1e-2, init_scale=4.0)
+    spec, study = setup(k, sweep)
+    assert run_worker(spec).trials == 4
+    assert_exactly_once(study, 4)
+    for t in study.trials:
+        assert set(t.params) == {"lr", "weight_decay", "seed"}  # what analyze reads
+        expected = {1e-4: 40.0, 1e-2: 4.0}[t.params["weight_decay"]]
+        assert t.user_attrs["init_scale"] == expected
+
+
+def _diverged_or_nan(real: Callable[..., Any], nan_only: bool) -> Callable[..., Any]:
+    """train_many whose run at the grid's first point (lr 0.01, λ 1e-4) ends with a NaN
+    validation loss: as a diverged run (the engine's way), or, ``nan_only``, without having
+    diverged (a bug)."""
+
+    def train_many(configs: Any, *args: Any, **kw: Any) -> Any:
+        results = real(configs, *args, **kw)
+        changes = {"val_loss": math.nan} if nan_only else {"val_loss": math.nan, "diverged": True}
+        return [
+            dataclasses.replace(r, **changes)
+            if (r.config.lr, r.config.weight_decay) == (0.01, 1e-4)
+            else r
+            for r in results
+        ]
+
+    return train_many
+
+
+def test_under_val_loss_a_diverged_run_completes_with_the_worst_value(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, study = setup(1, grid(objective="val_loss"))
+    monkeypatch.setattr(engine, "train_many", _diverged_or_nan(engine.train_many, False))
+    assert run_worker(spec).trials == 4
+    assert_exactly_once(study, 4)
+    (bad,) = [t for t in study.trials if point_of(t) == Point(0.01, 1e-4, 0)]
+    assert bad.value == math.inf and bad.user_attrs["diverged"] is True
+    assert bad.user_attrs["val_loss"] is None
+
+
+def test_under_val_loss_a_nan_without_divergence_is_a_fail_and_an_error(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, study = setup(1, grid(objective="val_loss"))
+    monkeypatch.setattr(engine, "train_many", _diverged_or_nan(engine.train_many, True))
+    with pytest.raises(RuntimeError, match=r"training returned val_loss nan at lr=0\.01,"):
+        run_worker(spec)
+    (bad,) = study.get_trials(states=(TrialState.FAIL,))
+    assert point_of(bad) == Point(0.01, 1e-4, 0)
+    assert bad.user_attrs[ERROR_ATTR] == "training returned val_loss nan"

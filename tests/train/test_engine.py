@@ -477,3 +477,77 @@ def test_a_batched_sweep_completes_each_point_once_as_its_own_trial(tmp_path: Pa
         assert list(t.intermediate_values) == [1] and len(t.user_attrs["history"]) == 1
     others = study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING, TrialState.FAIL))
     assert not others
+
+
+# --- the validation loss, the schedule's recorded η --------------------------------------
+
+
+def test_val_loss_is_the_cross_entropy_of_a_fresh_forward_pass() -> None:
+    # After two steps (BN's running statistics moved), each model's summed NLL on the split
+    # against the plain nn.Module with the same weights, in eval mode, on the whole split.
+    from l2bn.train import data as D
+
+    configs = [STEP, STEP.with_(seed=1, lr=0.01, weight_decay=0.1)]
+    engine = Engine(configs)
+    engine.set_lr(0, 0)
+    for _, batch in zip(range(2), engine.task.batches(0), strict=False):
+        engine.step(batch)
+    task = engine.task
+    for split in ("val", "test"):
+        wrong, nll, n = engine.evaluate(split)
+        s = getattr(task.data, split)  # type: ignore[attr-defined]
+        assert n == len(s)
+        for k, c in enumerate(configs):
+            net = reference_net(c)
+            with torch.no_grad():  # the engine's trained model k, into the plain module
+                theirs = state_of(net)
+                for name, t in model_state(engine.net, k).items():
+                    theirs[name].copy_(t)
+            net.eval()
+            with torch.no_grad():
+                logits = net(D.normalize(s.x, task.data, torch.float32)).double()  # type: ignore[attr-defined]
+            want = -logits.log_softmax(1).gather(1, s.y.view(-1, 1)).sum()
+            assert float(nll[k]) == pytest.approx(float(want), rel=1e-4)
+            assert int(wrong[k]) == int((logits.argmax(1) != s.y).sum())
+
+
+def test_the_records_carry_the_validation_and_test_loss() -> None:
+    result = train(QUICK)
+    losses = [e.val_loss for e in result.history]
+    assert all(0 < x < 10 for x in losses)  # nats; chance is ln 10 ≈ 2.3
+    assert result.val_loss == losses[-1] and 0 < result.test_loss < 10
+    d = result.to_dict()
+    assert d["val_loss"] == result.val_loss and d["test_loss"] == result.test_loss
+    assert d["history"][0]["val_loss"] == losses[0]
+    # The tracking toy: its loss is its noise-free error.
+    toy = train(TrainConfig(dataset="tracking", optimizer="sgd", lr=0.34, epochs=2))
+    assert [e.val_loss for e in toy.history] == [e.val_error for e in toy.history]
+    assert toy.val_loss == toy.val_error and toy.test_loss == toy.test_error
+    # Diverged: no loss to report.
+    bad = train(FAST.with_(norm="none", lr=1e6, epochs=2))
+    assert bad.diverged and math.isnan(bad.val_loss) and math.isnan(bad.test_loss)
+    d = bad.to_dict()
+    assert d["val_loss"] is None and d["test_loss"] is None
+    assert d["history"][-1]["val_loss"] is None
+
+
+def test_wsd_records_each_epochs_mean_lr_and_the_steps_feel_it() -> None:
+    # 4 epochs of 200 steps, η constant, then linear to 0 over the last 30 % of the steps;
+    # computed by hand: decay from step 560 = 0.7·800, η·(800 − t)/(800 − 560 + 1).
+    lr, wd = 0.3, 0.01
+    config = TrainConfig(
+        dataset="tracking", optimizer="sgd", lr=lr, weight_decay=wd, epochs=4,
+        schedule="wsd", decay_fraction=0.3,
+    )  # fmt: skip
+    per_step = [lr if t < 560 else lr * (800 - t) / 241 for t in range(800)]
+    want = [sum(per_step[200 * e : 200 * (e + 1)]) / 200 for e in range(4)]
+    result = train(config)
+    got = [e.lr for e in result.history]
+    assert got == pytest.approx(want, rel=1e-12)
+    assert got[0] == pytest.approx(lr) and got[2] < got[1] and got[3] < got[2]
+    for e, rec in zip(result.history, got, strict=True):
+        w = e.layers["w"]
+        assert w.angle_eq == pytest.approx(math.sqrt(2 * rec * wd), rel=1e-12)  # θ_eq at mean η
+        # Plain SGD on the sphere: r = −ηλ each step, so the mean r is −λ·(the mean η):
+        # the optimizer used each step's η, not the epoch's first.
+        assert w.radial == pytest.approx(-wd * rec, rel=1e-4)

@@ -56,9 +56,14 @@ def test_losses_and_errors_are_per_model() -> None:
         one, one_wrong = single.losses(next(iter(single.batches(0))))
         torch.testing.assert_close(losses[k : k + 1], one, rtol=1e-5, atol=1e-6)
         assert torch.equal(wrong[k : k + 1], one_wrong)
-    wrong_val, n = task.evaluate("val")
-    assert wrong_val.shape == (3,) and n == len(task.data.val)  # type: ignore[attr-defined]
+    wrong_val, nll, n = task.evaluate("val")
+    assert wrong_val.shape == nll.shape == (3,) and n == len(task.data.val)  # type: ignore[attr-defined]
     assert bool(((wrong_val >= 0) & (wrong_val <= n)).all())
+    assert bool((nll > 0).all())  # summed cross-entropy, nats
+    for k, c in enumerate(configs):  # each model's own, as a run of its own evaluates it
+        one_wrong, one_nll, _ = make_task([c], CPU).evaluate("val")
+        assert abs(int(wrong_val[k]) - int(one_wrong[0])) <= 2  # near-ties of an untrained net
+        torch.testing.assert_close(nll[k : k + 1], one_nll, rtol=1e-3, atol=0)
 
 
 def test_a_batch_larger_than_the_training_set_is_refused() -> None:
