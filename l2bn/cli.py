@@ -145,6 +145,14 @@ def train(
             "S² (SGD) or S (Adam) times smaller)."
         ),
     ] = _D.init_scale,
+    scale_eps: Annotated[
+        bool,
+        typer.Option(
+            "--scale-eps",
+            help="The symmetry control: BN's ε × S² and Adam's ε ÷ S (S: --init-scale), so "
+            "that runs related by the optimizer's map are exact copies (sweeps/symmetry.toml).",
+        ),
+    ] = _D.scale_eps,
     decay_all: Annotated[
         bool, typer.Option("--decay-all", help="Also decay normalization γ/β and biases.")
     ] = _D.decay_all,
@@ -190,6 +198,7 @@ def train(
         lr_drops=parse_lr_drops(lr_drops),
         decay_fraction=decay_fraction,
         init_scale=init_scale,
+        scale_eps=scale_eps,
         decay_all=decay_all,
         affine=affine,
         device=device,

@@ -7,6 +7,9 @@
 #   bash scripts/reproduce_cpu.sh cpu-adam       # run 4: sweeps/cpu-adam.toml (≈ 90 min)
 #   bash scripts/reproduce_cpu.sh cpu-200ep      # run 5: sweeps/cpu-200ep.toml (≈ 35 min)
 #   bash scripts/reproduce_cpu.sh cpu-adam-noaffine  # run 6 (fp32): ≈ 2.5 h on an AVX2-only CPU
+#   bash scripts/reproduce_cpu.sh symmetry       # the exact symmetry control (≈ 7 min), and
+#   bash scripts/reproduce_cpu.sh symmetry --set scale_eps=false --set name=symmetry-pytorch-eps
+#   bash scripts/reproduce_cpu.sh metric-noise   # error vs loss as the objective (≈ 15 min)
 # Times are for the AVX512-BF16 CPU of runs 1–5 (bf16 runs). On a CPU without bf16 dot
 # products (AVX2 only) bf16 is emulated, ≈ 8× slower than fp32: arguments after the name go to
 # `l2bn sweep`, so `bash scripts/reproduce_cpu.sh cpu-long --set precision=fp32` runs it in fp32.
@@ -26,6 +29,10 @@ fi
 bash scripts/setup.sh
 export L2BN_DATA=${L2BN_DATA:-../shared/data/cifar-10-batches-py}
 work=${L2BN_REPRO_DIR:-repro}
+# A --set name=… among the extra options names the study, its database and its outputs.
+for arg in "$@"; do
+  case $arg in name=*) name=${arg#name=} ;; esac
+done
 out=docs/reproduction/$name
 mkdir -p "$work" "$out"
 [ "${L2BN_FRESH:-0}" = 1 ] && rm -f "$work/$name.db"
@@ -42,5 +49,5 @@ echo "sweep wall time: $(( $(date +%s) - start )) s" | tee "$out/wall_time.txt"
 # and the OLS t-interval, verdict margin 0.05, norm fits on cells with c·η·λ·T ≥ 5.
 .venv/bin/l2bn analyze --storage "$db" --json "$out/analysis.json" --csv "$out/trials.csv" \
   --plots "$out" | tee "$out/analyze.txt"
-# The summary over every run analysed so far: a table of k and docs/reproduction/k_summary.png.
-.venv/bin/python scripts/k_summary.py docs/reproduction/k_summary.png docs/reproduction/*/analysis.json
+# The summary over the reproduction runs (not the controls): a table of k and k_summary.png.
+.venv/bin/python scripts/k_summary.py docs/reproduction/k_summary.png docs/reproduction/cpu*/analysis.json

@@ -296,14 +296,14 @@ def test_the_train_command_takes_the_new_options_and_writes_the_fields(
     out = tmp_path / "r.json"
     args = ["train", "--dataset", "tracking", "--optimizer", "nesterov", "--lr", "0.1"]
     args += ["--weight-decay", "0.01", "--epochs", "2", "--schedule", "wsd"]
-    args += ["--decay-fraction", "0.5", "--init-scale", "2", "--json", str(out)]
+    args += ["--decay-fraction", "0.5", "--init-scale", "2", "--scale-eps", "--json", str(out)]
     code, stdout, err = run_cli(args, capsys)
     assert code == 0, err
     assert "angle/step" in stdout and "balance" in stdout
     record = json.loads(out.read_text())
     config = record["config"]
     assert config["schedule"] == "wsd" and config["decay_fraction"] == 0.5
-    assert config["init_scale"] == 2.0
+    assert config["init_scale"] == 2.0 and config["scale_eps"] is True
     assert record["val_loss"] == record["val_error"]  # the toy: its loss is its error
     first, second = record["history"]
     assert first["lr"] == pytest.approx(0.1) and second["lr"] < 0.1  # decays in epoch 2
