@@ -10,6 +10,8 @@
 #   bash scripts/reproduce_cpu.sh symmetry       # the exact symmetry control (≈ 7 min), and
 #   bash scripts/reproduce_cpu.sh symmetry --set scale_eps=false --set name=symmetry-pytorch-eps
 #   bash scripts/reproduce_cpu.sh metric-noise   # error vs loss as the objective (≈ 15 min)
+#   bash scripts/reproduce_cpu.sh headline [nesterov|adam|adamw]  # the headline, one part per
+#       optimizer (≈ 50 min each), outputs in docs/reproduction/headline/<optimizer>/
 # Times are for the AVX512-BF16 CPU of runs 1–5 (bf16 runs). On a CPU without bf16 dot
 # products (AVX2 only) bf16 is emulated, ≈ 8× slower than fp32: arguments after the name go to
 # `l2bn sweep`, so `bash scripts/reproduce_cpu.sh cpu-long --set precision=fp32` runs it in fp32.
@@ -38,6 +40,26 @@ mkdir -p "$work" "$out"
 [ "${L2BN_FRESH:-0}" = 1 ] && rm -f "$work/$name.db"
 db="sqlite:///$work/$name.db"
 export COLUMNS=${COLUMNS:-120}  # rich tables at a fixed width in the saved text
+
+if [ "$name" = headline ]; then
+  # Three parts, one optimizer each, so that each finishes within a session; the rest of
+  # the arguments name the parts (default: all three in turn).
+  parts=("$@")
+  [ ${#parts[@]} -eq 0 ] && parts=(nesterov adam adamw)
+  for opt in "${parts[@]}"; do
+    part=$out/$opt
+    mkdir -p "$part"
+    start=$(date +%s)
+    .venv/bin/l2bn sweep "$sweep" --optimizer "$opt" --storage "$db" --workers 2 --threads 1
+    echo "sweep wall time: $(( $(date +%s) - start )) s" | tee "$part/wall_time.txt"
+    # The registered analyses (sweeps/headline.toml): defaults, then --metric val_loss.
+    .venv/bin/l2bn analyze --storage "$db" --study "headline/$opt" --json "$part/analysis.json" \
+      --csv "$part/trials.csv" --plots "$part" --report "$part/report.html" | tee "$part/analyze.txt"
+    .venv/bin/l2bn analyze --storage "$db" --study "headline/$opt" --metric val_loss \
+      --json "$part/analysis-val_loss.json" > "$part/analyze-val_loss.txt"
+  done
+  exit 0
+fi
 
 start=$(date +%s)
 # 2 workers × 1 torch thread: 1.5× the throughput of one 2-thread worker on this small net.
