@@ -244,8 +244,12 @@ def plot_eta_star(group: GroupReport) -> Figure:
     used = [o for o in group.optima if o.used]
     left = [o for o in group.optima if not o.used and o.weight_decay > 0]
     if used:
-        ax.plot([o.weight_decay for o in used], [o.lr_opt for o in used], "o", color="C0",
-                ms=7, label="η* (used in fit)")  # fmt: skip
+        # The per-λ CI of η* (local quadratic, cell noise) where there is one.
+        low = [o.lr_opt - o.lr_ci_low if math.isfinite(o.lr_ci_low) else 0.0 for o in used]
+        high = [o.lr_ci_high - o.lr_opt if math.isfinite(o.lr_ci_high) else 0.0 for o in used]
+        ax.errorbar([o.weight_decay for o in used], [o.lr_opt for o in used],
+                    yerr=[low, high], fmt="o", color="C0", ms=7, capsize=3,
+                    label="η* (used in fit; bar: its 95 % CI)")  # fmt: skip
     if left:
         ax.plot([o.weight_decay for o in left], [o.lr_opt for o in left], "v", color="red",
                 mfc="none", ms=8, label="grid edge / left out")  # fmt: skip
@@ -264,12 +268,23 @@ def plot_eta_star(group: GroupReport) -> Figure:
                     label=f"theory: k = {s.theory:g}")  # fmt: skip
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _decade_labels(ax)
     ax.set_xlabel("λ (weight_decay)")
     ax.set_ylabel("η* (best learning rate)")
     ax.set_title(f"{group.label}: η* ∝ λ^-k ({s.verdict}, {s.k.method})", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper right")
     return fig
+
+
+def _decade_labels(ax: Axes) -> None:
+    """Label a log axis at its decades only when it spans one or more: matplotlib also labels
+    the minor ticks of a short log axis, and they overlap (2×10⁻³ 3×10⁻³ …)."""
+    from matplotlib.ticker import NullFormatter
+
+    for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+        if lo > 0 and hi / lo >= 10:
+            axis.set_minor_formatter(NullFormatter())
 
 
 def plot_collapse(group: GroupReport) -> Figure:
