@@ -127,6 +127,10 @@ def wait_for_running_trial(url: str, study_name: str, timeout: float = 120) -> i
             study = optuna.load_study(study_name=study_name, storage=url)
         except KeyError:  # not created yet
             continue
+        except sqlalchemy.exc.SQLAlchemyError:
+            # The sweep is creating the database's tables right now: this reader's own
+            # RDBStorage may race it for the schema version row (IntegrityError). Look again.
+            continue
         for t in study.trials:
             if t.state == TrialState.RUNNING and t.intermediate_values:
                 return t.number
