@@ -44,6 +44,27 @@ class Head(StrEnum):
     bn = "bn"  # bias-free Linear + BatchNorm1d on the logits: every weight is scale-invariant
 
 
+CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4")  # the ConvNet's layers, in forward order
+
+
+def scale_invariant_layers(norm: Norm, head: Head) -> dict[str, str]:
+    """The ConvNet's layers whose output does not change when their weights are scaled, and how.
+
+    ``"unit"``: each output unit separately (BN and WN per channel, BN on the logits);
+    ``"tensor"``: only the whole tensor at once (layer norm mixes all channels). Normalized SGD
+    keeps exactly these at unit norm; ``init_scale`` multiplies exactly these. Here, torch-free,
+    so that the models (l2bn.train.models) and the analysis (l2bn.analysis.equilibrium) share
+    one rule.
+    """
+    out: dict[str, str] = {}
+    if norm is not Norm.none:
+        kind = "tensor" if norm is Norm.ln else "unit"
+        out.update(dict.fromkeys(CONV_LAYERS, kind))
+    if head is Head.bn:
+        out["fc"] = "unit"
+    return out
+
+
 class Schedule(StrEnum):
     step = "step"  # η ÷ 10 at each fraction in lr_drops (the paper's)
     wsd = "wsd"  # warmup-free stable-then-decay: η constant, then linear to 0 over decay_fraction
@@ -175,21 +196,26 @@ class TrainConfig:
         return Path(env) if env else Path("data")
 
     def lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
-        """η at ``step`` (0-based) of ``epoch`` (0-based) under the schedule.
+        """η at ``step`` (0-based) of ``epoch`` (0-based): η × :meth:`lr_factor`."""
+        return self.lr * self.lr_factor(epoch, step, steps_per_epoch)
 
-        step: ÷10 after each drop epoch (the same for every step of an epoch); wsd: constant
-        until step T₀ (:meth:`decay_start`), then (T − t)/(T − T₀ + 1) of η at global step
-        t < T, so η falls linearly to 0 just after the last step; constant: η.
+    def lr_factor(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+        """The schedule's multiplier of η at ``step`` (0-based) of ``epoch`` (0-based); it does
+        not depend on η, so the K models of a batch share it.
+
+        step: 0.1 per drop epoch passed (the same for every step of an epoch); wsd: 1 until
+        step T₀ (:meth:`decay_start`), then (T − t)/(T − T₀ + 1) at global step t < T, so η
+        falls linearly to 0 just after the last step; constant: 1.
         """
         if self.schedule is Schedule.step:
             drops = sum(1 for x in self.lr_drops if epoch >= round(x * self.epochs))
-            return self.lr * 0.1**drops
+            return 0.1**drops
         if self.schedule is Schedule.constant:
-            return self.lr
+            return 1.0
         total = self.epochs * steps_per_epoch
         start = self.decay_start(steps_per_epoch)
         t = epoch * steps_per_epoch + step
-        return self.lr if t < start else self.lr * (total - t) / (total - start + 1)
+        return 1.0 if t < start else (total - t) / (total - start + 1)
 
     def decay_start(self, steps_per_epoch: int) -> int:
         """wsd: the first step (0-based, global) at which η is below its initial value."""

@@ -78,6 +78,7 @@ class Engine:
             # The symmetry control: Adam's/RMSProp's ε ÷ S, as gradients scale by 1/S.
             eps_scales=[c.init_scale for c in self.configs] if base.scale_eps else None,
         )
+        self.optimizer.set_lr([c.lr for c in self.configs])  # scaled by set_lr(epoch, step)
         self.scale_init([c.init_scale for c in self.configs])
         if self.spec.project:
             self.project()  # start on the sphere, as every later step ends
@@ -98,11 +99,11 @@ class Engine:
 
     def set_lr(self, epoch: int, step: int) -> list[float]:
         """Set and return each model's η at ``step`` of ``epoch`` (both 0-based) under the
-        schedule (TrainConfig.lr_at): a K-column copy, no host sync."""
-        n = self.task.steps_per_epoch
-        lrs = [c.lr_at(epoch, step, n) for c in self.configs]
-        self.optimizer.set_lr(lrs)
-        return lrs
+        schedule (TrainConfig.lr_at). The K base rates went to the device once (__init__);
+        this multiplies them by the schedule's factor: no host sync, no host-to-device copy."""
+        factor = self.configs[0].lr_factor(epoch, step, self.task.steps_per_epoch)
+        self.optimizer.scale_lr(factor)
+        return [c.lr * factor for c in self.configs]
 
     def step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """One training step of all K models: (losses K, errors K), left on the device."""

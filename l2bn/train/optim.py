@@ -73,6 +73,7 @@ class FlatOptimizer:
         # K × P: λ of each element's model where it applies, else 0.
         self.wd = (wd * torch.ones_like(params.decayed)) if decay_all else wd * params.decayed
         self.lr = torch.zeros(params.k, 1, dtype=flat.dtype, device=flat.device)
+        self.base_lr = self.lr  # what scale_lr multiplies: the column set_lr was given
         # ε added to √v: the spec's, or per model ε ÷ eps_scales[m] (TrainConfig.scale_eps).
         self.eps: float | torch.Tensor = (
             spec.eps
@@ -87,9 +88,16 @@ class FlatOptimizer:
         self.sq = torch.zeros_like(params.flat) if spec.rule != "sgd" else None
 
     def set_lr(self, lr: Sequence[float]) -> None:
-        """η per model (a K × 1 column): once per epoch."""
+        """η per model (a K × 1 column on the device): one host-to-device copy."""
         flat = self.params.flat
-        self.lr = torch.tensor(lr, dtype=flat.dtype, device=flat.device).view(-1, 1)
+        self.base_lr = torch.tensor(lr, dtype=flat.dtype, device=flat.device).view(-1, 1)
+        self.lr = self.base_lr
+
+    def scale_lr(self, factor: float) -> None:
+        """η = the column last given to :meth:`set_lr` × ``factor`` (a schedule's multiplier,
+        the same for all K models): a kernel with a host scalar, no host-to-device copy, so a
+        per-step schedule costs no transfer on CUDA."""
+        self.lr = self.base_lr * factor
 
     @torch.no_grad()
     def step(self, alive: torch.Tensor) -> None:

@@ -551,3 +551,22 @@ def test_wsd_records_each_epochs_mean_lr_and_the_steps_feel_it() -> None:
         # Plain SGD on the sphere: r = −ηλ each step, so the mean r is −λ·(the mean η):
         # the optimizer used each step's η, not the epoch's first.
         assert w.radial == pytest.approx(-wd * rec, rel=1e-4)
+
+
+def test_set_lr_scales_the_base_rates_and_never_compounds() -> None:
+    # The K base rates go to the device once; each call multiplies them by the schedule's
+    # factor afresh (a decayed η is not decayed again), in any order of (epoch, step).
+    configs = [
+        TrainConfig(dataset="tracking", optimizer="sgd", lr=lr, epochs=4, schedule="wsd",
+                    decay_fraction=0.5)
+        for lr in (0.3, 0.1)
+    ]  # fmt: skip
+    engine = Engine(configs)
+    n = engine.task.steps_per_epoch
+    for epoch, step in [(3, n - 1), (3, n - 1), (0, 0), (2, n // 2), (3, 0)]:
+        lrs = engine.set_lr(epoch, step)
+        want = [c.lr_at(epoch, step, n) for c in configs]
+        assert lrs == pytest.approx(want, rel=1e-15)
+        assert engine.optimizer.lr.flatten().tolist() == pytest.approx(want, rel=1e-6)
+    assert engine.set_lr(0, 0) == [0.3, 0.1]  # phase 1: exactly the base rates
+    assert engine.set_lr(3, n - 1)[0] == pytest.approx(0.3 / (2 * n + 1))  # the last step
