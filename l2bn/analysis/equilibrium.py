@@ -39,7 +39,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from enum import Enum
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from l2bn.analysis.fitted import (
     ANGLE_TEST,
@@ -53,6 +54,8 @@ from l2bn.analysis.fitted import (
 )
 from l2bn.analysis.settings import EQUILIBRIUM_BAND, EQUILIBRIUM_TAIL
 from l2bn.theory import theory_of
+from l2bn.train.config import Head, Norm
+from l2bn.train.config import scale_invariant_layers as config_rule
 
 if TYPE_CHECKING:
     from l2bn.analysis.loading import TrialRecord
@@ -60,9 +63,9 @@ if TYPE_CHECKING:
 # Adam and RMSProp with coupled L2: θ_eq depends on the gradient scale, so the balance of
 # growth and shrink is the test (l2bn.theory: angular_rate None).
 BALANCE_OPTIMIZERS = frozenset({"adam", "rmsprop"})
-CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4")
 BAND_ROUNDING = 1e-9  # the band's ends are inclusive, up to float rounding of the ratio
 TRACKING_LAYERS = ("w",)  # the tracking toy's one layer of unit vectors
+E = TypeVar("E", bound=Enum)
 
 
 def equilibrium_test(optimizer: str) -> str:
@@ -76,22 +79,22 @@ def equilibrium_test(optimizer: str) -> str:
 
 
 def scale_invariant_layers(identity: Mapping[str, Any]) -> tuple[str, ...]:
-    """The layers a study's settings make scale-invariant, by name.
-
-    The rule of ``l2bn.train.models.scale_invariant_layers`` (and of the tracking toy's
-    ``TrackingNets.invariant``), repeated here without torch: the tracking toy's one layer
-    ``w``; else conv1..conv4 when ``norm`` ≠ none, and ``fc`` when ``head`` = bn. Unknown
-    settings (None: a study without a ``config`` attr) take TrainConfig's defaults (norm bn,
-    head linear). tests/analysis/test_equilibrium.py checks it against the models.
-    """
+    """The layers a study's settings make scale-invariant, by name: the training code's own
+    rule (``l2bn.train.config.scale_invariant_layers``) applied to the stored settings, or the
+    tracking toy's one layer ``w``. Missing or unknown settings (a study without a ``config``
+    attr) take TrainConfig's defaults (norm bn, head linear)."""
     if identity.get("dataset") == "tracking":
         return TRACKING_LAYERS
-    out: list[str] = []
-    if (identity.get("norm") or "bn") != "none":
-        out.extend(CONV_LAYERS)
-    if (identity.get("head") or "linear") == "bn":
-        out.append("fc")
-    return tuple(out)
+    norm = _enum(Norm, identity.get("norm"), Norm.bn)
+    head = _enum(Head, identity.get("head"), Head.linear)
+    return tuple(config_rule(norm, head))
+
+
+def _enum(kind: type[E], value: Any, default: E) -> E:
+    try:
+        return kind(value)
+    except ValueError:
+        return default
 
 
 def tail_window(phase1_epochs: int, tail: float = EQUILIBRIUM_TAIL) -> range:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from l2bn.train.config import Head, Norm
+from l2bn.train.config import Head, Norm, scale_invariant_layers
 
 NUM_CLASSES = 10
 BN_MOMENTUM = 0.1  # nn.BatchNorm's defaults
@@ -168,22 +168,6 @@ def recorded_weights(norm: Norm) -> dict[str, str]:
     """
     conv = "parametrizations.weight.original1" if norm is Norm.wn else "weight"
     return {**{f"conv{i}": f"conv{i}.{conv}" for i in range(1, 5)}, "fc": "fc.weight"}
-
-
-def scale_invariant_layers(norm: Norm, head: Head) -> dict[str, str]:
-    """Layers whose output does not change when their weights are scaled, and how.
-
-    ``"unit"``: each output unit separately (BN and WN per channel, BN on the logits);
-    ``"tensor"``: only the whole tensor at once (layer norm mixes all channels).
-    Normalized SGD keeps exactly these at unit norm.
-    """
-    out: dict[str, str] = {}
-    if norm is not Norm.none:
-        kind = "tensor" if norm is Norm.ln else "unit"
-        out.update({f"conv{i}": kind for i in range(1, 5)})
-    if head is Head.bn:
-        out["fc"] = "unit"
-    return out
 
 
 class ConvNets:

@@ -11,7 +11,7 @@ import torch
 from reference import model_state, reference_net, reference_tracking, state_of
 
 import l2bn.train.models as M
-from l2bn.train.config import Head, Norm, TrainConfig
+from l2bn.train.config import Head, Norm, TrainConfig, scale_invariant_layers
 from l2bn.train.models import ConvNets, TrackingNets
 
 CPU = torch.device("cpu")
@@ -135,13 +135,13 @@ def test_without_affine_only_the_weights_are_trained(norm: Norm) -> None:
 
 
 def test_scale_invariant_layers_follow_norm_and_head() -> None:
-    assert M.scale_invariant_layers(Norm.bn, Head.bn) == {
+    assert scale_invariant_layers(Norm.bn, Head.bn) == {
         "conv1": "unit", "conv2": "unit", "conv3": "unit", "conv4": "unit", "fc": "unit"
     }  # fmt: skip
-    assert M.scale_invariant_layers(Norm.ln, Head.linear) == {
+    assert scale_invariant_layers(Norm.ln, Head.linear) == {
         f"conv{i}": "tensor" for i in range(1, 5)
     }
-    assert M.scale_invariant_layers(Norm.none, Head.linear) == {}
+    assert scale_invariant_layers(Norm.none, Head.linear) == {}
 
 
 # --- the paper's §3 identity ------------------------------------------------------------
