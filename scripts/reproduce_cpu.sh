@@ -11,7 +11,8 @@
 #   bash scripts/reproduce_cpu.sh symmetry --set scale_eps=false --set name=symmetry-pytorch-eps
 #   bash scripts/reproduce_cpu.sh metric-noise   # error vs loss as the objective (≈ 15 min)
 #   bash scripts/reproduce_cpu.sh headline [nesterov|adam|adamw]  # the headline, one part per
-#       optimizer (≈ 50 min each), outputs in docs/reproduction/headline/<optimizer>/
+#       optimizer (≈ 50 min each), outputs in docs/reproduction/headline/<optimizer>/, then
+#       the registered reading rule over the parts done (headline/summary.md, k.png)
 # Times are for the AVX512-BF16 CPU of runs 1–5 (bf16 runs). On a CPU without bf16 dot
 # products (AVX2 only) bf16 is emulated, ≈ 8× slower than fp32: arguments after the name go to
 # `l2bn sweep`, so `bash scripts/reproduce_cpu.sh cpu-long --set precision=fp32` runs it in fp32.
@@ -58,6 +59,8 @@ if [ "$name" = headline ]; then
     .venv/bin/l2bn analyze --storage "$db" --study "headline/$opt" --metric val_loss \
       --json "$part/analysis-val_loss.json" > "$part/analyze-val_loss.txt"
   done
+  # The registered reading rule over the parts run so far: summary.md/.json and k.png.
+  .venv/bin/python scripts/headline_summary.py "$out"
   exit 0
 fi
 

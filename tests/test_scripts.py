@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,80 @@ def test_k_summary_bad_input_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in unwritable.stderr
     usage = run_script("k_summary.py", "not-a-png.txt")
     assert usage.returncode == 2 and usage.stderr.startswith("usage:")
+
+
+def _planted_part(
+    folder: Path, opt: str, k: tuple[float, float, float], a: float, b: float
+) -> None:
+    """A part named ``opt``: the real nesterov part's analysis.json with the primary k set to
+    ``k`` (value, CI low, CI high), and a trials.csv whose phase-1 norms follow
+    ‖w‖ = 3·η^a·λ^-b times a small deterministic wobble."""
+    real = REPO / "docs" / "reproduction" / "headline" / "nesterov" / "analysis.json"
+    report = json.loads(real.read_text())
+    joint = report["groups"][0]["k_estimates"]["joint"]["estimate"]
+    joint.update(value=k[0], ci_low=k[1], ci_high=k[2])
+    (folder / opt).mkdir(parents=True)
+    (folder / opt / "analysis.json").write_text(json.dumps(report))
+    lines = ["lr,weight_decay,seed,diverged,phase1_epochs,norm_conv1_e1,norm_conv1_e85"]
+    for i, lr in enumerate([1e-3, 3e-3, 1e-2, 3e-2]):
+        for j, wd in enumerate([1e-3, 1e-2, 1e-1]):
+            for seed in (0, 1):
+                w = 3 * lr**a * wd**-b * (1 + 0.01 * ((i * 7 + j * 3 + seed * 5) % 5 - 2))
+                lines.append(f"{lr},{wd},{seed},0,85,1.0,{w}")
+    lines.append("1e-3,1e-3,9,1,85,1.0,")  # a diverged run: no norm, left out
+    (folder / opt / "trials.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_headline_summary_applies_the_registered_reading_rule(tmp_path: Path) -> None:
+    _planted_part(tmp_path, "nesterov", (1.15, 0.58, 1.72), a=0.25, b=0.25)
+    _planted_part(tmp_path, "adam", (0.5, 0.3, 0.7), a=0.3, b=0.6)
+    done = run_script("headline_summary.py", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "(1) nesterov's k in [0.9, 1.1]: 1.15 [0.58, 1.72]: **missed**" in out
+    assert "(1) adam's k in [0.4, 0.6]: 0.50 [0.30, 0.70]: **met**" in out
+    assert "(1) adamw's k in [0.9, 1.1]: **not run**" in out
+    assert "(2) adam's 95 % CI disjoint from nesterov's (gap -0.12): **missed**" in out
+    assert "| adamw | not run |" in out
+    # The norm law: the planted exponents back, from 12 cells (the diverged run left out).
+    rows = {line.split(" | ")[0]: line for line in out.splitlines() if "| conv1 |" in line}
+    adam = rows["| adam"]
+    assert adam.startswith("| adam | 0.33 | conv1 | 0.30 [") and "| 0.60 [" in adam
+    assert adam.endswith("| 12 |")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    law = summary["parts"]["adam"]["norm_law"]["conv1"]
+    assert abs(law["a"] - 0.3) < 0.01 and abs(law["b"] - 0.6) < 0.01
+    assert law["a_low"] < 0.3 < law["a_high"] and law["b_low"] < 0.6 < law["b_high"]
+    assert (tmp_path / "summary.md").read_text() == out
+    assert (tmp_path / "k.png").read_bytes()[:8] == PNG_MAGIC
+    # Intervals that do not touch: condition (2) met, with the gap between them.
+    _planted_part(tmp_path / "apart", "nesterov", (1.0, 0.8, 1.2), a=0.25, b=0.25)
+    _planted_part(tmp_path / "apart", "adam", (0.5, 0.3, 0.7), a=0.3, b=0.6)
+    apart = run_script("headline_summary.py", str(tmp_path / "apart"))
+    assert "disjoint from nesterov's (gap +0.10): **met**" in apart.stdout
+
+
+def test_headline_summary_bad_input_is_one_line(tmp_path: Path) -> None:
+    empty = run_script("headline_summary.py", str(tmp_path))
+    assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1
+    assert "no <optimizer>/analysis.json" in empty.stderr and not list(tmp_path.iterdir())
+    usage = run_script("headline_summary.py")
+    assert usage.returncode == 2 and usage.stderr.startswith("usage:")
+
+
+def test_headline_summary_reports_how_far_the_optimum_norms_still_drift(tmp_path: Path) -> None:
+    # The real nesterov part's optima (η* cell at λ = 0.001: η = 0.2), and a trials.csv whose
+    # three seeds there grow by 5 %, 10 % and 20 % over the window (epochs 68 → 85).
+    _planted_part(tmp_path, "nesterov", (1.0, 0.8, 1.2), a=0.25, b=0.25)
+    lines = [
+        "lr,weight_decay,seed,diverged,phase1_epochs,norm_conv1_e1,norm_conv1_e68,norm_conv1_e85"
+    ]
+    lines += [f"0.2,0.001,{s},0,85,1.0,2.0,{2.0 * g}" for s, g in enumerate([1.05, 1.1, 1.2])]
+    (tmp_path / "nesterov" / "trials.csv").write_text("\n".join(lines) + "\n")
+    done = run_script("headline_summary.py", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    optimum = summary["parts"]["nesterov"]["optima"][0]
+    assert optimum["weight_decay"] == 0.001 and optimum["drift"] == {"conv1": math.log(1.1)}
+    assert "| +9.5 % (conv1) |" in done.stdout  # the one optimum with records
+    assert summary["parts"]["nesterov"]["norm_law"] == {}  # one cell: no fit
