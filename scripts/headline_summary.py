@@ -34,14 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from l2bn.analysis.equilibrium import tail_window
+from l2bn.analysis.fits import ols, t_estimate
 from l2bn.files import atomic_open
+from l2bn.theory import theory_of
 
 PARTS = ("nesterov", "adam", "adamw")
 # The registered reading rule: the range each point estimate must lie in.
 TARGETS = {"nesterov": (0.9, 1.1), "adam": (0.4, 0.6), "adamw": (0.9, 1.1)}
-NORM_THEORY = {"nesterov": 0.25, "adam": 1 / 3, "adamw": 0.5}  # a = b: ‖w‖ ∝ (η/λ)^a
 ESTIMATORS = (  # (label, where in analysis.json)
     ("joint (primary)", ("k_estimates", "joint")),
     ("per-λ quadratic", ("k_estimates", "per_lambda")),
@@ -68,17 +69,23 @@ def _ratio(x: float | None, verdict: str) -> str:
     return f"{x:.2f}"
 
 
-def norm_law(trials_csv: Path, phase1_epochs: int) -> dict[str, dict[str, float]]:
+def read_trials(trials_csv: Path) -> tuple[list[dict[str, str]], list[str]]:
+    """The part's trials that did not diverge, and the layers whose norms they record."""
+    rows = list(csv.DictReader(trials_csv.open()))
+    layers = [
+        c[5:-3] for c in (rows[0] if rows else ()) if c.startswith("norm_") and c.endswith("_e1")
+    ]
+    return [r for r in rows if r.get("diverged") in ("0", "False", "")], layers
+
+
+def norm_law(
+    rows: list[dict[str, str]], layers: list[str], phase1_epochs: int
+) -> dict[str, dict[str, float]]:
     """Per layer, a and b of ‖w‖ ∝ η^a·λ^-b over the cells' seed-mean norms at the last
     epoch of phase 1, with 95 % t-intervals."""
-    rows = list(csv.DictReader(trials_csv.open()))
     cells: dict[tuple[float, float], list[dict[str, str]]] = defaultdict(list)
     for r in rows:
-        if r.get("diverged") in ("0", "False", ""):
-            cells[(float(r["lr"]), float(r["weight_decay"]))].append(r)
-    layers = sorted(
-        {c.split("_")[1] for c in rows[0] if c.startswith("norm_") and c.endswith("_e1")}
-    )
+        cells[(float(r["lr"]), float(r["weight_decay"]))].append(r)
     out = {}
     for layer in layers:
         col = f"norm_{layer}_e{phase1_epochs}"
@@ -91,40 +98,31 @@ def norm_law(trials_csv: Path, phase1_epochs: int) -> dict[str, dict[str, float]
                 y.append(float(np.mean(np.log(vals))))
         if len(y) < 4:
             continue
-        X, Y = np.array(x), np.array(y)
-        beta, *_ = np.linalg.lstsq(X, Y, rcond=None)
-        resid = Y - X @ beta
-        dof = len(Y) - 3
-        cov = np.linalg.inv(X.T @ X) * float(resid @ resid) / dof
-        t = float(stats.t.ppf(0.975, dof))
-        se = np.sqrt(np.diag(cov))
-        r2 = 1 - float(resid @ resid) / float(((Y - Y.mean()) ** 2).sum())
+        fit = ols(np.array(x), np.array(y))
+        a = t_estimate(float(fit.coef[1]), float(fit.stderr[1]), fit.dof, len(y), 0.95)
+        b = t_estimate(float(-fit.coef[2]), float(fit.stderr[2]), fit.dof, len(y), 0.95)
         out[layer] = {
-            "a": float(beta[1]), "a_low": float(beta[1] - t * se[1]),
-            "a_high": float(beta[1] + t * se[1]),
-            "b": float(-beta[2]), "b_low": float(-beta[2] - t * se[2]),
-            "b_high": float(-beta[2] + t * se[2]),
-            "r_squared": r2, "n_cells": len(Y), "epoch": phase1_epochs,
+            "a": a.value, "a_low": a.ci_low, "a_high": a.ci_high,
+            "b": b.value, "b_low": b.ci_low, "b_high": b.ci_high,
+            "r_squared": fit.r_squared, "n_cells": len(y), "epoch": phase1_epochs,
         }  # fmt: skip
     return out
 
 
 def norm_drift(
-    trials_csv: Path, weight_decay: float, lr: float, phase1_epochs: int, tail: float
+    rows: list[dict[str, str]], layers: list[str], weight_decay: float, lr: float, window: range
 ) -> dict[str, float]:
     """Per layer, the median over seeds of the change of log ‖w‖ over the equilibrium window
-    (the last ``tail`` of phase 1) at one cell: how far from stationary the norm still is."""
-    rows = list(csv.DictReader(trials_csv.open()))
-    first = phase1_epochs - max(1, round(tail * phase1_epochs))
+    (0-based epochs ``window``: from the end of the epoch before it to the end of its last) at
+    one cell: how far from stationary the norm still is."""
     cell = [
         r for r in rows
         if math.isclose(float(r["weight_decay"]), weight_decay, rel_tol=1e-6)
-        and math.isclose(float(r["lr"]), lr, rel_tol=1e-6) and r.get("diverged") in ("0", "")
+        and math.isclose(float(r["lr"]), lr, rel_tol=1e-6)
     ]  # fmt: skip
-    layers = [c[5:-3] for c in rows[0] if c.startswith("norm_") and c.endswith("_e1")]
     out = {}
     for layer in layers:
-        start, end = f"norm_{layer}_e{first}", f"norm_{layer}_e{phase1_epochs}"
+        start, end = f"norm_{layer}_e{window.start}", f"norm_{layer}_e{window.stop}"
         d = [math.log(float(r[end]) / float(r[start])) for r in cell if r.get(start) and r.get(end)]
         if d:
             out[layer] = float(np.median(d))
@@ -135,23 +133,24 @@ def load_part(folder: Path, opt: str) -> dict[str, Any] | None:
     path = folder / opt / "analysis.json"
     if not path.exists():
         return None
-    group = json.loads(path.read_text())["groups"][0]
+    report = json.loads(path.read_text())
+    group = report["groups"][0]
     loss_path = folder / opt / "analysis-val_loss.json"
     loss = json.loads(loss_path.read_text())["groups"][0] if loss_path.exists() else None
-    ident = group["identity"]
-    phase1 = round((1 - ident["decay_fraction"]) * ident["epochs"])  # wsd, whole epochs
-    tail = json.loads(path.read_text())["settings"]["equilibrium_tail"]
+    rows, layers = read_trials(folder / opt / "trials.csv")
+    phase1 = int(rows[0]["phase1_epochs"])  # the engine's own count, as the export wrote it
+    window = tail_window(phase1, report["settings"]["equilibrium_tail"])  # analyze's window
     eq = group["optima_equilibrium"]
     per_lambda = [
         {
             "weight_decay": o["weight_decay"], "lr_opt": o["lr_opt"], "edge": o["edge"],
             "verdict": o["equilibrium"]["verdict"], "ratio": o["equilibrium"]["ratio"],
             "layer": o["equilibrium"]["layer"], "ratios": o["equilibrium"]["ratios"],
-            "drift": norm_drift(folder / opt / "trials.csv", o["weight_decay"], o["lr_grid"],
-                                phase1, tail),
+            "drift": norm_drift(rows, layers, o["weight_decay"], o["lr_grid"], window),
         }
         for o in group["optima"]
     ]  # fmt: skip
+    theory = theory_of(opt)
     return {
         "optimizer": opt,
         "theory": group["k"]["theory"],
@@ -163,8 +162,8 @@ def load_part(folder: Path, opt: str) -> dict[str, Any] | None:
         "optima": per_lambda,
         "edges": sum(1 for o in group["optima"] if o["edge"]),
         "n_trials": group["n_trials"],
-        "norm_law": norm_law(folder / opt / "trials.csv", phase1),
-        "norm_theory": NORM_THEORY[opt],
+        "norm_law": norm_law(rows, layers, phase1),
+        "norm_theory": theory.norm_exponent if theory else math.nan,  # a = b: ‖w‖ ∝ (η/λ)^a
     }
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from l2bn.train.config import Head, Norm, scale_invariant_layers
+from l2bn.train.config import CONV_LAYERS, Head, Norm, scale_invariant_layers
 
 NUM_CLASSES = 10
 BN_MOMENTUM = 0.1  # nn.BatchNorm's defaults
@@ -167,7 +167,7 @@ def recorded_weights(norm: Norm) -> dict[str, str]:
     to its scale and weight decay acts on it; the gain behaves like BN's γ.
     """
     conv = "parametrizations.weight.original1" if norm is Norm.wn else "weight"
-    return {**{f"conv{i}": f"conv{i}.{conv}" for i in range(1, 5)}, "fc": "fc.weight"}
+    return {**{layer: f"{layer}.{conv}" for layer in CONV_LAYERS}, "fc": "fc.weight"}
 
 
 class ConvNets:
