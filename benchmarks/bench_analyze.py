@@ -8,7 +8,7 @@ with plain Optuna (``add_trials``), then times, in the same process:
   without pandas, ``study.get_trials()`` with deep copies, Optuna's default);
 * ``load_studies(bulk_sql=False)``: analyze's reader through Optuna's API (one
   ``get_trials(deepcopy=False)`` per study), as analyze read before the bulk SQL reader;
-* ``analyze``: load (one SQL query per table, :mod:`l2bn.analysis.loading`) + every fit.
+* ``analyze``: load (one SQL query per table, :mod:`l2bn.analysis.reading.studies`) + every fit.
 
 Each line gives wall-clock seconds and the process's CPU seconds: on a shared machine the
 wall clock also counts the time other processes held the cores, the CPU time does not.
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import optuna
 
-from l2bn.analysis.loading import load_studies
 from l2bn.analysis.pipeline import AnalyzeConfig, analyze, analyze_group, group_studies
+from l2bn.analysis.reading.studies import load_studies
 
 OPTIMIZERS = {"sgd": 1.0, "nesterov": 1.0, "adam": 0.5, "rmsprop": 0.5, "adamw": 1.0}
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "fc")

@@ -224,9 +224,9 @@ _VERDICT_STYLE = {
     VARIES: "red",
 }
 _ESTIMATOR_LABEL = {
-    "joint": "k  joint parabola in η·λ^k (primary)",
-    "per_lambda": "k  per-λ quadratic η*, regression",
-    "collapse_band": "k  collapse, band near η*",
+    "collapse": "k  whole-surface collapse (primary)",
+    "joint": "k  cross-check: joint parabola near η*",
+    "per_lambda": "k  cross-check: per-λ η*, regression",
 }
 
 
@@ -238,6 +238,8 @@ def render_report(report: AnalysisReport) -> Group:
         parts.append(Text("\n".join(f"• {w}" for w in report.warnings), style="yellow"))
     for g in report.groups:
         parts.append(render_group(g, report.settings))
+        if g.collapse is not None and g.collapse.rows:
+            parts.append(render_rows(g))
         if g.optima:
             parts.append(render_optima(g))
         parts.append(equilibrium_line(g))
@@ -297,23 +299,16 @@ def render_group(g: GroupReport, settings: AnalyzeConfig) -> Table:
         table.add_row("k  (η* ∝ λ^-k)", _est(s.k), theory(s.theory), verdict(s.verdict), "")
     for name, ke in g.k_estimates.items():
         used = f"{ke.k.n}/{g.n_lambda} λ"
-        if name == "joint" and math.isfinite(s.r_squared):
-            used += f", R² {s.r_squared:.3f}"
+        if name == "collapse" and g.collapse is not None:
+            used += f", {g.collapse.n_cells} cells; {g.collapse.status}"
+            if math.isfinite(s.r_squared):
+                used += f", R² {s.r_squared:.2f}"
         table.add_row(
             _ESTIMATOR_LABEL.get(name, name),
             _est(ke.k) + method(ke.k),
             theory(ke.theory),
             verdict(ke.verdict),
             used,
-        )
-    if g.collapse is not None:
-        c = g.collapse
-        table.add_row(
-            "k  collapse, whole grid",
-            _est(c.k) + method(c.k),
-            theory(c.theory),
-            verdict(c.verdict),
-            f"{c.n_cells} cells",
         )
     nf = g.first_layer_norm
     if nf is not None:
@@ -348,14 +343,28 @@ def _ratio(x: float) -> str:
     return "∞" if math.isinf(x) else f"{x:.2f}"
 
 
+def _memory(m: float) -> str:
+    if math.isnan(m):
+        return "–"
+    return "∞" if math.isinf(m) else f"{math.expm1(m):+.0%}"
+
+
 def equilibrium_cell(e: Equilibrium) -> Text:
-    """One cell's equilibrium: verdict, its worst layer's ratio, seeds in equilibrium."""
+    """One cell's equilibrium: the stationarity verdict and its layer farthest from it (‖w‖²
+    still to go, growth ÷ shrink), seeds in equilibrium, and the θ test's worst ratio."""
     text = Text(e.verdict, style=_EQUILIBRIUM_STYLE.get(e.verdict, ""))
-    layer = e.worst_layer
-    if layer is not None:
-        text.append(f" {_ratio(e.ratio)} ({layer})")
+    moving = e.moving_layer
+    if moving is not None:
+        text.append(
+            f" {moving}: ‖w‖² {_memory(e.memory[moving])}, "
+            f"g÷s {_ratio(e.balance.get(moving, math.nan))}"
+        )
     if e.n_seeds > 1:
         text.append(f" {e.n_in}/{e.n_seeds} seeds", style="dim")
+    layer = e.worst_layer
+    if layer is not None:
+        what = _EQUILIBRIUM_RATIO.get(e.test, e.test)
+        text.append(f"; {what} {_ratio(e.ratio)} ({layer})", style="dim")
     return text
 
 
@@ -367,8 +376,8 @@ def equilibrium_line(g: GroupReport) -> Text:
         return Text(f"equilibrium: no measured test for {g.optimizer}", style="dim")
     lo, hi = g.equilibrium_band
     text = Text(
-        f"equilibrium (measured: {what} in [{lo:g}, {hi:g}] over the last "
-        f"{g.equilibrium_tail:.0%} of phase 1): "
+        f"equilibrium (norms stationary over the last {g.equilibrium_tail:.0%} of phase 1, "
+        f"band [{lo:g}, {hi:g}]; {what} beside it): "
     )
     style = "green" if s["in"] == s["total"] else "red" if s["out"] else "yellow"
     text.append(f"{s['in']} of {s['total']} optimum cells in equilibrium", style=style)
@@ -384,8 +393,7 @@ def render_optima(g: GroupReport) -> Table:
     table.add_column("η grid", justify="right")
     table.add_column(g.metric, justify="right")
     table.add_column("used / note")
-    what = _EQUILIBRIUM_RATIO.get(g.equilibrium_test)
-    table.add_column(f"equilibrium ({what})" if what else "equilibrium")
+    table.add_column("equilibrium (stationarity; θ test)")
     for o in g.optima:
         ci = (
             f" [{o.lr_ci_low:.3g}, {o.lr_ci_high:.3g}]"
@@ -397,9 +405,41 @@ def render_optima(g: GroupReport) -> Table:
             f"{o.lr_opt:.3g}{ci}",
             f"{o.lr_grid:.3g}",
             f"{o.val_error:.4g}",
-            "used" if o.used else Text(o.note or "not used", style="dim"),
+            ("in the primary" if o.used else Text("left out of the primary", style="dim"))
+            if o.note is None
+            else Text(f"{'in the primary' if o.used else 'left out'}; {o.note}", style="dim"),
             equilibrium_cell(o.equilibrium),
         )
+    return table
+
+
+_ROW_STYLE = {"fits": "green", "fails": "red", "untested": "yellow"}
+
+
+def render_rows(g: GroupReport) -> Table:
+    """The lack-of-collapse test: each λ row against the curve the other rows define."""
+    assert g.collapse is not None
+    table = Table(
+        title=Text(f"{g.label}: does each λ row follow the others' curve? ({g.collapse.status})"),
+        title_justify="left",
+    )
+    table.add_column("λ", justify="right")
+    table.add_column("row")
+    table.add_column("p (Bonferroni)", justify="right")
+    table.add_column("worst cell", justify="right")
+    table.add_column("k without it", justify="right")
+    table.add_column("in the primary")
+    for r in g.collapse.rows:
+        worst = f"{r.worst_z:+.1f} sd at η={r.worst_lr:.3g}" if math.isfinite(r.worst_z) else "–"
+        table.add_row(
+            f"{r.weight_decay:.3g}",
+            Text(r.verdict + (f": {r.cause}" if r.cause else ""),
+                 style=_ROW_STYLE.get(r.verdict, "")),
+            _num(r.p_value, ".2g"),
+            worst,
+            _num(r.k_without, ".2f"),
+            "yes" if r.used else Text("left out", style="red"),
+        )  # fmt: skip
     return table
 
 

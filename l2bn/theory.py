@@ -75,6 +75,18 @@ class Theory:
     # ((η/λ)^½ = (ηλ)^½·λ^-1), 0 for normalized SGD (‖w‖ = 1). l2bn analyze fits
     # log(‖w‖·λ^s) = c + p·log(η·λ^k) + q·log λ: q ≠ 0 is memory of the initial weights.
     norm_scale_power: float = 0.5
+    # The decay's pull on log‖w‖² per step, in units of η·λ: 2 for plain SGD (w ← w(1 − ηλ)
+    # − η·g), 2/(1 − α) = 20 with momentum α = 0.9 (the velocity carries the decay term over
+    # 1/(1 − α) steps), 2 for AdamW's decoupled w ← w(1 − ηλ). None where it depends on the
+    # gradient scale (Adam/RMSProp with coupled L2: the decay is divided by √v) or there is no
+    # decay (normalized SGD). l2bn.analysis.estimating.equilibrium judges stationarity by it.
+    decay_rate: float | None = None
+
+    def decay_pull(self, lr: float, weight_decay: float) -> float | None:
+        """The decay's pull on log‖w‖² per step (None where the table has no formula)."""
+        if self.decay_rate is None:
+            return None
+        return self.decay_rate * lr * weight_decay
 
     def angular_update(self, lr: float, weight_decay: float) -> float | None:
         """θ_eq in radians per step for this η and λ (None where the table has no formula)."""
@@ -88,13 +100,30 @@ MOMENTUM_RELAXATION = 10.0  # 1/(1−α) at α = MOMENTUM: the decay per step is
 
 THEORY: dict[str, Theory] = {
     "sgd": Theory(
-        k=1.0, norm_exponent=0.25, eff_lr_power=2, angular_rate=2.0, norm_scale_power=0.5
+        k=1.0,
+        norm_exponent=0.25,
+        eff_lr_power=2,
+        angular_rate=2.0,
+        norm_scale_power=0.5,
+        decay_rate=2.0,
     ),
     "momentum": Theory(
-        1.0, 0.25, 2, MOMENTUM_RELAXATION, heavy_ball_rate(MOMENTUM), norm_scale_power=0.5
+        1.0,
+        0.25,
+        2,
+        MOMENTUM_RELAXATION,
+        heavy_ball_rate(MOMENTUM),
+        norm_scale_power=0.5,
+        decay_rate=2 * MOMENTUM_RELAXATION,
     ),
     "nesterov": Theory(
-        1.0, 0.25, 2, MOMENTUM_RELAXATION, nesterov_rate(MOMENTUM), norm_scale_power=0.5
+        1.0,
+        0.25,
+        2,
+        MOMENTUM_RELAXATION,
+        nesterov_rate(MOMENTUM),
+        norm_scale_power=0.5,
+        decay_rate=2 * MOMENTUM_RELAXATION,
     ),
     "rmsprop": ADAPTIVE_L2,
     "adam": ADAPTIVE_L2,
@@ -105,6 +134,7 @@ THEORY: dict[str, Theory] = {
         relaxation_rate=2.0,
         angular_rate=adamw_rate(ADAM_BETA1),
         norm_scale_power=1.0,
+        decay_rate=2.0,
     ),
     "normalized-sgd": Theory(k=0.0, norm_exponent=0.0, eff_lr_power=0, norm_scale_power=0.0),
 }

@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from l2bn.analysis.equilibrium import tail_window
-from l2bn.analysis.fits import ols, t_estimate
+from l2bn.analysis.estimating.equilibrium import tail_window
+from l2bn.analysis.estimating.stats import ols, t_estimate
 from l2bn.files import atomic_open
 from l2bn.theory import theory_of
 

@@ -18,9 +18,46 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats
 
-from l2bn.analysis.fits import grid_minimum
+FloatArray = npt.NDArray[np.float64]
+
+
+# η* per λ exactly as `l2bn analyze` v1 found it (run 5 was read with it; v3 reads k from the
+# whole surface instead, l2bn.analysis.estimating.collapse).
+def parabolic_argmin(x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Vertex of the parabola through each row's three points ``x[..., 0:3]``, ``y[..., 0:3]``.
+
+    Returns (vertex, curvature). Where the parabola is not convex (flat or concave: ties,
+    noise) the middle point is returned, since no interior minimum is defined.
+    """
+    x0, x1, x2 = x[..., 0], x[..., 1], x[..., 2]
+    y0, y1, y2 = y[..., 0], y[..., 1], y[..., 2]
+    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
+        b = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / denom
+        vertex = -b / (2 * a)
+    ok = np.isfinite(vertex) & (a > 0)
+    vertex = np.where(ok, np.clip(vertex, np.minimum(x0, x2), np.maximum(x0, x2)), x1)
+    return vertex, np.where(ok, a, 0.0)
+
+
+def grid_minimum(log_lr: FloatArray, err: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Refined log η* per row of ``err`` (rows: resamples; columns: the η grid).
+
+    Returns (log η*, edge) with edge = 1.0 where the minimum is on the grid's edge.
+    """
+    n = log_lr.size
+    i = np.argmin(err, axis=-1)
+    edge = (i == 0) | (i == n - 1)
+    j = np.clip(i, 1, n - 2)
+    idx = np.stack([j - 1, j, j + 1], axis=-1)
+    xs = log_lr[idx]
+    ys = np.take_along_axis(err, idx, axis=-1)
+    vertex, _ = parabolic_argmin(xs, ys)
+    return np.where(edge, log_lr[i], vertex), edge.astype(np.float64)
 
 
 def _key(x: float) -> float:

@@ -1,6 +1,7 @@
 """Measured relaxation of the reproduction runs, from their exported trials.csv.
 
-`l2bn analyze` reports the measured relaxation (l2bn.analysis.fits.relaxation_index) for the
+`l2bn analyze` reports the measured relaxation
+(l2bn.analysis.estimating.relaxation.relaxation_index) for the
 studies it reads; runs 1–3 of REPRODUCTION.md were analyzed before it existed and their
 databases are not kept, so this reads the per-epoch norms from the committed CSV instead:
 
@@ -19,7 +20,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from l2bn.analysis.fits import relaxation_index
+from l2bn.analysis.estimating.relaxation import relaxation_index
 from l2bn.theory import theory_of
 
 

@@ -132,3 +132,31 @@ def test_headline_summary_reports_how_far_the_optimum_norms_still_drift(tmp_path
     assert optimum["weight_decay"] == 0.001 and optimum["drift"] == {"conv1": math.log(1.1)}
     assert "| +9.5 % (conv1) |" in done.stdout  # the one optimum with records
     assert summary["parts"]["nesterov"]["norm_law"] == {}  # one cell: no fit
+
+
+def _script_module(name: str) -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_optima_shift_refines_the_grid_minimum_and_flags_the_edges() -> None:
+    import numpy as np
+    import pytest
+
+    m = _script_module("optima_shift")
+    x = np.array([[0.0, 1.0, 3.0]])
+    vertex, curvature = m.parabolic_argmin(x, (x - 1.4) ** 2 + 2.0)  # type: ignore[attr-defined]
+    assert vertex[0] == pytest.approx(1.4) and curvature[0] == pytest.approx(1.0)
+    flat, _ = m.parabolic_argmin(x, np.zeros((1, 3)))  # type: ignore[attr-defined]
+    assert flat[0] == 1.0  # no interior minimum: keep the grid point
+    log_lr = np.log(np.geomspace(1e-3, 1.0, 7))
+    inside = (log_lr - log_lr[3] - 0.3) ** 2
+    rising = log_lr - log_lr[0]  # lowest at the first η
+    refined, edge = m.grid_minimum(log_lr, np.stack([inside, rising]))  # type: ignore[attr-defined]
+    assert refined[0] == pytest.approx(log_lr[3] + 0.3) and edge[0] == 0.0
+    assert refined[1] == log_lr[0] and edge[1] == 1.0

@@ -1,6 +1,6 @@
 """Fitted numbers: :class:`Estimate` and the frozen result type of each fit, with its JSON form.
 
-:mod:`l2bn.analysis.fits` and the per-group analysis (:mod:`l2bn.analysis.pipeline`) build
+:mod:`l2bn.analysis.estimating` and the per-group analysis (:mod:`l2bn.analysis.pipeline`) build
 these; :class:`~l2bn.analysis.results.GroupReport` holds them (the JSON shape they take there
 is documented in :mod:`l2bn.analysis.results`, the verdict words too). Nothing here computes a
 fit; like the rest of the result types, this module imports neither optuna nor SciPy.
@@ -20,7 +20,14 @@ EQUIVALENT = "equivalent"
 DIFFERENT = "different"
 INCONCLUSIVE = "inconclusive"
 UNDETERMINED = "undetermined"
-VERDICTS = (EQUIVALENT, DIFFERENT, INCONCLUSIVE, UNDETERMINED)
+# The primary's verdict where too many λ rows fail the lack-of-collapse test: its k is then
+# not a test of the theory (l2bn.analysis.estimating.collapse).
+NOT_COLLAPSED = "does not collapse"
+VERDICTS = (EQUIVALENT, DIFFERENT, INCONCLUSIVE, UNDETERMINED, NOT_COLLAPSED)
+# A λ row against the others' curve (RowCheck).
+FITS = "fits"
+FAILS = "fails"
+UNTESTED = "untested"
 # Column test outcomes (see ColumnCheck).
 CONSTANT = "constant"
 VARIES = "varies"
@@ -32,6 +39,7 @@ EQUILIBRIUM_VERDICTS = (IN_EQUILIBRIUM, OUT_OF_EQUILIBRIUM, UNKNOWN)
 ANGLE_TEST = "angle"  # ⟨θ²⟩/θ_eq², optimizers with a θ_eq (SGD family, AdamW)
 BALANCE_TEST = "balance"  # growth ÷ shrink, Adam/RMSProp with coupled L2
 NO_TEST = "none"  # no equilibrium to test (normalized SGD, an unknown optimizer)
+STABLE_TEST = "stationarity"  # the verdict: the norms hold still against the decay's pull
 
 
 # --- fitted numbers -----------------------------------------------------------------------
@@ -46,7 +54,7 @@ class Estimate:
     ci_low: float
     ci_high: float
     n: int  # data points behind the estimate
-    method: str  # "bootstrap", "ols-t" or "profile"
+    method: str  # e.g. "collapse/seed-jackknife-t", "ols-t" (results lists them)
     confidence: float = 0.95
 
     @classmethod
@@ -92,30 +100,53 @@ def _log_distance(ratio: float) -> float:
 class Equilibrium:
     """Whether a cell (or one λ's optimum cell) is at equilibrium, by measurement.
 
-    Over the last ``equilibrium_tail`` of phase 1, every scale-invariant layer's ratio must
-    lie in the band: ⟨θ²⟩/θ_eq² (test "angle") or the growth ÷ shrink balance (test
-    "balance"); see :mod:`l2bn.analysis.equilibrium`. ``ratios``: per layer, the ratio of the
-    seed farthest from 1 (NaN: unmeasured); a cell is "in" when every non-diverged seed is,
-    "out" when one seed is out, else "unknown".
+    The verdict is **stationarity** (:mod:`l2bn.analysis.estimating.equilibrium`): over the
+    last ``equilibrium_tail`` of phase 1, every scale-invariant layer's norm must hold still
+    against the decay's pull: its growth ÷ shrink (``balance``, from the norm's net change)
+    within the band, and the distance still to go to equilibrium that its drift implies
+    (``memory``, log of ‖w‖² over its equilibrium value) within the band's log width. "in"
+    when every non-diverged seed is, "out" when one seed is out, else "unknown" (no update
+    records: never "in"). Per layer, the seed farthest from stationary is kept.
+
+    Beside it, not deciding it, the θ_eq formula's test (``test`` "angle": ⟨θ²⟩/θ_eq²; Adam
+    and RMSProp, "balance": the per-step growth ÷ shrink records) in ``ratios``.
     """
 
     verdict: str = UNKNOWN
-    test: str = NO_TEST
+    test: str = NO_TEST  # the θ test beside the verdict: "angle", "balance" or "none"
     ratios: Mapping[str, float] = field(default_factory=dict)
     n_in: int = 0  # non-diverged seeds in equilibrium
     n_seeds: int = 0  # non-diverged seeds
+    memory: Mapping[str, float] = field(default_factory=dict)
+    balance: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def worst_layer(self) -> str | None:
-        """The layer whose ratio lies farthest from 1 (None when none was measured)."""
+        """The layer whose θ-test ratio lies farthest from 1 (None when none was measured)."""
         measured = {k: v for k, v in self.ratios.items() if not math.isnan(v)}
         return max(measured, key=lambda k: _log_distance(measured[k])) if measured else None
 
     @property
     def ratio(self) -> float:
-        """The worst layer's ratio (NaN when none was measured)."""
+        """The worst layer's θ-test ratio (NaN when none was measured)."""
         layer = self.worst_layer
         return math.nan if layer is None else self.ratios[layer]
+
+    @property
+    def moving_layer(self) -> str | None:
+        """The layer farthest from stationary, by |memory| (None when none was measured)."""
+        measured = {k: v for k, v in self.memory.items() if not math.isnan(v)}
+        return max(measured, key=lambda k: abs(measured[k])) if measured else None
+
+    def describe(self) -> str:
+        """The stationarity numbers of the layer farthest from it, in words."""
+        layer = self.moving_layer
+        if layer is None:
+            return "unmeasured"
+        m = self.memory[layer]
+        b = self.balance.get(layer, math.nan)
+        shown = "∞" if math.isinf(m) else f"{math.expm1(m):+.0%}"
+        return f"{layer}: ‖w‖² {shown} from equilibrium, growth ÷ shrink {b:.3g}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,6 +155,9 @@ class Equilibrium:
             "ratio": finite_or_none(self.ratio),
             "layer": self.worst_layer,
             "ratios": {k: finite_or_none(v) for k, v in self.ratios.items()},
+            "memory": {k: finite_or_none(v) for k, v in self.memory.items()},
+            "balance": {k: finite_or_none(v) for k, v in self.balance.items()},
+            "moving_layer": self.moving_layer,
             "n_in": self.n_in,
             "n_seeds": self.n_seeds,
         }
@@ -209,7 +243,8 @@ class Optimum:
 
 @dataclass(frozen=True)
 class ScalingFit:
-    """log η* = intercept − k log λ over the used λ values (the primary, joint estimate)."""
+    """The primary k (the whole-surface collapse): log η* = intercept − k log λ, the intercept
+    where the fitted curve is lowest; r_squared: its share of the cells' variance."""
 
     k: Estimate
     intercept: float
@@ -231,7 +266,7 @@ class ScalingFit:
 
 @dataclass(frozen=True)
 class KEstimate:
-    """One estimator's k (``k_estimates``): joint, per_lambda or collapse_band."""
+    """One estimator's k (``k_estimates``): collapse (the primary), joint or per_lambda."""
 
     k: Estimate
     theory: float | None
@@ -276,24 +311,68 @@ class ColumnCheck:
 
 
 @dataclass(frozen=True)
+class RowCheck:
+    """One λ row's lack-of-collapse test: does it follow the curve the other rows define?"""
+
+    weight_decay: float
+    used: bool  # in the primary fit (the rule leaves failing rows out)
+    verdict: str  # FITS | FAILS | UNTESTED
+    p_value: float  # Bonferroni-adjusted over every cell tested in the group (NaN: untested)
+    worst_z: float  # its largest cell deviation from the others' curve, in noise sds (signed)
+    worst_lr: float  # the η of that cell (NaN: none)
+    n_tested: int  # cells within the other rows' span of η·λ^k
+    k_without: float  # k fitted without this row
+    cause: str | None = None  # the likely cause where it fails
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weight_decay": self.weight_decay,
+            "used": self.used,
+            "verdict": self.verdict,
+            "p_value": finite_or_none(self.p_value),
+            "worst_z": finite_or_none(self.worst_z),
+            "worst_lr": finite_or_none(self.worst_lr),
+            "n_tested": self.n_tested,
+            "k_without": finite_or_none(self.k_without),
+            "cause": self.cause,
+        }
+
+
+@dataclass(frozen=True)
 class CollapseFit:
-    """The k whose x = log η + k log λ puts every λ's error curve on one polynomial."""
+    """The primary: k whose x = log η + k·log λ puts every row's error on one curve T(x), the
+    lack-of-collapse test of each row, and T itself (for the figures)."""
 
     k: Estimate
     theory: float | None
-    verdict: str
-    degree: int
+    verdict: str  # against theory ± margin, or NOT_COLLAPSED
+    status: str  # l2bn.analysis.estimating.collapse.STATUSES
+    rows: tuple[RowCheck, ...]
     n_cells: int
-    rss: float
+    x_centre: float  # the mean log λ the fit centres on: x = log η + k·(log λ − x_centre)
+    curve_x: tuple[float, ...] = ()  # T sampled over the cells' span of x (centred)
+    curve_y: tuple[float, ...] = ()
+    noise_sd: float = math.nan  # sd of one trial's metric (the Huber scale)
+    reason: str | None = None  # why k or its interval is missing
+
+    @property
+    def rows_used(self) -> int:
+        return sum(r.used for r in self.rows)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "estimate": self.k.to_dict(),
             "theory": self.theory,
             "verdict": self.verdict,
-            "degree": self.degree,
+            "status": self.status,
+            "rows": [r.to_dict() for r in self.rows],
             "n_cells": self.n_cells,
-            "rss": finite_or_none(self.rss),
+            "x_centre": self.x_centre,
+            "curve": {
+                "x": [finite_or_none(v) for v in self.curve_x],
+                "y": [finite_or_none(v) for v in self.curve_y],
+            },
+            "reason": self.reason,
         }
 
 
@@ -317,7 +396,7 @@ class NormFit:
     s: float = math.nan  # the scale power (Theory.norm_scale_power)
     k: float = math.nan  # the column exponent (Theory.k)
     memory: str = UNDETERMINED  # q against 0 ± norm_margin: "equivalent" = no memory of w₀
-    # What chose the cells (l2bn.analysis.equilibrium.CellFilter.label): "measured" (the
+    # What chose the cells (l2bn.analysis.estimating.equilibrium.CellFilter.label): "measured" (the
     # cells measured in equilibrium) or "clock c·η·λ·T ≥ 5" (every verdict unknown).
     cell_filter: str = ""
 
@@ -348,12 +427,17 @@ __all__ = [
     "DIFFERENT",
     "EQUILIBRIUM_VERDICTS",
     "EQUIVALENT",
+    "FAILS",
+    "FITS",
     "INCONCLUSIVE",
     "IN_EQUILIBRIUM",
+    "NOT_COLLAPSED",
     "NO_TEST",
     "OUT_OF_EQUILIBRIUM",
+    "STABLE_TEST",
     "UNDETERMINED",
     "UNKNOWN",
+    "UNTESTED",
     "VARIES",
     "VERDICTS",
     "Cell",
@@ -365,5 +449,6 @@ __all__ = [
     "KEstimate",
     "NormFit",
     "Optimum",
+    "RowCheck",
     "ScalingFit",
 ]

@@ -2,50 +2,36 @@
 
 Pipeline (every step is a function of its inputs; nothing here prints):
 
-1. :func:`l2bn.analysis.loading.load_studies` opens the storage read-only and reads every
-   chosen study in bulk, with its training identity (every TrainConfig field but η, λ, seed,
-   data_dir and device).
-2. :func:`~l2bn.analysis.grouping.group_studies` pools studies whose training identities are
-   equal; studies of one optimizer that differ in anything else (affine, head, width, epochs,
-   batch size, LR drops …) form separate groups, and
-   :func:`~l2bn.analysis.grouping.grouping_warnings` says so (:mod:`l2bn.analysis.grouping`).
-3. :func:`analyze_group` averages seeds per (η, λ) cell (:mod:`l2bn.analysis.cells`) and fits
-   η* per λ, k three ways (:func:`~l2bn.analysis.intervals.estimate_k`) plus the whole-grid
-   collapse, and the norm exponents of every layer (:mod:`l2bn.analysis.fits`), with ‖w‖ the
-   Frobenius norm after the last epoch whose η equals the first epoch's, averaged
-   geometrically over a cell's non-diverged seeds, over cells in equilibrium. Each cell is
-   judged in or out of equilibrium by measurement (the angular update against θ_eq, or
-   Adam's growth ÷ shrink, over the tail of phase 1: :mod:`l2bn.analysis.equilibrium`); the
-   norm fit takes the cells measured "in" where the group's cells carry verdicts, and where
-   every verdict is unknown (studies without the update records) the clock
-   c·η·λ·T ≥ ``equilibrium``, with T = steps_per_epoch × epochs in that first phase and c the
-   optimizer's :attr:`l2bn.theory.Theory.relaxation_rate` (10 for momentum 0.9, 2 for AdamW,
-   else 1); ``norms[].cell_filter`` says which
-   (:func:`~l2bn.analysis.equilibrium.norm_cell_filter`). The optimum cells' verdicts are
-   counted and warned about. The metric is ``--metric``, else the studies' stored objective
-   (:func:`group_metric`).
-4. :func:`analyze` runs 1-3; :func:`run_analysis` also writes the ``--json`` and ``--csv``
-   (:mod:`l2bn.analysis.export`), ``--plots`` (:mod:`l2bn.analysis.plots`) and ``--report``
-   (:mod:`l2bn.analysis.report`) outputs; :func:`l2bn.render.render_report` turns a report
-   into rich renderables.
+1. **Read** (:mod:`l2bn.analysis.reading`): the storage read-only and in bulk, or a ``--csv``
+   export; studies pool into groups of equal training identity (every TrainConfig field but
+   η, λ, seed, data_dir and device), and studies of one optimizer that differ in anything else
+   form separate groups, with a warning.
+2. **Estimate** (:mod:`l2bn.analysis.estimating`), per group (:func:`analyze_group`):
+   seed-averaged cells, each judged in or out of equilibrium by the stationarity of its norms;
+   the primary k, the **whole-surface collapse** error = T(log η + k·log λ) with its cluster
+   jackknife interval and the lack-of-collapse test of every λ row
+   (:mod:`~l2bn.analysis.estimating.collapse`); the floor estimators (joint parabola, per-λ
+   quadratics) as cross-checks; the norm laws of every layer over cells in equilibrium; the
+   column test; k over training by the primary.
+3. **Present** (:mod:`l2bn.analysis.presenting`): ``--json``, ``--csv``, ``--plots``,
+   ``--report``; :func:`l2bn.render.render_report` turns a report into rich renderables.
 
 The settings: :mod:`l2bn.analysis.settings`; the results and their JSON shape:
-:mod:`l2bn.analysis.results`. This module is the entry point: :class:`AnalyzeConfig`,
-:class:`AnalysisReport`, :class:`GroupData`, :func:`group_studies` and the verdicts are
-exported here too.
+:mod:`l2bn.analysis.results`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from l2bn.analysis.cells import (
+from l2bn.analysis.estimating import collapse as primary
+from l2bn.analysis.estimating.cells import (
     grid_key,
     layer_order,
     locate_optima,
@@ -53,49 +39,56 @@ from l2bn.analysis.cells import (
     relaxation_summary,
     trial_panel,
 )
-from l2bn.analysis.equilibrium import (
+from l2bn.analysis.estimating.equilibrium import (
     CellFilter,
     equilibrium_test,
     norm_cell_filter,
     scale_invariant_layers,
 )
-from l2bn.analysis.estimators import COLLAPSE_BAND, ESTIMATORS, JOINT, PER_LAMBDA
-from l2bn.analysis.export import write_csv, write_json
-from l2bn.analysis.fits import column_checks, fit_collapse, fit_norms, verdict
+from l2bn.analysis.estimating.floor import ESTIMATORS, JOINT, KResult, estimate_k
+from l2bn.analysis.estimating.intervals import Interval
+from l2bn.analysis.estimating.norms import column_checks, fit_norms
+from l2bn.analysis.estimating.panel import Panel, noise_sd
+from l2bn.analysis.estimating.stats import verdict
 from l2bn.analysis.fitted import (
-    ANGLE_TEST,
     DIFFERENT,
     EQUIVALENT,
+    FAILS,
+    FITS,
     INCONCLUSIVE,
+    NOT_COLLAPSED,
     OUT_OF_EQUILIBRIUM,
     UNDETERMINED,
     UNKNOWN,
+    UNTESTED,
     VARIES,
     Cell,
+    CollapseFit,
     ColumnCheck,
     EpochK,
     Estimate,
     KEstimate,
     NormFit,
     Optimum,
+    RowCheck,
     ScalingFit,
 )
-from l2bn.analysis.grouping import GroupData, group_studies, grouping_warnings
-from l2bn.analysis.intervals import Interval, KResult, estimate_k
-from l2bn.analysis.loading import TrialRecord, load_studies
-from l2bn.analysis.panel import Panel
-from l2bn.analysis.results import AnalysisReport, GroupReport
+from l2bn.analysis.reading.grouping import GroupData, group_studies, grouping_warnings
+from l2bn.analysis.reading.records import TrialRecord, trial_history, trial_value
+from l2bn.analysis.reading.studies import load_studies
+from l2bn.analysis.results import PRIMARY, AnalysisReport, GroupReport
 from l2bn.analysis.settings import DEFAULT_METRIC, AnalyzeConfig
-from l2bn.analysis.trials import trial_history, trial_value
 from l2bn.errors import AnalysisError, ConfigError
 from l2bn.sweep.storage import redact
-from l2bn.theory import theory_of
+from l2bn.theory import Theory, theory_of
 
-# --- the per-group analysis ---------------------------------------------------------------
+# k over training: the primary at most this many epochs (evenly spaced, the last always in).
+K_BY_EPOCH_POINTS = 25
+# Estimators of k that differ by less than this are not flagged, whatever their precision.
+DISAGREEMENT_FLOOR = 0.025
 
 
-def _estimate(iv: Interval, n: int, confidence: float) -> Estimate:
-    return Estimate(iv.value, iv.stderr, iv.ci_low, iv.ci_high, n, iv.method, confidence)
+# --- step 1: the metric and the trials that have it ------------------------------------------
 
 
 def group_metric(data: GroupData, settings: AnalyzeConfig) -> tuple[str, str | None]:
@@ -113,16 +106,16 @@ def group_metric(data: GroupData, settings: AnalyzeConfig) -> tuple[str, str | N
     )
 
 
-def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> GroupReport:
-    """Fit η*(λ), k (three ways, plus the whole-grid collapse), the norm laws of every layer,
-    the column test and k over training for one group, and judge its cells' equilibrium."""
-    cfg = settings or AnalyzeConfig()
-    warnings: list[str] = []
+def _trials_with_metric(
+    data: GroupData, cfg: AnalyzeConfig, warnings: list[str]
+) -> tuple[AnalyzeConfig, tuple[TrialRecord, ...], list[float]]:
+    """The metric every step reads (in the returned settings), the trials that recorded it and
+    their values."""
     metric, note = group_metric(data, cfg)
     if note is not None:
         warnings.append(note)
-    values_all = [trial_value(t, metric) for t in data.trials]
-    if metric != "val_error" and not any(math.isfinite(v) for v in values_all):
+    values = [trial_value(t, metric) for t in data.trials]
+    if metric != DEFAULT_METRIC and not any(math.isfinite(v) for v in values):
         if cfg.metric is not None:
             raise ConfigError(
                 f"--metric {metric}: no trial of {', '.join(data.studies)} recorded {metric} "
@@ -133,92 +126,213 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
             f"{DEFAULT_METRIC}"
         )
         metric = DEFAULT_METRIC
-        values_all = [trial_value(t, metric) for t in data.trials]
-    cfg = replace(cfg, metric=metric)  # what every step below (and k over training) reads
-    trials = tuple(t for t, v in zip(data.trials, values_all, strict=True) if math.isfinite(v))
-    values = [v for v in values_all if math.isfinite(v)]
-    if len(trials) < len(data.trials):
-        warnings.append(f"{len(data.trials) - len(trials)} trial(s) without {metric} left out")
-    by_cell: dict[tuple[float, float], list[tuple[TrialRecord, float]]] = defaultdict(list)
-    for t, v in zip(trials, values, strict=True):
-        by_cell[(grid_key(t.weight_decay), grid_key(t.lr))].append((t, v))
-    if not by_cell:
+        values = [trial_value(t, metric) for t in data.trials]
+    keep = [(t, v) for t, v in zip(data.trials, values, strict=True) if math.isfinite(v)]
+    if len(keep) < len(data.trials):
+        warnings.append(f"{len(data.trials) - len(keep)} trial(s) without {metric} left out")
+    if not keep:
         raise AnalysisError(f"{', '.join(data.studies)}: no complete trials to analyze")
+    return replace(cfg, metric=metric), tuple(t for t, _ in keep), [v for _, v in keep]
 
+
+# --- step 2: cells --------------------------------------------------------------------------
+
+
+def _cells(
+    data: GroupData, trials: Sequence[TrialRecord], values: Sequence[float], cfg: AnalyzeConfig
+) -> tuple[Cell, ...]:
     theory = theory_of(data.optimizer)
     rate = 1.0 if theory is None else theory.relaxation_rate
     test = equilibrium_test(data.optimizer)
     invariant = scale_invariant_layers(data.identity)
-    cells = tuple(
-        make_cell(tv, rate, test, invariant, cfg.equilibrium_band, cfg.equilibrium_tail)
+    by_cell: dict[tuple[float, float], list[tuple[TrialRecord, float]]] = defaultdict(list)
+    for t, v in zip(trials, values, strict=True):
+        by_cell[(grid_key(t.weight_decay), grid_key(t.lr))].append((t, v))
+    return tuple(
+        make_cell(tv, rate, test, invariant, cfg.equilibrium_band, cfg.equilibrium_tail,
+                  data.optimizer)
         for _, tv in sorted(by_cell.items())
-    )
+    )  # fmt: skip
+
+
+def _trial_warnings(trials: Sequence[TrialRecord], cells: Sequence[Cell]) -> list[str]:
+    notes = []
     n_diverged = sum(t.diverged for t in trials)
-    max_seeds = max(c.n_seeds for c in cells)
     if n_diverged:
-        warnings.append(
-            f"{n_diverged} diverged trial(s) in {sum(c.n_diverged > 0 for c in cells)} cell(s); "
-            "their error counts as reported (chance level), their norms are left out"
+        notes.append(
+            f"{n_diverged} diverged trial(s) in {sum(c.n_diverged > 0 for c in cells)} cell(s): "
+            "left out of the primary; the floor estimators count their error as reported "
+            "(chance level); their norms are left out"
         )
-    mixed = {s for t in trials if (s := t.steps_per_epoch) is not None}
-    if len(mixed) > 1:
-        warnings.append(f"steps_per_epoch differs between trials: {sorted(mixed)}")
-    theory_k = None if theory is None else theory.k
-    if theory is None:
-        warnings.append(f"no theory for optimizer {data.optimizer!r}: verdicts undetermined")
+    steps = {s for t in trials if (s := t.steps_per_epoch) is not None}
+    if len(steps) > 1:
+        notes.append(f"steps_per_epoch differs between trials: {sorted(steps)}")
+    return notes
 
-    # --- k: the panel of λ > 0 trials, three estimators, intervals over independent units
-    panel = trial_panel(trials, values)
-    optima = locate_optima(cells, panel, None)
+
+# --- step 3: the primary k, the whole-surface collapse ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Primary:
+    """The primary's fit as analyze reports it, with the rows it kept (by λ)."""
+
+    fit: CollapseFit
+    scaling: ScalingFit
+    rows_used: frozenset[float]
+
+
+def _collapse_panel(trials: Sequence[TrialRecord], values: Sequence[float]) -> Panel | None:
+    """The λ > 0, non-diverged trials: the primary reads every non-diverged cell."""
+    keep = [(t, v) for t, v in zip(trials, values, strict=True) if not t.diverged]
+    return trial_panel([t for t, _ in keep], [v for _, v in keep])
+
+
+def _primary(
+    panel: Panel | None,
+    cfg: AnalyzeConfig,
+    theory: Theory | None,
+    cells: Sequence[Cell],
+    optima: Sequence[Optimum],
+) -> Primary | None:
     if panel is None:
-        miss = Estimate.missing(0)
-        scaling = ScalingFit(miss, math.nan, math.nan, 0, theory_k, UNDETERMINED)
-        k_estimates: dict[str, KEstimate] = {}
-        sigma, source, independent = math.nan, "none", False
+        return None
+    sigma, _ = noise_sd(panel)
+    result = primary.collapse_fit(panel, sigma, cfg.confidence, cfg.k_bounds)
+    if result is None:
+        return None
+    iv = result.interval
+    theory_k = None if theory is None else theory.k
+    n_rows = int(result.rows.sum())
+    est = _estimate(iv, n_rows, cfg.confidence)
+    if result.status == primary.NOT_COLLAPSED:
+        judged = NOT_COLLAPSED
     else:
-        result = estimate_k(
-            panel, cfg.confidence, cfg.interval, cfg.bootstrap, cfg.seed, cfg.k_bounds
-        )
-        sigma, source, independent = result.sigma, result.sigma_source, panel.independent_rows
-        optima = locate_optima(cells, panel, result)
-        joint = result.full.joint
-        n_rows = int(joint.n_rows[0])
-        k_estimates = {}
-        for name in ESTIMATORS:
-            iv = result.intervals[name]
-            n = (
-                n_rows
-                if name != PER_LAMBDA
-                else int(np.isfinite(result.full.per_lambda.log_opt[0]).sum())
-            )
-            est = _estimate(iv, n, cfg.confidence)
-            k_estimates[name] = KEstimate(est, theory_k, verdict(est, theory_k, cfg.margin))
-        primary = k_estimates[JOINT].k
-        primary = Estimate(primary.value, primary.stderr, primary.ci_low, primary.ci_high,
-                           primary.n, f"joint/{primary.method}", cfg.confidence)  # fmt: skip
-        k_estimates[JOINT] = KEstimate(primary, theory_k, k_estimates[JOINT].verdict)
-        intercept = float(joint.centre[0] + primary.value * joint.v_bar)
-        scaling = ScalingFit(
-            primary, intercept, float(joint.r_squared[0]), n_rows, theory_k,
-            k_estimates[JOINT].verdict,
+        judged = verdict(est, theory_k, cfg.margin)
+    wds = [float(w) for w in panel.weight_decay]
+    centre = float(panel.log_wd.mean())
+    tested = {t.row: t for t in result.tests}
+    rows = []
+    for i, wd in enumerate(wds):
+        t = tested.get(i)
+        if t is None or not math.isfinite(t.p_value):
+            state = UNTESTED
+        else:
+            state = FAILS if t.p_value < primary.LACK_LEVEL else FITS
+        worst_lr = (
+            math.exp(float(panel.log_lr[i, t.worst_col])) if t is not None and t.worst_col >= 0
+            else math.nan
         )  # fmt: skip
-        warnings.extend(_k_warnings(result, k_estimates, panel))
-    for o in optima:
-        if o.note is not None and o.weight_decay > 0 and (o.edge or "flat" in o.note):
-            warnings.append(f"λ={o.weight_decay:.3g}: {o.note}")
-    warnings.extend(_equilibrium_warnings(optima, test, cfg))
-    if scaling.n_lambda < 2:
-        warnings.append(
-            f"only {scaling.n_lambda} λ value(s) with an interior η* (need ≥ 2): k undetermined"
-        )
-    collapse = fit_collapse(cells, cfg, theory_k)
+        rows.append(
+            RowCheck(wd, bool(result.rows[i]), state,
+                     math.nan if t is None else t.p_value,
+                     math.nan if t is None else t.worst_z, worst_lr,
+                     0 if t is None else t.n_tested,
+                     math.nan if t is None else t.k_without,
+                     _cause(wd, worst_lr, cells, optima) if state == FAILS else None)
+        )  # fmt: skip
+    used_x = np.concatenate(
+        [panel.log_lr[i][np.isfinite(panel.log_lr[i])] + est.value * (panel.log_wd[i] - centre)
+         for i in range(len(wds)) if result.rows[i]]
+    ) if math.isfinite(est.value) else np.array([])  # fmt: skip
+    curve_x = np.linspace(used_x.min(), used_x.max(), 60) if used_x.size else np.array([])
+    curve_y = primary.template_curve(result, curve_x)
+    fit = CollapseFit(
+        k=est, theory=theory_k, verdict=judged, status=result.status, rows=tuple(rows),
+        n_cells=result.n_cells, x_centre=centre, curve_x=tuple(map(float, curve_x)),
+        curve_y=tuple(map(float, curve_y)), noise_sd=sigma, reason=result.reason,
+    )  # fmt: skip
+    # Where the curve is lowest: log η* at log λ = 0 (the intercept of η* ∝ λ^-k).
+    if curve_y.size and np.isfinite(curve_y).any():
+        x_min = float(curve_x[int(np.nanargmin(curve_y))])
+        intercept = x_min + est.value * centre
+        r2 = _r_squared(panel, result, est.value, centre)
+    else:
+        intercept, r2 = math.nan, math.nan
+    scaling = ScalingFit(est, intercept, r2, n_rows, theory_k, judged)
+    used = frozenset(wd for wd, r in zip(wds, result.rows, strict=True) if r)
+    return Primary(fit, scaling, used)
 
-    # --- norms, in the optimizer's invariant coordinates, and the column test
+
+def _r_squared(panel: Panel, result: primary.CollapseResult, k: float, centre: float) -> float:
+    """The share of the used cells' (seed-mean) variance the curve explains."""
+    if not math.isfinite(k):
+        return math.nan
+    means = np.nanmean(np.where(panel.present, panel.values, np.nan), axis=-1)
+    x = panel.log_lr + k * (panel.log_wd - centre)[:, None]
+    ok = np.isfinite(means) & result.rows[:, None]
+    if ok.sum() < 3:
+        return math.nan
+    fitted = primary.template_curve(result, x[ok])
+    y = means[ok]
+    good = np.isfinite(fitted)
+    tss = float(np.sum((y[good] - y[good].mean()) ** 2))
+    return 1 - float(np.sum((y[good] - fitted[good]) ** 2)) / tss if tss > 0 else math.nan
+
+
+def _cause(wd: float, worst_lr: float, cells: Sequence[Cell], optima: Sequence[Optimum]) -> str:
+    """Why a row fails the collapse, as far as the analysis can tell: its worst cell, or its
+    optimum cell, out of equilibrium; its η* on a grid edge; a flat row."""
+    cell = next(
+        (c for c in cells if c.weight_decay == wd and math.isclose(c.lr, worst_lr, rel_tol=1e-6)),
+        None,
+    )
+    if cell is not None and cell.equilibrium.verdict == OUT_OF_EQUILIBRIUM:
+        return (
+            f"the cell at η={worst_lr:.3g} is out of equilibrium ({cell.equilibrium.describe()}):"
+            " it still remembers w₀"
+        )
+    o = next((o for o in optima if o.weight_decay == wd), None)
+    if o is not None and o.equilibrium.verdict == OUT_OF_EQUILIBRIUM:
+        return "its optimum cell is out of equilibrium (it still remembers w₀)"
+    if o is not None and o.edge:
+        return "η* on a grid edge (the row's valley is not covered)"
+    if o is not None and o.note is not None and "flat" in o.note:
+        return "a flat row (no minimum within the noise)"
+    measured = cell is not None and cell.equilibrium.verdict != UNKNOWN
+    return "unexplained" + (" (its cells are measured in equilibrium)" if measured else "")
+
+
+def _estimate(iv: Interval, n: int, confidence: float) -> Estimate:
+    return Estimate(iv.value, iv.stderr, iv.ci_low, iv.ci_high, n, iv.method, confidence)
+
+
+# --- step 4: the floor estimators, cross-checks ---------------------------------------------
+
+
+def _floor(
+    panel: Panel | None, cfg: AnalyzeConfig, theory_k: float | None
+) -> tuple[KResult | None, dict[str, KEstimate]]:
+    if panel is None:
+        return None, {}
+    result = estimate_k(panel, cfg.confidence, cfg.interval, cfg.bootstrap, cfg.seed)
+    out = {}
+    for name in ESTIMATORS:
+        n = (
+            int(result.full.joint.n_rows[0]) if name == JOINT
+            else int(np.isfinite(result.full.per_lambda.log_opt[0]).sum())
+        )  # fmt: skip
+        est = _estimate(result.intervals[name], n, cfg.confidence)
+        est = replace(est, method=f"{name}/{est.method}")
+        out[name] = KEstimate(est, theory_k, verdict(est, theory_k, cfg.margin))
+    return result, out
+
+
+# --- step 5: norms and columns ----------------------------------------------------------------
+
+
+def _norms(
+    cells: Sequence[Cell],
+    trials: Sequence[TrialRecord],
+    cfg: AnalyzeConfig,
+    theory: Theory | None,
+    sigma: float,
+    warnings: list[str],
+) -> tuple[tuple[NormFit, ...], tuple[ColumnCheck, ...]]:
     layers = layer_order(trials)
     theory_p = None if theory is None else theory.norm_exponent
     s_pow = 0.5 if theory is None else theory.norm_scale_power
     k_col = 1.0 if theory is None else theory.k
-    # Equilibrium cells by measurement where the cells carry verdicts, else by the clock.
     chosen = norm_cell_filter(cells, cfg.equilibrium)
     norms = tuple(fit_norms(cells, layer, cfg, theory_p, s_pow, k_col, chosen) for layer in layers)
     if norms:
@@ -234,50 +348,16 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
         warnings.append(relaxation_summary(cells, first.layer, cfg.equilibrium))
     elif trials:
         warnings.append("no per-epoch histories with layer norms: norm exponents not fitted")
-    columns: tuple[ColumnCheck, ...] = ()
-    if theory is not None:
-        columns = tuple(column_checks(cells, k_col, s_pow, layers[:1], cfg, sigma, chosen))
-        varies = sorted({c.quantity for c in columns if c.verdict == VARIES})
-        if varies:
-            warnings.append(
-                f"column test: {', '.join(varies)} not constant along η·λ^{k_col:g} = const "
-                "in some column (see columns)"
-            )
-
-    k_by_epoch = _k_by_epoch(trials, cfg) if panel is not None else ()
-    if panel is not None and not k_by_epoch:
-        warnings.append(f"no per-epoch {cfg.metric} in the histories: k over training not fitted")
-
-    return GroupReport(
-        optimizer=data.optimizer,
-        norm=data.norm,
-        dataset=data.dataset,
-        studies=data.studies,
-        n_trials=len(trials),
-        max_seeds=max_seeds,
-        n_diverged=n_diverged,
-        cells=cells,
-        optima=tuple(optima),
-        scaling=scaling,
-        collapse=collapse,
-        norms=norms,
-        first_layer=layers[0] if layers else None,
-        warnings=tuple(warnings),
-        trials=trials,
-        identity=data.identity,
-        distinct=data.distinct,
-        k_estimates=k_estimates,
-        columns=columns,
-        k_by_epoch=k_by_epoch,
-        noise_sd=sigma,
-        noise_source=source,
-        independent_rows=independent,
-        metric=metric,
-        equilibrium_test=test,
-        equilibrium_band=cfg.equilibrium_band,
-        equilibrium_tail=cfg.equilibrium_tail,
-        objectives=dict(zip(data.studies, data.objectives, strict=False)),
-    )
+    if theory is None:
+        return norms, ()
+    columns = tuple(column_checks(cells, k_col, s_pow, layers[:1], cfg, sigma, chosen))
+    varies = sorted({c.quantity for c in columns if c.verdict == VARIES})
+    if varies:
+        warnings.append(
+            f"column test: {', '.join(varies)} not constant along η·λ^{k_col:g} = const "
+            "in some column (see columns)"
+        )
+    return norms, columns
 
 
 def _excluded_note(cells: Sequence[Cell], fit: NormFit, chosen: CellFilter) -> str:
@@ -303,26 +383,27 @@ def _excluded_note(cells: Sequence[Cell], fit: NormFit, chosen: CellFilter) -> s
     )
 
 
-def _equilibrium_warnings(optima: Sequence[Optimum], test: str, cfg: AnalyzeConfig) -> list[str]:
+# --- warnings -------------------------------------------------------------------------------
+
+
+def _equilibrium_warnings(optima: Sequence[Optimum], cfg: AnalyzeConfig) -> list[str]:
     """Optimum cells measured out of equilibrium (and, beside measured ones, unmeasured)."""
     judged = [o for o in optima if o.weight_decay > 0]
     out = [o for o in judged if o.equilibrium.verdict == OUT_OF_EQUILIBRIUM]
     unknown = [o for o in judged if o.equilibrium.verdict == UNKNOWN]
-    lo, hi = cfg.equilibrium_band
-    what = "⟨θ²⟩/θ_eq²" if test == ANGLE_TEST else "growth ÷ shrink"
     notes = []
     if out:
         shown = ", ".join(
-            f"λ={o.weight_decay:.3g} ({what} {o.equilibrium.ratio:.3g} in "
-            f"{o.equilibrium.worst_layer}, {o.equilibrium.n_seeds - o.equilibrium.n_in} of "
-            f"{o.equilibrium.n_seeds} seed(s) out)"
+            f"λ={o.weight_decay:.3g} ({o.equilibrium.describe()}, "
+            f"{o.equilibrium.n_seeds - o.equilibrium.n_in} of {o.equilibrium.n_seeds} seed(s) "
+            "out)"
             for o in out
         )
         notes.append(
-            f"{len(out)} of {len(judged)} optimum cell(s) not in equilibrium: {what} outside "
-            f"[{lo:g}, {hi:g}] over the last {cfg.equilibrium_tail:.0%} of phase 1 at {shown}; "
-            "η* there is not the equilibrium optimum the theory's k describes (a longer phase 1 "
-            "or a larger η·λ)"
+            f"{len(out)} of {len(judged)} optimum cell(s) not in equilibrium (their norms still "
+            f"move over the last {cfg.equilibrium_tail:.0%} of phase 1): {shown}; η* there is "
+            "not the equilibrium optimum the theory's k describes (a longer phase 1 or a "
+            "larger η·λ)"
         )
     if unknown and len(unknown) < len(judged):
         notes.append(
@@ -332,61 +413,171 @@ def _equilibrium_warnings(optima: Sequence[Optimum], test: str, cfg: AnalyzeConf
     return notes
 
 
-# k estimators that differ by less than this are not flagged, whatever their precision: the
-# parabola's misfit of a non-parabolic dip shifts each by ~0.01 on noise-free data.
-DISAGREEMENT_FLOOR = 0.025
-
-
-def _k_warnings(result: KResult, k_estimates: Mapping[str, KEstimate], panel: Panel) -> list[str]:
+def _k_warnings(p: Primary | None, floor: dict[str, KEstimate], panel: Panel | None) -> list[str]:
     notes: list[str] = []
-    if result.n_clusters < 2 or (panel.independent_rows and panel.n_seeds < 2):
+    if panel is not None and panel.n_seeds < 2:
         notes.append(
-            "1 seed: the interval sees grid and fit noise only, not seed-to-seed variation"
+            "1 seed: no independent clusters to resample, so the primary has no interval; the "
+            "floor estimators' delta-t interval sees grid and fit noise only"
         )
-    if panel.independent_rows:
+    if panel is not None and panel.independent_rows:
         notes.append(
             "λ rows use independent seeds (no seed shared between rows): intervals resample "
             "(λ, seed) pairs"
         )
-    primary = k_estimates[JOINT].k
-    for name in (PER_LAMBDA, COLLAPSE_BAND):
-        other = k_estimates[name].k
-        if not (math.isfinite(primary.value) and math.isfinite(other.value)):
-            continue
-        if not (primary.determined and other.determined):
-            continue
-        # Half-widths, not stderrs: with 2 seeds the t quantile is 12.7, not 1.96. The two share
-        # their data, so the root-sum-square is conservative: a flag, not a test.
-        half = math.hypot(
-            (primary.ci_high - primary.ci_low) / 2, (other.ci_high - other.ci_low) / 2
+    if p is None:
+        notes.append("fewer than 2 λ rows with ≥ 3 cells: the primary k is undetermined")
+        return notes
+    fit = p.fit
+    if fit.reason:
+        notes.append(f"primary k: {fit.reason}")
+    failed = [r for r in fit.rows if r.verdict == FAILS]
+    if failed:
+        shown = "; ".join(
+            f"λ={r.weight_decay:.3g} ({'left out' if not r.used else 'kept'}: cell at "
+            f"η={r.worst_lr:.3g} off the others' curve by {r.worst_z:+.1f} noise sds, "
+            f"p={r.p_value:.2g}; {r.cause})"
+            for r in failed
         )
-        # DISAGREEMENT_FLOOR: differences too small to matter are not worth a warning.
-        if abs(primary.value - other.value) > max(half, DISAGREEMENT_FLOOR):
+        if fit.status == NOT_COLLAPSED:
             notes.append(
-                f"k estimators disagree beyond their uncertainty: joint {primary.value:.2f} vs "
-                f"{name} {other.value:.2f} (combined CI half-width {half:.2f})"
+                f"the surface does not collapse: {shown}; its k describes these runs, it is "
+                "not a test of the theory"
+            )
+        else:
+            notes.append(f"lack of collapse: {shown}")
+    primary_k = fit.k
+    for name, ke in floor.items():
+        other = ke.k
+        if not (primary_k.determined and other.determined):
+            continue
+        # Half-widths, not stderrs; the two share their data, so the root-sum-square is
+        # conservative: a flag, not a test.
+        half = math.hypot(
+            (primary_k.ci_high - primary_k.ci_low) / 2, (other.ci_high - other.ci_low) / 2
+        )
+        if abs(primary_k.value - other.value) > max(half, DISAGREEMENT_FLOOR):
+            notes.append(
+                f"k estimators disagree beyond their uncertainty: collapse {primary_k.value:.2f}"
+                f" vs {name} {other.value:.2f} (combined CI half-width {half:.2f})"
             )
     return notes
 
 
-def _k_by_epoch(trials: Sequence[TrialRecord], cfg: AnalyzeConfig) -> tuple[EpochK, ...]:
-    """The primary k from each epoch's validation metric (history), with its interval."""
-    histories = [trial_history(t, cfg.metric or DEFAULT_METRIC) for t in trials]
+# --- step 6: k over training ------------------------------------------------------------------
+
+
+def _k_by_epoch(
+    trials: Sequence[TrialRecord], cfg: AnalyzeConfig, rows: frozenset[float]
+) -> tuple[EpochK, ...]:
+    """The primary k from the validation metric after each of up to K_BY_EPOCH_POINTS epochs,
+    over the λ rows the final fit kept (no lack-of-collapse tests per epoch)."""
+    healthy = [t for t in trials if not t.diverged]
+    histories = [trial_history(t, cfg.metric or DEFAULT_METRIC) for t in healthy]
     lengths = [len(h) for h in histories if h]
-    if not lengths or len(lengths) < len(trials) // 2:
+    if not lengths or len(lengths) < len(healthy) // 2:
         return ()
     epochs = min(lengths)
-    have = [(t, h) for t, h in zip(trials, histories, strict=True) if len(h) >= epochs]
+    have = [(t, h) for t, h in zip(healthy, histories, strict=True) if len(h) >= epochs]
+    picks = sorted({round(x) for x in np.linspace(0, epochs - 1, min(epochs, K_BY_EPOCH_POINTS))})
     out = []
-    for e in range(epochs):
+    for e in picks:
         panel = trial_panel([t for t, _ in have], [h[e] for _, h in have])
         if panel is None:
             return ()
-        r = estimate_k(panel, cfg.confidence, cfg.interval, cfg.bootstrap, cfg.seed,
-                       cfg.k_bounds, which=(JOINT,))  # fmt: skip
-        est = _estimate(r.intervals[JOINT], int(r.full.joint.n_rows[0]), cfg.confidence)
-        out.append(EpochK(e + 1, est))
+        sigma, _ = noise_sd(panel)
+        use = np.array([float(w) in rows for w in panel.weight_decay]) if rows else None
+        result = primary.collapse_fit(
+            panel, sigma, cfg.confidence, cfg.k_bounds, rows=use, test=False
+        )
+        if result is None:
+            continue
+        out.append(EpochK(e + 1, _estimate(result.interval, int(result.rows.sum()),
+                                           cfg.confidence)))  # fmt: skip
     return tuple(out)
+
+
+# --- the per-group analysis -----------------------------------------------------------------
+
+
+def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> GroupReport:
+    """One group: its cells and their equilibrium, the primary k (the whole-surface collapse)
+    with its row tests, the floor estimators, the norm laws, the column test and k over
+    training."""
+    warnings: list[str] = []
+    cfg, trials, values = _trials_with_metric(data, settings or AnalyzeConfig(), warnings)
+    cells = _cells(data, trials, values, cfg)
+    warnings.extend(_trial_warnings(trials, cells))
+    theory = theory_of(data.optimizer)
+    theory_k = None if theory is None else theory.k
+    if theory is None:
+        warnings.append(f"no theory for optimizer {data.optimizer!r}: verdicts undetermined")
+
+    floor_panel = trial_panel(trials, values)
+    floor, floor_estimates = _floor(floor_panel, cfg, theory_k)
+    sigma = math.nan if floor is None else floor.sigma
+    source = "none" if floor is None else floor.sigma_source
+    noise_dof = _noise_dof(floor_panel)
+    optima = locate_optima(cells, floor_panel, floor, cfg.confidence, noise_dof)
+    p = _primary(_collapse_panel(trials, values), cfg, theory, cells, optima)
+    if p is None:
+        scaling = ScalingFit(Estimate.missing(0), math.nan, math.nan, 0, theory_k, UNDETERMINED)
+        collapse_fit = None
+        rows_used: frozenset[float] = frozenset()
+    else:
+        scaling, collapse_fit, rows_used = p.scaling, p.fit, p.rows_used
+    optima = [replace(o, used=o.weight_decay in rows_used) for o in optima]
+    k_estimates = {PRIMARY: KEstimate(scaling.k, theory_k, scaling.verdict), **floor_estimates}
+    warnings.extend(_k_warnings(p, floor_estimates, floor_panel))
+    for o in optima:
+        if o.note is not None and o.weight_decay > 0 and (o.edge or "flat" in o.note):
+            warnings.append(f"λ={o.weight_decay:.3g}: {o.note}")
+    warnings.extend(_equilibrium_warnings(optima, cfg))
+
+    norms, columns = _norms(cells, trials, cfg, theory, sigma, warnings)
+    k_by_epoch = _k_by_epoch(trials, cfg, rows_used) if p is not None else ()
+    if p is not None and not k_by_epoch:
+        warnings.append(f"no per-epoch {cfg.metric} in the histories: k over training not fitted")
+    layers = layer_order(trials)
+    return GroupReport(
+        optimizer=data.optimizer,
+        norm=data.norm,
+        dataset=data.dataset,
+        studies=data.studies,
+        n_trials=len(trials),
+        max_seeds=max(c.n_seeds for c in cells),
+        n_diverged=sum(t.diverged for t in trials),
+        cells=cells,
+        optima=tuple(optima),
+        scaling=scaling,
+        collapse=collapse_fit,
+        norms=norms,
+        first_layer=layers[0] if layers else None,
+        warnings=tuple(warnings),
+        trials=trials,
+        identity=data.identity,
+        distinct=data.distinct,
+        k_estimates=k_estimates,
+        columns=columns,
+        k_by_epoch=k_by_epoch,
+        noise_sd=sigma,
+        noise_source=source,
+        independent_rows=floor_panel is not None and floor_panel.independent_rows,
+        metric=cfg.metric or DEFAULT_METRIC,
+        equilibrium_test=equilibrium_test(data.optimizer),
+        equilibrium_band=cfg.equilibrium_band,
+        equilibrium_tail=cfg.equilibrium_tail,
+        objectives=dict(zip(data.studies, data.objectives, strict=False)),
+    )
+
+
+def _noise_dof(panel: Panel | None) -> float:
+    """Degrees of freedom of the seeds' pooled variance (∞ without seeds to pool)."""
+    if panel is None:
+        return math.inf
+    n = panel.present.sum(axis=-1)
+    dof = float((n[n >= 2] - 1).sum())
+    return dof if dof > 0 else math.inf
 
 
 # --- entry points -------------------------------------------------------------------------
@@ -396,7 +587,7 @@ def analyze(config: AnalyzeConfig | None = None) -> AnalysisReport:
     """Load the chosen studies and analyze every group of equal training identity."""
     cfg = config or AnalyzeConfig()
     if cfg.from_csv is not None:
-        from l2bn.analysis.csvload import load_csv_export
+        from l2bn.analysis.reading.csvfile import load_csv_export
 
         studies, warnings = load_csv_export(cfg.from_csv, cfg.studies)
     else:
@@ -429,6 +620,8 @@ def run_analysis(config: AnalyzeConfig | None = None) -> AnalysisReport:
     asked for (in that order)."""
     cfg = config or AnalyzeConfig()
     report = analyze(cfg)
+    from l2bn.analysis.presenting.export import write_csv, write_json
+
     written: list[Path] = []
     if cfg.json_path is not None:
         written.append(write_json(report, cfg.json_path))
@@ -436,14 +629,14 @@ def run_analysis(config: AnalyzeConfig | None = None) -> AnalysisReport:
         written.append(write_csv(report, cfg.csv_path))
     if cfg.plots_dir is not None:
         # matplotlib costs a second to import: only for --plots.
-        from l2bn.analysis.plots import write_plots
+        from l2bn.analysis.presenting.plots import write_plots
 
         written.extend(write_plots(report, cfg.plots_dir))
     result = AnalysisReport(report.storage, cfg, report.groups, report.warnings, tuple(written))
     if cfg.report_path is None:
         return result
     # The page embeds the PNGs --plots wrote (result.written), else draws its own figures.
-    from l2bn.analysis.report import write_report
+    from l2bn.analysis.presenting.report import write_report
 
     page = write_report(result, cfg.report_path)
     return AnalysisReport(result.storage, cfg, result.groups, result.warnings, (*written, page))
@@ -453,6 +646,7 @@ __all__ = [
     "DIFFERENT",
     "EQUIVALENT",
     "INCONCLUSIVE",
+    "NOT_COLLAPSED",
     "UNDETERMINED",
     "AnalysisReport",
     "AnalyzeConfig",

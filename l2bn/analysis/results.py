@@ -3,53 +3,51 @@
 :class:`AnalysisReport` holds the settings (:class:`~l2bn.analysis.settings.AnalyzeConfig`)
 and one :class:`GroupReport` per group, which holds the fitted numbers of
 :mod:`l2bn.analysis.fitted`. Nothing here computes a fit or touches a storage; the module
-imports neither optuna nor SciPy (:mod:`l2bn.analysis.fits` and :mod:`l2bn.analysis.pipeline`
-build these objects, :mod:`l2bn.analysis.export` writes them). This docstring documents the
-whole JSON shape.
+imports neither optuna nor SciPy (:mod:`l2bn.analysis.pipeline` builds these objects,
+:mod:`l2bn.analysis.presenting.export` writes them). This docstring documents the JSON shape.
 
-JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as null)::
+JSON shape, schema 3 (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as null)::
 
-    {"l2bn_version": "0.1.0",
+    {"schema": 3, "l2bn_version": "0.1.0",
      "storage": "sqlite:///l2bn.db",              # "csv:<path>" with --from-csv
      "settings": {"storage", "studies", "equilibrium", "interval", "bootstrap", "seed",
                   "confidence", "margin", "norm_margin", "metric", "from_csv",
-                  "collapse_degree", "k_bounds",
-                  "equilibrium_band", "equilibrium_tail"},   # metric null: the default
-                                                             # (each group's stored objective)
+                  "k_bounds", "equilibrium_band", "equilibrium_tail"},
      "warnings": ["skipped x/sgd: a single weight_decay value ...", ...],  # not per group
      "groups": [{
         "optimizer": "adam", "norm": "bn", "dataset": "cifar10",
-        "identity": {...}, "distinct": {"affine": true},   # see below
+        "identity": {...}, "distinct": {"affine": true},
         "studies": ["sweep1/adam"],
         "n_trials": 150, "n_cells": 75, "n_lambda": 3, "max_seeds": 2, "n_diverged": 4,
-        "first_layer": "conv1",                  # null without histories
-        "metric": "val_error",                   # v2: the analyzed objective (--metric, else
-                                                 # the studies' stored objective)
-        "noise_sd": 0.015,                       # v2: sd of one trial's metric
-        "noise_source": "seeds",                 # v2: or "joint-fit residuals" (1 seed)
-        "independent_rows": false,               # v2: no seed value shared between λ rows
-        "k": {"estimate": ESTIMATE, "intercept": -5.1, "r_squared": 0.99, "n_lambda": 3,
-              "theory": 0.5, "verdict": "equivalent"},          # = k_estimates["joint"]
-        "k_estimates": {"joint": KEST, "per_lambda": KEST, "collapse_band": KEST},   # v2
-        "collapse": {"estimate": ESTIMATE, "theory": 0.5, "verdict": "inconclusive",
-                     "degree": 4, "n_cells": 75, "rss": 0.01},      # null if < 2 λ values
+        "first_layer": "conv1", "metric": "val_error",
+        "noise_sd": 0.015, "noise_source": "seeds", "independent_rows": false,
+        "primary": {"estimator": "collapse", "method": "collapse/seed-jackknife-t"},
+        "k": {"estimate": ESTIMATE, "intercept": -5.1, "r_squared": 0.93, "n_lambda": 3,
+              "theory": 0.5, "verdict": "equivalent"},     # the primary
+        "collapse": {"estimate": ESTIMATE, "theory": 0.5, "verdict": "equivalent",
+                     "status": "collapses",     # | "collapses without some rows"
+                                                # | "does not collapse" | "untested"
+                     "rows": [ROW, ...], "n_cells": 75, "x_centre": -4.6,
+                     "curve": {"x": [...], "y": [...]},   # T at x = log η + k(log λ − x_centre)
+                     "reason": null},                      # null when fewer than 2 λ rows
+        "k_estimates": {"collapse": KEST, "joint": KEST, "per_lambda": KEST},
         "optima": [{"weight_decay": 0.001, "lr_opt": 0.012, "lr_grid": 0.01,
                     "val_error": 0.21, "n_lr": 25, "edge": false, "used": true,
-                    "note": null, "lr_ci_low": 0.010, "lr_ci_high": 0.014,   # v2
-                    "n_band": 4,                                               # v2
-                    "equilibrium": EQUILIBRIUM}, ...],   # of the cell at lr_grid
-        "optima_equilibrium": {"test": "angle", "band": [0.8, 1.25], "tail": 0.2,
-                               "in": 3, "out": 1, "unknown": 0, "total": 4},  # λ > 0 optima
+                    "note": null, "lr_ci_low": 0.010, "lr_ci_high": 0.014,
+                    "n_band": 4, "equilibrium": EQUILIBRIUM}, ...],
+        "optima_equilibrium": {"test": "stationarity", "theta_test": "angle",
+                               "band": [0.8, 1.25], "tail": 0.2,
+                               "in": 3, "out": 1, "unknown": 0, "total": 4},
         "norms": [{"layer": "conv1", "p": ESTIMATE, "q": ESTIMATE, "s": 0.5, "k": 1.0,
                    "a": ESTIMATE, "b": ESTIMATE, "intercept": 0.3, "r_squared": 0.97,
                    "n_cells": 40, "n_excluded": 35, "theory": 0.333,
                    "verdict": "equivalent", "memory": "equivalent",
-                   "cell_filter": "measured"}, ...],  # one per layer; or "clock c·η·λ·T ≥ 5"
+                   "cell_filter": "measured"}, ...],     # or "clock c·η·λ·T ≥ 5"
         "columns": [{"quantity": "error" | "norm:conv1", "log_x": -6.9, "slope": ESTIMATE,
-                     "band": 0.005, "n_lambda": 4, "verdict": "constant"}, ...],   # v2
-        "k_by_epoch": [{"epoch": 1, "k": ESTIMATE}, ...],   # v2; [] without histories
+                     "band": 0.005, "n_lambda": 4, "verdict": "constant"}, ...],
+        "k_by_epoch": [{"epoch": 1, "k": ESTIMATE}, ...],   # the primary; [] without histories
         "cells": [{"lr": 0.01, "weight_decay": 0.001, "n_seeds": 2, "val_error": 0.2,
-                   "val_error_std": 0.01, "value": 0.2, "value_std": 0.01,  # value: --metric
+                   "val_error_std": 0.01, "value": 0.2, "value_std": 0.01,
                    "test_error": 0.21, "n_diverged": 0,
                    "eta_lambda_T": 1.2, "equilibrium_index": 12.0,    # c·η·λ·T
                    "phase1_norms": {"conv1": 3.2, ...},
@@ -59,61 +57,51 @@ JSON shape (:meth:`AnalysisReport.to_dict`; NaN and infinities are written as nu
 
     ESTIMATE = {"value", "stderr", "ci_low", "ci_high", "n", "method", "confidence"}
     KEST = {"estimate": ESTIMATE, "theory": 0.5, "verdict": "inconclusive"}
+    ROW = {"weight_decay": 0.01, "used": true, "verdict": "fits" | "fails" | "untested",
+           "p_value": 0.8, "worst_z": -1.2, "worst_lr": 0.03, "n_tested": 7,
+           "k_without": 0.52, "cause": null}      # cause: why a failing row fails
     EQUILIBRIUM = {"verdict": "in" | "out" | "unknown",
-                   "test": "angle" | "balance" | "none",
-                   "ratio": 1.04, "layer": "conv3",   # the layer farthest from 1 (null: none)
-                   "ratios": {"conv1": 0.97, ...},     # per layer, the seed farthest from 1
-                   "n_in": 2, "n_seeds": 2}            # non-diverged seeds in / all
-    # method of k: "<estimator>/<interval>": interval "seed-jackknife-t" (delete-one-seed
-    # jackknife, t on S − 1 dof), "(λ, seed)-jackknife-t" (independent rows: Satterthwaite's
-    # dof over λ strata), "seed-cluster-bootstrap" / "(λ, seed)-cluster-bootstrap"
-    # (--interval bootstrap), "delta-t" (1 seed: the joint fit's residuals); the primary
-    # "k" has "joint/" in front. Others: "profile" (whole-grid collapse), "ols-t" (norms,
-    # column slopes). n: data points behind the estimate (λ values for k).
+                   "memory": {"conv1": 0.01, ...},   # log(‖w‖²/‖w‖²_eq) left at the window's end
+                   "balance": {"conv1": 1.02, ...},  # growth ÷ shrink, net, against decay
+                   "moving_layer": "conv1",          # farthest from stationary
+                   "test": "angle" | "balance" | "none",   # the θ test beside the verdict
+                   "ratio": 1.48, "layer": "conv1", "ratios": {"conv1": 1.48, ...},
+                   "n_in": 2, "n_seeds": 2}
 
-v2 (analyze v2, additions marked above; nothing of the 0.1 shape was removed, but
-``settings.tolerance`` became ``margin``/``norm_margin`` and the verdict words changed):
+The primary (v3) is the **whole-surface collapse** (:mod:`l2bn.analysis.estimating.collapse`):
+every non-diverged cell on one curve T(log η + k·log λ), k by profile, its interval by the
+delete-one-cluster jackknife (method "collapse/seed-jackknife-t", or "(λ, seed)-…" with
+independent rows; "collapse/none" with one seed: no interval). Each λ row is tested against the
+curve the others define; failing rows are left out while enough remain ("collapses without
+some rows"), else the verdict is "does not collapse". The floor estimators of v2 are
+cross-checks: "joint/…" (a parabola in log η + k·log λ with a free offset per λ, in a band
+near each minimum) and "per_lambda/…" (η* per λ by a local quadratic, then a regression).
+"optima[].used" says whether the λ row is in the primary fit.
 
-* ``k`` is the primary estimate, the **joint** fit (:mod:`l2bn.analysis.estimators`): one
-  parabola in log η + k·log λ with a free offset per λ over the cells near each λ's minimum.
-  ``k_estimates`` holds it with the two cross-checks, **per_lambda** (η* per λ by a local
-  quadratic, then regression) and **collapse_band** (the collapse on the same cells); a
-  warning flags them when they differ by more than their combined CI half-width (and 0.025).
-  ``collapse`` is the whole-grid collapse of before.
-* ``optima[].lr_opt`` is the per-λ local quadratic's vertex, with its CI (cell noise only).
-* ``norms[]``: the norm law in invariant coordinates, log(‖w‖·λ^s) = c + p·log(η·λ^k) +
-  q·log λ (s: :attr:`l2bn.theory.Theory.norm_scale_power`, k: the theory's); ``verdict`` is p
-  against the theory, ``memory`` q against 0 (both with ``norm_margin``); the old a, b beside.
-  ``cell_filter`` says what chose its ``n_cells`` equilibrium cells: ``"measured"`` (the
-  cells measured "in", where the group's cells carry verdicts) or ``"clock c·η·λ·T ≥ 5"``
-  (``settings.equilibrium``; where every verdict is unknown: studies without the update
-  records). The column test's norm columns use the same cells.
-* ``columns``: along η·λ^k = const (theory's k), the slope against log λ of the metric and of
-  log(‖w‖·λ^s) of the first layer (equilibrium cells), each at one column position.
-* ``k_by_epoch``: the joint k from each epoch's validation metric (per-epoch histories).
-
-Equilibrium by measurement (:mod:`l2bn.analysis.equilibrium`): over the last
-``equilibrium_tail`` (20 %) of phase 1, every scale-invariant layer's ratio must lie in
-``equilibrium_band`` ([0.8, 1.25]): ⟨θ²⟩/θ_eq² (test "angle": SGD, momentum, Nesterov,
-AdamW) or the growth ÷ shrink balance (test "balance": Adam, RMSProp); "in" when every
-non-diverged seed is, "out" when one is out, "unknown" without records (never "in"). A ratio
-of ∞ (θ_eq = 0, or a norm that only grew) is written as null with its layer named.
+Equilibrium by stationarity (:mod:`l2bn.analysis.estimating.equilibrium`): over the last
+``equilibrium_tail`` (20 %) of phase 1, every scale-invariant layer's norm holds still against
+the decay's pull (balance within ``equilibrium_band``, memory within its log half-width, each
+widened by 2 noise sds); "in" when every non-diverged seed is, "out" when one is out, "unknown"
+without the update records (never "in"). The θ test (⟨θ²⟩/θ_eq² or the per-step balance) is
+reported beside it, a test of the θ_eq formula, not the verdict.
 
 ``verdict`` of k and the exponents, against theory ± margin δ: "equivalent" (the CI lies
 inside), "different" (the CI lies entirely outside), "inconclusive" (otherwise, including a
-value without a finite CI), "undetermined" (no estimate at all, or no theory for this
-optimizer). Columns: "constant" (CI inside ±band), "varies" (entirely outside), else
-"inconclusive"/"undetermined".
+value without a finite CI), "undetermined" (no estimate, or no theory for this optimizer),
+and for the primary "does not collapse". Columns: "constant" (CI inside ±band), "varies"
+(entirely outside), else "inconclusive"/"undetermined".
 
 ``identity`` is the group's whole training identity: every TrainConfig field except η
 (``lr``), λ (``weight_decay``), ``seed``, ``data_dir`` and ``device``, read from the studies'
 ``config`` user attr (fields that an older l2bn did not write take their TrainConfig default);
-a study without a ``config`` attr (not written by ``l2bn sweep``) has null for every field but
-its ``optimizer``, ``norm``, ``dataset``, ``epochs`` and ``width`` attrs. Studies pool into
-one group exactly when their identities are equal. ``distinct`` is the part of the identity,
-other than optimizer, norm and dataset (the keys above it), in which groups of the same
-optimizer differ: what tells this group from the optimizer's other groups, also shown in the
-group's label and plot file names. Both keys are additions to the 0.1 shape.
+a study without a ``config`` attr has null for every field but its ``optimizer``, ``norm``,
+``dataset``, ``epochs`` and ``width`` attrs. Studies pool into one group exactly when their
+identities are equal. ``distinct`` is the part of the identity, other than optimizer, norm and
+dataset, in which groups of the same optimizer differ.
+
+Schema history: 3 (analyze v3) made the collapse the primary and replaced v2's whole-grid and
+in-band collapse fits, added ``schema``, ``primary``, ``collapse.rows`` and stationarity; the
+unversioned v2 and 0.1 shapes had no ``schema`` key.
 
 Theory: :data:`l2bn.theory.THEORY`.
 """
@@ -131,6 +119,7 @@ from l2bn.analysis.fitted import (
     IN_EQUILIBRIUM,
     NO_TEST,
     OUT_OF_EQUILIBRIUM,
+    STABLE_TEST,
     UNKNOWN,
     Cell,
     CollapseFit,
@@ -145,10 +134,12 @@ from l2bn.analysis.settings import EQUILIBRIUM_BAND, EQUILIBRIUM_TAIL, AnalyzeCo
 from l2bn.files import finite_or_none
 
 if TYPE_CHECKING:
-    from l2bn.analysis.loading import TrialRecord
+    from l2bn.analysis.reading.records import TrialRecord
 
 # Identity fields shown in the group's label as its own keys, not in ``distinct``.
 LABEL_FIELDS = ("optimizer", "norm", "dataset")
+SCHEMA = 3  # the JSON shape's version (see the module docstring)
+PRIMARY = "collapse"  # the primary estimator's key in ``k_estimates``
 
 
 # --- reports ------------------------------------------------------------------------------
@@ -204,7 +195,7 @@ class GroupReport:
     noise_source: str = "none"  # "seeds", "second differences"
     independent_rows: bool = False  # no seed value shared between λ rows
     metric: str = "val_error"
-    # Equilibrium by measurement (l2bn.analysis.equilibrium): the test of this optimizer
+    # Equilibrium by measurement (l2bn.analysis.estimating.equilibrium): the test of this optimizer
     # ("angle", "balance" or "none"), its band and the share of phase 1 it reads.
     equilibrium_test: str = NO_TEST
     equilibrium_band: tuple[float, float] = EQUILIBRIUM_BAND
@@ -238,7 +229,8 @@ class GroupReport:
         """How many of the optimum cells (λ > 0) are in equilibrium, out, unknown."""
         judged = [o.equilibrium.verdict for o in self.optima if o.weight_decay > 0]
         return {
-            "test": self.equilibrium_test,
+            "test": STABLE_TEST if self.equilibrium_test != NO_TEST else NO_TEST,
+            "theta_test": self.equilibrium_test,
             "band": list(self.equilibrium_band),
             "tail": self.equilibrium_tail,
             "in": judged.count(IN_EQUILIBRIUM),
@@ -265,6 +257,7 @@ class GroupReport:
             "noise_sd": finite_or_none(self.noise_sd),
             "noise_source": self.noise_source,
             "independent_rows": self.independent_rows,
+            "primary": {"estimator": PRIMARY, "method": self.scaling.k.method},
             "k": self.scaling.to_dict(),
             "k_estimates": {name: e.to_dict() for name, e in self.k_estimates.items()},
             "collapse": None if self.collapse is None else self.collapse.to_dict(),
@@ -288,6 +281,7 @@ class AnalysisReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "schema": SCHEMA,
             "l2bn_version": l2bn.__version__,
             "storage": self.storage,
             "settings": self.settings.to_dict(),
@@ -298,6 +292,8 @@ class AnalysisReport:
 
 __all__ = [
     "LABEL_FIELDS",
+    "PRIMARY",
+    "SCHEMA",
     "AnalysisReport",
     "GroupReport",
     "show_fields",

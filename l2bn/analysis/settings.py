@@ -40,7 +40,8 @@ METRICS = tuple(m.value for m in Metric)  # ("val_error", "val_loss")
 INTERVALS = tuple(i.value for i in IntervalKind)  # ("jackknife", "bootstrap")
 DEFAULT_METRIC = Metric.val_error.value  # for studies that stored no objective (older l2bn)
 
-# Equilibrium by measurement (l2bn.analysis.equilibrium): over the last EQUILIBRIUM_TAIL of
+# Equilibrium by measurement (l2bn.analysis.estimating.equilibrium): over the last
+# EQUILIBRIUM_TAIL of
 # the first LR phase (at least one epoch), a scale-invariant layer is at equilibrium when its
 # mean θ² over θ_eq² (or, for Adam/RMSProp with coupled L2, its growth ÷ shrink balance) lies
 # in EQUILIBRIUM_BAND. The band is symmetric in log (0.8 = 1/1.25): θ̄ within about ±11 % of
@@ -75,12 +76,13 @@ class AnalyzeConfig:
     # group's stored objective when all its studies agree, else val_error (with a note).
     metric: str | None = None
     from_csv: Path | None = None  # read a ``--csv`` export instead of the storage
-    collapse_degree: int = 4  # degree of the master curve in log η + k log λ
-    k_bounds: tuple[float, float] = (-1.0, 2.5)  # search range of the collapse k
+    k_bounds: tuple[float, float] = (-1.0, 2.5)  # the primary's scan of k (bounds: no estimate)
     json_path: Path | None = None
     csv_path: Path | None = None
     plots_dir: Path | None = None
-    report_path: Path | None = None  # the self-contained HTML page (l2bn.analysis.report)
+    report_path: Path | None = (
+        None  # the self-contained HTML page (l2bn.analysis.presenting.report)
+    )
     equilibrium_band: tuple[float, float] = EQUILIBRIUM_BAND  # of ⟨θ²⟩/θ_eq², or the balance
     equilibrium_tail: float = EQUILIBRIUM_TAIL  # the share of phase 1 it is measured over
 
@@ -108,8 +110,6 @@ class AnalyzeConfig:
             )
         if not (0.5 <= self.confidence < 1.0):
             raise ConfigError(f"confidence must be in [0.5, 1), got {self.confidence}")
-        if not (1 <= self.collapse_degree <= 10):
-            raise ConfigError(f"collapse-degree must be in 1..10, got {self.collapse_degree}")
         lo, hi = self.k_bounds
         if not lo < hi:
             raise ConfigError(f"k-bounds must be increasing, got {self.k_bounds}")
@@ -137,7 +137,6 @@ class AnalyzeConfig:
             "norm_margin": self.norm_margin,
             "metric": self.metric,
             "from_csv": None if self.from_csv is None else str(self.from_csv),
-            "collapse_degree": self.collapse_degree,
             "k_bounds": list(self.k_bounds),
             "equilibrium_band": list(self.equilibrium_band),
             "equilibrium_tail": self.equilibrium_tail,

@@ -53,7 +53,8 @@ def scale_invariant_layers(norm: Norm, head: Head) -> dict[str, str]:
     ``"unit"``: each output unit separately (BN and WN per channel, BN on the logits);
     ``"tensor"``: only the whole tensor at once (layer norm mixes all channels). Normalized SGD
     keeps exactly these at unit norm; ``init_scale`` multiplies exactly these. Here, torch-free,
-    so that the models (l2bn.train.models) and the analysis (l2bn.analysis.equilibrium) share
+    so that the models (l2bn.train.models) and the analysis
+    (l2bn.analysis.estimating.equilibrium) share
     one rule.
     """
     out: dict[str, str] = {}

@@ -61,11 +61,22 @@ def with_dynamics(
     invariant: Sequence[str] = ("conv1", "conv2"),
     rate: float = 2.0,
     balance: bool = False,
+    norms_follow: bool = False,
 ) -> list[dict[str, Any]]:
     """``history`` with the per-layer update records of l2bn.train.records added: in each
     layer of ``invariant``, θ_eq = √(rate·η·λ) with η the epoch's, and θ = θ_eq·√ratio(epoch)
     (so θ²/θ_eq² = ratio(epoch)); ``balance`` = ratio(epoch) too when asked, else null (as for
-    optimizers with a θ_eq). Other layers: angle_eq null (not scale-invariant)."""
+    optimizers with a θ_eq). Other layers: angle_eq null (not scale-invariant).
+    ``norms_follow``: the invariant layers' ‖w‖² moves with the ratio too over phase 1,
+    ‖w‖ = its planted value at the end of phase 1 × √(ratio(epoch)/ratio(end)) (a norm
+    settling as its angular update does, onto the planted law), so that the stationarity
+    verdict and the θ test tell one story."""
+    end = {
+        name: rec["norm"]
+        for e in history
+        if e["epoch"] == PHASE1
+        for name, rec in e["layers"].items()
+    }
     out = []
     for e in history:
         e = json.loads(json.dumps(e))
@@ -73,6 +84,8 @@ def with_dynamics(
         r = ratio(e["epoch"])
         for name, rec in e["layers"].items():
             inv = name in invariant
+            if norms_follow and inv and e["epoch"] <= PHASE1:
+                rec["norm"] = end[name] * math.sqrt(ratio(e["epoch"]) / ratio(PHASE1))
             rec.update(
                 angle=(eq if inv else 0.01) * math.sqrt(r),
                 angle_eq=None if balance or not inv else eq,
@@ -100,6 +113,7 @@ def plant_study(
     history: Callable[[float, float], list[dict[str, Any]]] | None = None,
     attrs: dict[str, Any] | None = None,
     dynamics: Callable[[float, float], Callable[[int], float]] | None = None,
+    norms_follow: bool = False,
 ) -> int:
     """Write every (η, λ, seed) as a COMPLETE trial in one ``add_trials``; return the count.
 
@@ -137,7 +151,9 @@ def plant_study(
                 if history is not None:
                     ua["history"] = history(lr, wd)
                 if dynamics is not None and "history" in ua:
-                    ua["history"] = with_dynamics(ua["history"], wd, dynamics(lr, wd))
+                    ua["history"] = with_dynamics(
+                        ua["history"], wd, dynamics(lr, wd), norms_follow=norms_follow
+                    )
                 trials.append(
                     optuna.trial.create_trial(
                         params={"lr": lr, "weight_decay": wd, "seed": seed},

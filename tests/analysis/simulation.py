@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from l2bn.analysis.panel import Panel
+from l2bn.analysis.estimating.panel import Panel
 
 DEPTH = 0.8  # the error dip's depth
 WIDTH = 1.5  # its sd in log η·λ^k (natural log)

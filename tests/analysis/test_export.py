@@ -1,4 +1,4 @@
-"""l2bn.analysis.export: the --json and --csv files."""
+"""l2bn.analysis.presenting.export: the --json and --csv files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from l2bn.analysis.export import CSV_FIXED_COLUMNS, write_csv, write_json
 from l2bn.analysis.pipeline import (
     DIFFERENT,
     EQUIVALENT,
@@ -18,6 +17,7 @@ from l2bn.analysis.pipeline import (
     analyze,
     run_analysis,
 )
+from l2bn.analysis.presenting.export import CSV_FIXED_COLUMNS, write_csv, write_json
 
 from .planting import EPOCHS, NORM_LRS, NORM_WDS, PHASE1, STEPS_PER_EPOCH
 
@@ -31,8 +31,13 @@ GROUP_KEYS = {
     "k_by_epoch",
     # equilibrium by measurement
     "optima_equilibrium",
+    # analyze v3
+    "primary",
 }  # fmt: skip
-EQUILIBRIUM_KEYS = {"verdict", "test", "ratio", "layer", "ratios", "n_in", "n_seeds"}
+EQUILIBRIUM_KEYS = {
+    "verdict", "test", "ratio", "layer", "ratios", "n_in", "n_seeds", "memory", "balance",
+    "moving_layer",
+}  # fmt: skip
 
 
 def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
@@ -42,7 +47,8 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
     )
     assert out in report.written
     d = json.loads(out.read_text())
-    assert set(d) == {"l2bn_version", "storage", "settings", "warnings", "groups"}
+    assert set(d) == {"schema", "l2bn_version", "storage", "settings", "warnings", "groups"}
+    assert d["schema"] == 3
     assert set(d["settings"]) >= {
         "storage", "studies", "equilibrium", "bootstrap", "seed", "interval", "margin",
         "norm_margin", "metric", "from_csv",
@@ -59,15 +65,26 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
             "verdict",
         }
         assert set(g["k"]["estimate"]) == ESTIMATE_KEYS
-        assert set(g["collapse"]) == {"estimate", "theory", "verdict", "degree", "n_cells", "rss"}
+        assert set(g["collapse"]) == {
+            "estimate", "theory", "verdict", "status", "rows", "n_cells", "x_centre", "curve",
+            "reason",
+        }  # fmt: skip
         assert set(g["collapse"]["estimate"]) == ESTIMATE_KEYS
+        assert g["collapse"]["estimate"] == g["k"]["estimate"]
+        for row in g["collapse"]["rows"]:
+            assert set(row) == {
+                "weight_decay", "used", "verdict", "p_value", "worst_z", "worst_lr",
+                "n_tested", "k_without", "cause",
+            }  # fmt: skip
+        assert len(g["collapse"]["curve"]["x"]) == len(g["collapse"]["curve"]["y"])
         assert g["k"]["verdict"] in (EQUIVALENT, DIFFERENT, INCONCLUSIVE, UNDETERMINED)
-        assert set(g["k_estimates"]) == {"joint", "per_lambda", "collapse_band"}
+        assert set(g["k_estimates"]) == {"collapse", "joint", "per_lambda"}
         for est in g["k_estimates"].values():
             assert set(est) == {"estimate", "theory", "verdict"}
             assert set(est["estimate"]) == ESTIMATE_KEYS
-        assert g["k_estimates"]["joint"]["estimate"] == g["k"]["estimate"]
-        assert g["k"]["estimate"]["method"].startswith("joint/")
+        assert g["k_estimates"]["collapse"]["estimate"] == g["k"]["estimate"]
+        assert g["primary"] == {"estimator": "collapse", "method": g["k"]["estimate"]["method"]}
+        assert g["k"]["estimate"]["method"].startswith("collapse/")
         assert set(g["optima"][0]) == {
             "weight_decay", "lr_opt", "lr_grid", "val_error", "n_lr", "edge", "used", "note",
             "lr_ci_low", "lr_ci_high", "n_band", "equilibrium",
@@ -82,7 +99,7 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
         # Planted histories record no angles: equilibrium unknown, never "in".
         assert {c["equilibrium"]["verdict"] for c in g["cells"]} == {"unknown"}
         assert set(g["optima_equilibrium"]) == {
-            "test", "band", "tail", "in", "out", "unknown", "total",
+            "test", "theta_test", "band", "tail", "in", "out", "unknown", "total",
         }  # fmt: skip
         assert g["optima_equilibrium"]["in"] == 0
         for c in g["columns"]:

@@ -1,4 +1,5 @@
-"""l2bn.analysis.loading: reading studies read-only, their records and training identities."""
+"""l2bn.analysis.reading.studies: reading studies read-only, their records and training
+identities."""
 
 from __future__ import annotations
 
@@ -11,13 +12,9 @@ from typing import Any
 import optuna
 import pytest
 
-from l2bn.analysis.loading import (
-    IDENTITY_FIELDS,
-    load_studies,
-    parse_history,
-    training_identity,
-)
 from l2bn.analysis.pipeline import AnalyzeConfig, analyze
+from l2bn.analysis.reading.records import IDENTITY_FIELDS, parse_history
+from l2bn.analysis.reading.studies import load_studies, training_identity
 from l2bn.errors import AnalysisError, StorageError
 from l2bn.train.config import TrainConfig
 

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from l2bn.analysis.fits import verdict
-from l2bn.analysis.loading import TrialRecord, load_studies
+from l2bn.analysis.estimating.collapse import COLLAPSES
+from l2bn.analysis.estimating.stats import verdict
+from l2bn.analysis.fitted import FITS, INCONCLUSIVE
 from l2bn.analysis.pipeline import (
     DIFFERENT,
     EQUIVALENT,
@@ -24,6 +25,8 @@ from l2bn.analysis.pipeline import (
     analyze_group,
     group_studies,
 )
+from l2bn.analysis.reading.records import TrialRecord
+from l2bn.analysis.reading.studies import load_studies
 from l2bn.errors import AnalysisError
 from l2bn.render import render_report
 
@@ -49,7 +52,7 @@ from .planting import (
 
 def test_the_analysis_imports_no_training_code() -> None:
     code = (
-        "import sys, l2bn.analysis.pipeline, l2bn.analysis.export; "
+        "import sys, l2bn.analysis.pipeline, l2bn.analysis.presenting.export; "
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('l2bn.train')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -63,23 +66,26 @@ def test_the_analysis_imports_no_training_code() -> None:
 def test_planted_k_is_recovered_with_a_covering_ci(planted: str, study: str, k: float) -> None:
     g = one_group(planted, study)
     est = g.scaling.k
-    assert est.method == "joint/seed-jackknife-t"  # 2 seeds per cell, shared across λ
-    assert est.value == pytest.approx(k, abs=0.05)
-    assert est.ci_low <= k <= est.ci_high
-    assert est.ci_high - est.ci_low < 0.2  # informative, not just wide
+    assert est.method == "collapse/seed-jackknife-t"  # 2 seeds per cell, shared across λ
+    assert est.value == pytest.approx(k, abs=0.01)
+    # Two seeds of one surface with independent noise 0.005: the interval is a few thousandths
+    # wide, and does not hold the curve's own approximation error (≤ 0.002 in k here).
+    assert est.ci_low - 0.002 <= k <= est.ci_high + 0.002
+    assert est.ci_high - est.ci_low < 0.1  # informative, not just wide
     assert g.scaling.n_lambda == 3 and g.scaling.r_squared > 0.99
     assert g.scaling.theory == k and g.scaling.verdict == EQUIVALENT
-    # All three estimators, each with its interval, agree; k is the joint one.
-    assert set(g.k_estimates) == {"joint", "per_lambda", "collapse_band"}
-    assert g.k_estimates["joint"].k == est
+    # The primary is the whole-surface collapse; every row follows its curve.
+    assert g.collapse is not None and g.collapse.k == est and g.collapse.status == COLLAPSES
+    assert all(r.verdict == FITS and r.used for r in g.collapse.rows)
+    assert len(g.collapse.curve_x) == len(g.collapse.curve_y) > 10
+    # The floor estimators beside it, each with its interval, agree.
+    assert set(g.k_estimates) == {"collapse", "joint", "per_lambda"}
+    assert g.k_estimates["collapse"].k == est
     for name, ke in g.k_estimates.items():
         assert ke.k.value == pytest.approx(k, abs=0.05), name
         assert ke.k.determined and ke.verdict == EQUIVALENT, name
+    assert g.k_estimates["joint"].k.method == "joint/seed-jackknife-t"
     assert not any("disagree" in w for w in g.warnings)
-    # The whole-grid collapse is still there.
-    assert g.collapse is not None
-    assert g.collapse.k.value == pytest.approx(k, abs=0.05)
-    assert g.collapse.k.covers(k) and g.collapse.verdict == EQUIVALENT
     # η* itself: the planted optimum exp(-6)·λ^-k, found between grid points, in its CI.
     for o in g.optima:
         assert o.used and not o.edge and o.n_band >= 3
@@ -92,12 +98,13 @@ def test_planted_k_is_recovered_with_a_covering_ci(planted: str, study: str, k: 
 
 
 def test_cluster_bootstrap_is_deterministic(planted: str) -> None:
-    a = one_group(planted, "p/adam", interval="bootstrap").scaling.k
-    b = one_group(planted, "p/adam", interval="bootstrap").scaling.k
+    # --interval bootstrap is the floor estimators' (the primary's is the jackknife).
+    a = one_group(planted, "p/adam", interval="bootstrap").k_estimates["joint"].k
+    b = one_group(planted, "p/adam", interval="bootstrap").k_estimates["joint"].k
     assert a.method == "joint/seed-cluster-bootstrap"
     assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
     # The bootstrap's seed does not move the estimate.
-    c = one_group(planted, "p/adam", interval="bootstrap", seed=1).scaling.k
+    c = one_group(planted, "p/adam", interval="bootstrap", seed=1).k_estimates["joint"].k
     assert c.value == a.value
 
 
@@ -112,9 +119,12 @@ def test_theory_mismatch_is_different(planted: str) -> None:
 def test_normalized_sgd_eta_star_does_not_depend_on_lambda(planted: str) -> None:
     g = one_group(planted, "p/normalized-sgd")
     assert g.scaling.theory == 0.0
-    assert g.scaling.k.covers(0.0) and abs(g.scaling.k.value) < 0.05
+    # Its η grid steps 1.5 times the dip's width (7 η over 4 decades): the curve cannot quite
+    # follow a valley that spans two cells, and k is off by a few hundredths, beyond its
+    # narrow interval (docs/method.md: the interval holds no approximation error), but well
+    # within the verdict's margin.
+    assert abs(g.scaling.k.value) < 0.05 and g.scaling.k.ci_high - g.scaling.k.ci_low < 0.05
     assert g.scaling.verdict == EQUIVALENT
-    assert g.collapse is not None and g.collapse.k.covers(0.0)
 
 
 def test_one_seed_uses_the_joint_fits_t_interval_and_says_what_it_cannot_see(
@@ -122,13 +132,13 @@ def test_one_seed_uses_the_joint_fits_t_interval_and_says_what_it_cannot_see(
 ) -> None:
     g = one_group(planted, "one/momentum")
     est = g.scaling.k
-    assert est.method == "joint/delta-t" and est.n == 4
-    assert est.value == pytest.approx(1.0, abs=0.05) and est.covers(1.0)
-    assert g.scaling.verdict == EQUIVALENT
-    assert (
-        "1 seed: the interval sees grid and fit noise only, not seed-to-seed variation"
-        in g.warnings
-    )
+    # The primary: no clusters to resample, so no interval, rather than one of cells.
+    assert est.method == "collapse/none" and est.n == 4
+    assert est.value == pytest.approx(1.0, abs=0.05) and not est.determined
+    assert g.scaling.verdict == INCONCLUSIVE
+    joint = g.k_estimates["joint"].k
+    assert joint.method == "joint/delta-t" and joint.covers(1.0)
+    assert any(w.startswith("1 seed: no independent clusters to resample") for w in g.warnings)
     assert g.noise_source == "joint-fit residuals"
 
 
@@ -143,7 +153,7 @@ def test_independent_lambda_rows_are_detected_from_the_seeds(tmp_path: Path) -> 
         for s in range(2)
     ]
     g = analyze_group(GroupData("sgd", "bn", "ind", ("ind/sgd",), tuple(trials)))
-    assert g.independent_rows and g.scaling.k.method == "joint/(λ, seed)-jackknife-t"
+    assert g.independent_rows and g.scaling.k.method == "collapse/(λ, seed)-jackknife-t"
     assert g.scaling.k.covers(1.0) and g.scaling.verdict == EQUIVALENT
     assert any("independent seeds" in w for w in g.warnings)
     del url
@@ -157,25 +167,31 @@ def _record(lr: float, wd: float, seed: int, value: float, **extra: Any) -> Tria
     )  # fmt: skip
 
 
-def test_edge_minimum_is_flagged_and_left_out(planted: str) -> None:
+def test_edge_minimum_is_flagged_and_the_whole_surface_still_reads_k(planted: str) -> None:
     g = one_group(planted, "edge/nesterov")
     edges = [o for o in g.optima if o.edge]
     assert [o.weight_decay for o in edges] == [0.1]
-    assert not edges[0].used and "extend the grid" in (edges[0].note or "")
+    assert "extend the grid" in (edges[0].note or "")
     assert any("λ=0.1" in w and "extend the grid" in w for w in g.warnings)
-    # k from the three interior λ values only: still the planted 1.
-    assert g.scaling.n_lambda == 3
-    assert g.scaling.k.value == pytest.approx(1.0, abs=0.1)
+    # The floor estimators leave the edge row out; the primary reads its wall.
+    assert g.k_estimates["joint"].k.n == 3
+    assert edges[0].used and g.scaling.n_lambda == 4
+    assert g.scaling.k.value == pytest.approx(1.0, abs=0.05)
 
 
-def test_too_few_interior_optima_is_undetermined(planted: str) -> None:
-    # With λ restricted so that only one interior η* is left, there is no slope to fit.
+def test_one_interior_optimum_leaves_the_floor_estimators_undetermined(planted: str) -> None:
+    # With λ restricted so that only one interior η* is left, η* per λ has no slope; nor has
+    # the whole surface: the other row sits at chance level but for one cell, so any k puts it
+    # on the curve's plateau, and the profile's minimum runs to a bound: no estimate, said.
     studies, _ = load_studies(planted, ["edge/nesterov"])
     (data,) = group_studies(studies)
     kept = tuple(t for t in data.trials if t.weight_decay in (1e-4, 1e-1))
     g = analyze_group(type(data)(data.optimizer, data.norm, data.dataset, data.studies, kept))
-    assert g.scaling.n_lambda == 1
-    assert g.scaling.verdict == UNDETERMINED and math.isnan(g.scaling.k.value)
+    joint = g.k_estimates["joint"]
+    assert joint.verdict == UNDETERMINED and math.isnan(joint.k.value)
+    assert math.isnan(g.scaling.k.value) and g.scaling.verdict == UNDETERMINED
+    assert g.collapse is not None and "bound" in (g.collapse.reason or "")
+    assert any("primary k: the profile's minimum lies on a bound" in w for w in g.warnings)
 
 
 def test_single_lambda_study_is_a_clear_error(planted: str) -> None:
@@ -209,9 +225,12 @@ def test_flat_lambda_column_has_no_minimum_and_is_left_out() -> None:
     ]
     g = analyze_group(GroupData("sgd", "bn", "mem", ("mem/sgd",), tuple(trials)))
     flat = next(o for o in g.optima if o.weight_decay == 1.0)
-    assert not flat.used and ("no clear minimum" in (flat.note or "") or flat.edge)
+    assert "no clear minimum" in (flat.note or "") or flat.edge
     assert any("λ=1: " in w and "extend the grid" in w for w in g.warnings)
-    assert g.scaling.n_lambda == 3 and g.scaling.k.covers(1.0)
+    assert g.k_estimates["joint"].k.n == 3  # the floor estimators leave it out
+    # On the whole surface the flat row lies beyond the others' span (chance level, far up the
+    # wall): nothing to compare it with, and nothing it moves.
+    assert g.scaling.k.covers(1.0) and g.scaling.k.value == pytest.approx(1.0, abs=0.05)
 
 
 # --- norm exponents -----------------------------------------------------------------------
@@ -440,4 +459,5 @@ def test_render_report_builds_a_table_without_printing(
     console.print(render_report(report))
     text = console.export_text()
     assert "nesterov" in text and "equivalent" in text and "extend the grid" in text
+    assert "whole-surface collapse (primary)" in text and "follow the others' curve" in text
     assert "joint" in text and "per-λ" in text and "columns" in text

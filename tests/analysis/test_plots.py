@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from l2bn.analysis.pipeline import AnalyzeConfig, analyze, run_analysis
-from l2bn.analysis.plots import FIGURES, plot_eta_star
+from l2bn.analysis.presenting.plots import FIGURES, plot_eta_star
 
 from .planting import NORM_LRS, NORM_WDS, fast_sqlite, log_grid, norms_law, plant_study, surface
 
@@ -49,7 +49,9 @@ def assert_png(path: Path) -> None:
 
 
 def test_plots_need_no_pipeline() -> None:
-    code = "import sys, l2bn.analysis.plots; print('l2bn.analysis.pipeline' in sys.modules)"
+    code = (
+        "import sys, l2bn.analysis.presenting.plots; print('l2bn.analysis.pipeline' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -76,7 +78,7 @@ def test_eta_star_figure_shows_fit_and_theory(storage: str) -> None:
     fig = plot_eta_star(g)
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert any(lbl.startswith("fit: k = ") for lbl in labels)
+    assert any(lbl.startswith("primary: k = ") for lbl in labels)
     assert "theory: k = 1" in labels
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert "λ" in ax.get_xlabel() and "η" in ax.get_ylabel()

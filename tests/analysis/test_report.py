@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from cli_run import run_cli
 
-from l2bn.analysis import report as report_mod
 from l2bn.analysis.pipeline import AnalysisReport, AnalyzeConfig, run_analysis
-from l2bn.analysis.report import render_html, write_report
+from l2bn.analysis.presenting import report as report_mod
+from l2bn.analysis.presenting.report import render_html, write_report
 
 from .planting import NORM_LRS, NORM_WDS, centred_grid, norms_law, plant_study, surface
 

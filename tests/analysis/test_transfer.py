@@ -191,8 +191,8 @@ def test_cli_with_a_fitted_study_and_its_json(
     planted: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """The k of a real analysis, read from the storage and from `analyze --json` alike."""
-    from l2bn.analysis.export import write_json
     from l2bn.analysis.pipeline import AnalyzeConfig, analyze
+    from l2bn.analysis.presenting.export import write_json
 
     report = tmp_path / "analysis.json"
     write_json(analyze(AnalyzeConfig(storage=planted, studies=("p/sgd",))), report)

@@ -1,41 +1,28 @@
-"""Intervals of k over independent clusters, and :func:`estimate_k`, k with its intervals.
+"""Intervals of k over independent clusters: the resampling unit is what is independent.
 
-Intervals (:func:`cluster_weights`, :func:`jackknife_interval`, :func:`bootstrap_interval`):
-the resampling unit is what is independent. Cells that share a seed share w₀ and batch order,
-so their errors are correlated across λ: the unit is the seed (all its cells), or, where no
-seed value is shared between λ rows (:attr:`~l2bn.analysis.panel.Panel.independent_rows`),
-the (λ, seed) pair. The default interval is the delete-one-cluster jackknife with a Student-t
-quantile on S − 1 degrees of freedom (Satterthwaite's over λ strata for independent rows); the
-calibration simulation chose it over the cluster bootstrap, which under-covers with 2–4 seeds
-(a percentile interval from 3–35 distinct resamples). With one seed neither exists: the joint
-fit's delta-method t-interval on its residual dof sees grid and fit noise only
-(:func:`t_interval`).
+Cells that share a seed share w₀ and batch order, so their errors are correlated across λ: the
+unit is the seed (all its cells), or, where no seed value is shared between λ rows
+(:attr:`~l2bn.analysis.estimating.panel.Panel.independent_rows`), the (λ, seed) pair
+(:func:`cluster_weights`). The default interval is the delete-one-cluster jackknife with a
+Student-t quantile on S − 1 degrees of freedom (Satterthwaite's over λ strata for independent
+rows, :func:`jackknife_interval`); the calibration chose it over the cluster bootstrap, which
+under-covers with 2–4 seeds (a percentile interval from 3–35 distinct resamples). With one seed
+neither exists: the floor estimators fall back on the joint fit's delta-method t-interval
+(:func:`t_interval`), which sees grid and fit noise only; the primary gives no interval.
 
-:func:`estimate_k` is the entry point of the k-estimation stack (panel → band → estimators →
-intervals): the full-data fits of :mod:`l2bn.analysis.estimators`, the noise estimate, and one
-interval per estimator from replicate weights of this module.
+Both the primary (:mod:`l2bn.analysis.estimating.collapse`) and the floor estimators
+(:mod:`l2bn.analysis.estimating.floor`) draw their replicates here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
-from l2bn.analysis.estimators import ESTIMATORS, JOINT, Replicates, fit_replicates
-from l2bn.analysis.panel import (
-    BoolArray,
-    FloatArray,
-    IntArray,
-    Panel,
-    centres,
-    full_weights,
-    noise_sd,
-    replicate_means,
-)
+from l2bn.analysis.estimating.panel import BoolArray, FloatArray, IntArray, Panel
 
 JACKKNIFE = "jackknife"
 BOOTSTRAP = "bootstrap"
@@ -159,110 +146,13 @@ def t_interval(value: float, se: float, dof: float, confidence: float, method: s
     return Interval(value, se, value - half, value + half, dof, method)
 
 
-def _residual_sd(panel: Panel, fit: Replicates) -> float:
-    """The sd of one trial around the full-data joint fit (its weighted residuals)."""
-    means, n = replicate_means(panel, full_weights(panel))
-    j = fit.joint
-    u_bar, v_bar = centres(panel)
-    u = np.nan_to_num(panel.log_lr - u_bar)
-    v = (panel.log_wd - v_bar)[:, None]
-    beta2 = float(j.curvature[0])
-    k = float(j.k[0])
-    centre = float(j.centre[0]) - u_bar
-    mask = fit.band.mask[0]
-    # Per row: the offset that best fits the band given the common parabola.
-    shape = beta2 * (u - (centre - k * v)) ** 2
-    resid = np.where(mask, means[0] - shape, np.nan)
-    w = np.where(mask, n[0], 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        offset = np.nansum(w * resid, axis=-1) / w.sum(axis=-1)
-    r = np.where(mask, resid - offset[:, None], 0.0)
-    dof = int(j.dof[0])
-    return math.sqrt(float((w * r**2).sum()) / dof) if dof > 0 else math.nan
-
-
-@dataclass(frozen=True)
-class KResult:
-    """What :func:`estimate_k` found: the full-data fits and each estimator's interval."""
-
-    full: Replicates
-    intervals: dict[str, Interval]
-    sigma: float
-    sigma_source: str
-    n_clusters: int
-    independent_rows: bool
-
-
-def estimate_k(
-    panel: Panel,
-    confidence: float = 0.95,
-    interval: str = JACKKNIFE,
-    resamples: int = 1000,
-    seed: int = 0,
-    k_bounds: tuple[float, float] = (-1.0, 2.5),
-    which: Sequence[str] = ESTIMATORS,
-    sigma: float | None = None,
-) -> KResult:
-    """k by every estimator in ``which``, with intervals over independent clusters.
-
-    ``sigma``: the noise sd of one trial, when the caller knows it better (k over training
-    uses each epoch's own); else :func:`noise_sd`.
-    """
-    if sigma is None:
-        sig, source = noise_sd(panel)
-    else:
-        sig, source = sigma, "given"
-    full = fit_replicates(panel, full_weights(panel), sig, k_bounds, which)
-    if source == "second differences":
-        # The curve's curvature inflates the second differences: once the joint fit has
-        # residuals, their sd (per trial) is the better noise estimate.
-        j = full.joint
-        if j.dof[0] > 0 and math.isfinite(j.stderr[0]):
-            resid_sd = _residual_sd(panel, full)
-            if math.isfinite(resid_sd) and 0 < resid_sd < sig:
-                sig, source = resid_sd, "joint-fit residuals"
-                full = fit_replicates(panel, full_weights(panel), sig, k_bounds, which)
-    has = panel.present.any(axis=1)
-    clusters = int(has.sum()) if panel.independent_rows else int(has.any(axis=0).sum())
-    per_cluster = int(has.sum(axis=1).max()) if panel.independent_rows else clusters
-    out: dict[str, Interval] = {}
-    if per_cluster >= 2:
-        kind = JACKKNIFE if interval == JACKKNIFE else BOOTSTRAP
-        rng = np.random.default_rng(seed)
-        w, strata = cluster_weights(panel, kind, resamples, rng)
-        reps = fit_replicates(panel, w, sig, k_bounds, which, rows=full.band.rows[0])
-        unit = "(λ, seed)" if panel.independent_rows else "seed"
-        for name in which:
-            value = float(full.k(name)[0])
-            if kind == JACKKNIFE:
-                out[name] = jackknife_interval(
-                    value, reps.k(name), strata, confidence, f"{unit}-jackknife-t"
-                )
-            else:
-                out[name] = bootstrap_interval(
-                    value, reps.k(name), confidence, f"{unit}-cluster-bootstrap"
-                )
-    else:
-        j = full.joint
-        out[JOINT] = t_interval(
-            float(j.k[0]), float(j.stderr[0]), float(j.dof[0]), confidence, "delta-t"
-        )
-        for name in which:
-            if name != JOINT:
-                value = float(full.k(name)[0])
-                out[name] = Interval(value, math.nan, math.nan, math.nan, math.nan, "none")
-    return KResult(full, out, sig, source, clusters, panel.independent_rows)
-
-
 __all__ = [
     "BOOTSTRAP",
     "INTERVALS",
     "JACKKNIFE",
     "Interval",
-    "KResult",
     "bootstrap_interval",
     "cluster_weights",
-    "estimate_k",
     "jackknife_interval",
     "t_interval",
 ]

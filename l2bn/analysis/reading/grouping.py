@@ -1,7 +1,7 @@
 """Grouping: which studies ``l2bn analyze`` pools, and what a reader must know about it.
 
 :func:`group_studies` pools studies whose training identities (every TrainConfig field but η,
-λ, seed, data_dir and device; :mod:`l2bn.analysis.loading`) are equal; studies of one
+λ, seed, data_dir and device; :mod:`l2bn.analysis.reading.studies`) are equal; studies of one
 optimizer that differ in anything else (affine, head, width, epochs, batch size, LR drops …)
 form separate groups, and :func:`grouping_warnings` says so. Each :class:`GroupData` is then
 analyzed on its own (:func:`l2bn.analysis.pipeline.analyze_group`).
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from l2bn.analysis.loading import StudyData, TrialRecord
+from l2bn.analysis.reading.records import StudyData, TrialRecord
 from l2bn.analysis.results import LABEL_FIELDS, show_fields
 
 

@@ -8,15 +8,17 @@ optimizer has other groups gets its distinguishing fields too, e.g.
 ==========================  ================================================================
 ``_error_heatmap.png``      seed-averaged validation (and test) error over (λ, η), η* marked
 ``_eta_star.png``           η* against λ, log-log, with the fitted and the theory slope
-``_collapse.png``           error against η·λ^k for the collapse k and the theory k
+``_collapse.png``           the primary: seed-mean error (± seed noise) against η·λ^k at the
+                            fitted k, with the fitted curve, and at the theory's k
 ``_norm_heatmap.png``       first-layer ‖w‖ at the end of LR phase 1 over (λ, η); cells the
                             norm fit leaves out crossed: not measured in equilibrium, or
                             (no verdicts: older studies) c·η·λ·T below the threshold
 ``_norm_trajectories.png``  first-layer ‖w‖ per epoch, one panel per λ, colour = η
 ``_k_by_epoch.png``         the primary k from each epoch's validation metric, with its CI
-``_equilibrium.png``        the angular update against θ_eq per epoch (θ̄²/θ_eq²; Adam and
-                            RMSProp: growth ÷ shrink) at each λ's optimum cell, one panel
-                            per scale-invariant layer, the band [0.8, 1.25] shaded
+``_equilibrium.png``        at each λ's optimum cell, per scale-invariant layer: ‖w‖²
+                            over its value at the end of phase 1 per epoch (stationarity,
+                            the verdict), and the θ test beside it (θ̄²/θ_eq²; Adam and
+                            RMSProp: the per-step growth ÷ shrink), the band shaded
 ==========================  ================================================================
 
 The two norm figures need per-epoch histories and are skipped without them; so is
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from l2bn.analysis.equilibrium import (
+from l2bn.analysis.estimating.equilibrium import (
     epoch_ratios,
     norm_cell_filter,
     scale_invariant_layers,
@@ -83,7 +85,7 @@ def write_plots(report: AnalysisReport, out_dir: Path) -> list[Path]:
             )
         if g.k_by_epoch:
             written.append(_save(plot_k_by_epoch(g), out_dir / f"{g.slug}_k_by_epoch.png"))
-        if equilibrium_curves(g):
+        if any(t.dynamics or t.tail_ratios is not None for t in g.trials):
             written.append(_save(plot_equilibrium(g), out_dir / f"{g.slug}_equilibrium.png"))
     return written
 
@@ -212,7 +214,8 @@ def plot_error_heatmap(group: GroupReport) -> Figure:
 
 def plot_norm_heatmap(group: GroupReport, equilibrium: float) -> Figure:
     """First-layer ‖w‖ at the end of phase 1; × marks the cells the norm fit leaves out
-    (:func:`~l2bn.analysis.equilibrium.norm_cell_filter`): not measured in equilibrium, or,
+    (:func:`~l2bn.analysis.estimating.equilibrium.norm_cell_filter`): not measured in
+    equilibrium, or,
     where no cell carries a verdict, c·η·λ·T < ``equilibrium``."""
     layer = group.first_layer or ""
     fig, axes = _figure()
@@ -249,17 +252,18 @@ def plot_eta_star(group: GroupReport) -> Figure:
         high = [o.lr_ci_high - o.lr_opt if math.isfinite(o.lr_ci_high) else 0.0 for o in used]
         ax.errorbar([o.weight_decay for o in used], [o.lr_opt for o in used],
                     yerr=[low, high], fmt="o", color="C0", ms=7, capsize=3,
-                    label="η* (used in fit; bar: its 95 % CI)")  # fmt: skip
+                    label="η* per λ (bar: its CI; a cross-check)")  # fmt: skip
     if left:
         ax.plot([o.weight_decay for o in left], [o.lr_opt for o in left], "v", color="red",
-                mfc="none", ms=8, label="grid edge / left out")  # fmt: skip
+                mfc="none", ms=8, label="λ left out of the primary")  # fmt: skip
     s = group.scaling
     if used and math.isfinite(s.k.value):
         wd = np.geomspace(min(o.weight_decay for o in group.optima if o.weight_decay > 0),
                           max(o.weight_decay for o in group.optima), 50)  # fmt: skip
         ci = f" [{s.k.ci_low:.2f}, {s.k.ci_high:.2f}]" if s.k.determined else ""
-        ax.plot(wd, np.exp(s.intercept) * wd**-s.k.value, "-", color="C0",
-                label=f"fit: k = {s.k.value:.2f}{ci}")  # fmt: skip
+        if math.isfinite(s.intercept):
+            ax.plot(wd, np.exp(s.intercept) * wd**-s.k.value, "-", color="C0",
+                    label=f"primary: k = {s.k.value:.2f}{ci}")  # fmt: skip
         if s.theory is not None:
             # Theory fixes the slope only: draw it through the centroid of the used points.
             x0 = float(np.mean(np.log([o.weight_decay for o in used])))
@@ -288,46 +292,62 @@ def _decade_labels(ax: Axes) -> None:
 
 
 def plot_collapse(group: GroupReport) -> Figure:
-    """Error against the effective rate η·λ^k: one curve per λ, for fitted and theory k."""
+    """The primary: seed-mean error against x = log(η·λ^k) at the fitted k, one colour per λ,
+    each cell with its seed noise (±1 sd of a cell mean, the pooled sd over √seeds), the fitted
+    curve T(x) drawn through them; rows the rule left out hollow and grey. Beside it the same
+    at the theory's k: whether the theory's columns collapse too."""
     from matplotlib import colormaps
 
-    assert group.collapse is not None
+    fit = group.collapse
+    assert fit is not None
     ks: list[tuple[str, float]] = []
-    if math.isfinite(group.collapse.k.value):
-        ks.append(("collapse fit", group.collapse.k.value))
+    if math.isfinite(fit.k.value):
+        ks.append((f"fitted: k = {fit.k.value:.2f}", fit.k.value))
     if group.scaling.theory is not None:
-        ks.append(("theory", group.scaling.theory))
+        ks.append((f"theory: k = {group.scaling.theory:g}", group.scaling.theory))
     if not ks:
         ks.append(("k = 0 (raw η)", 0.0))
     fig, axes = _figure(len(ks))
     columns = {wd: cs for wd, cs in _lambda_columns(group.cells).items() if wd > 0}
+    used = {r.weight_decay: r.used for r in fit.rows}
     cmap = colormaps["viridis"]
+    sigma = fit.noise_sd if math.isfinite(fit.noise_sd) else group.noise_sd
+    centre = fit.x_centre
     for ax, (name, k) in zip(axes, ks, strict=True):
         for i, (wd, cs) in enumerate(columns.items()):
-            color = cmap(i / max(len(columns) - 1, 1))
-            ax.plot([c.lr * wd**k for c in cs], [c.val_error for c in cs], "o-", ms=3,
-                    color=color, label=f"λ = {wd:.3g}")  # fmt: skip
-        ax.set_xscale("log")
-        ax.set_xlabel(f"η·λ^k, k = {k:.2f}")
-        ax.set_ylabel("validation error")
-        ax.set_title(f"{name}: k = {k:.2f}")
+            keep = used.get(wd, True)
+            color = cmap(i / max(len(columns) - 1, 1)) if keep else "0.6"
+            x = [math.log(c.lr) + k * (math.log(wd) - centre) for c in cs]
+            y = [c.value if math.isfinite(c.value) else c.val_error for c in cs]
+            err = [sigma / math.sqrt(max(c.n_seeds, 1)) if math.isfinite(sigma) else 0.0
+                   for c in cs]  # fmt: skip
+            label = f"λ = {wd:.3g}" + ("" if keep else " (left out)")
+            ax.errorbar(x, y, yerr=err, fmt="o" if keep else "o--", ms=3.5, lw=0.8,
+                        capsize=2, color=color, mfc=color if keep else "none",
+                        label=label)  # fmt: skip
+        if fit.curve_x and math.isclose(k, fit.k.value):
+            ax.plot(fit.curve_x, fit.curve_y, "-", color="black", lw=1.6, label="fitted curve T")
+        ax.set_xlabel(f"log(η·λ^k), k = {k:.2f}, λ centred on {math.exp(centre):.3g}")
+        ax.set_ylabel(group.metric.replace("_", " "))
+        ax.set_title(name, fontsize=9)
         ax.grid(True, alpha=0.3)
         # An explicit place: loc="best" scans every point and triples the render time.
-        ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"{group.label}: error against the effective learning rate η·λ^k")
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.8)
+    fig.suptitle(f"{group.label}: the whole surface against η·λ^k ({fit.status})", fontsize=10)
     return fig
 
 
 def plot_k_by_epoch(group: GroupReport) -> Figure:
     """The primary k after each epoch (the validation metric's history), CI as a band, the
-    theory as a line: whether k still moves at the end of training."""
+    theory as a line: whether k approaches the theory as the runs forget w₀."""
     fig, axes = _figure()
     ax = axes[0]
     rows = group.k_by_epoch
     epochs = [r.epoch for r in rows]
-    ax.plot(epochs, [r.k.value for r in rows], "o-", ms=3, color="C0", label="k (joint fit)")
+    ax.plot(epochs, [r.k.value for r in rows], "o-", ms=3, color="C0",
+            label="k (whole-surface collapse)")  # fmt: skip
     ax.fill_between(epochs, [r.k.ci_low for r in rows], [r.k.ci_high for r in rows],
-                    color="C0", alpha=0.2, label="CI")  # fmt: skip
+                    color="C0", alpha=0.2, label="its CI")  # fmt: skip
     theory = group.scaling.theory
     if theory is not None:
         ax.axhline(theory, color="0.4", ls="--", label=f"theory: k = {theory:g}")
@@ -338,9 +358,9 @@ def plot_k_by_epoch(group: GroupReport) -> Figure:
         ax.set_ylim(lo - pad, hi + pad)
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"k from {group.metric}")
-    ax.set_title(f"{group.label}: k over training")
+    ax.set_title(f"{group.label}: k over training", fontsize=9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="lower right")
     return fig
 
 
@@ -383,57 +403,94 @@ def equilibrium_curves(group: GroupReport) -> dict[str, dict[float, list[float]]
     return dict(out)
 
 
-def plot_equilibrium(group: GroupReport, max_panels: int = 6) -> Figure:
-    """Per scale-invariant layer: the angular update over its equilibrium value, θ̄²/θ_eq²
-    (Adam/RMSProp: growth ÷ shrink), per epoch at each λ's optimum cell; the band shaded,
-    the tail of phase 1 where it is judged marked, log scale."""
+def stationarity_curves(group: GroupReport) -> dict[str, dict[float, list[float]]]:
+    """Per scale-invariant layer, per λ (> 0): ‖w‖² over its value at the end of phase 1, per
+    epoch of phase 1, at that λ's optimum cell (geometric mean over its non-diverged seeds)."""
+    invariant = scale_invariant_layers(group.identity)
+    out: dict[str, dict[float, list[float]]] = defaultdict(dict)
+    for o in group.optima:
+        if o.weight_decay <= 0:
+            continue
+        runs = [
+            t
+            for t in group.trials
+            if not t.diverged
+            and math.isclose(t.weight_decay, o.weight_decay, rel_tol=1e-9)
+            and math.isclose(t.lr, o.lr_grid, rel_tol=1e-9)
+            and t.phase1_epochs > 0
+        ]
+        for layer in invariant:
+            series = []
+            for t in runs:
+                values = t.norms.get(layer, ())[: t.phase1_epochs]
+                end = values[-1] if values else math.nan
+                if values and math.isfinite(end) and end > 0:
+                    series.append([(v / end) ** 2 if v > 0 else math.nan for v in values])
+            if not series:
+                continue
+            n = min(len(r) for r in series)
+            arr = np.log(np.array([r[:n] for r in series], dtype=float))
+            with np.errstate(all="ignore"):
+                mean = np.exp(np.nanmean(arr, axis=0))
+            out[layer][o.weight_decay] = [float(x) for x in mean]
+    return dict(out)
+
+
+def plot_equilibrium(group: GroupReport, max_panels: int = 5) -> Figure:
+    """Per scale-invariant layer (columns), at each λ's optimum cell: top, ‖w‖² over its value
+    at the end of phase 1 per epoch, the stationarity the verdict reads (its window shaded,
+    the band around 1); bottom, the θ test beside it, θ̄²/θ_eq² (Adam/RMSProp: the per-step
+    growth ÷ shrink) per epoch, the band shaded. Log scales."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
-    curves = equilibrium_curves(group)
-    layers = list(curves)[:max_panels]
-    ncols = min(max(len(layers), 1), 3)
-    nrows = math.ceil(max(len(layers), 1) / ncols)
-    fig = Figure(figsize=(4.6 * ncols + 0.4, 3.8 * nrows))
-    grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
-    _margins(fig, hspace=0.45)
-    axes = list(grid.ravel())
-    for ax in axes[len(layers) :]:
-        ax.set_visible(False)
+    theta = equilibrium_curves(group)
+    norms = stationarity_curves(group)
+    layers = [x for x in dict.fromkeys([*norms, *theta])][:max_panels]
+    ncols = max(len(layers), 1)
+    fig = Figure(figsize=(3.6 * ncols + 0.6, 6.6))
+    grid = fig.subplots(2, ncols, squeeze=False, sharey="row")
+    _margins(fig, hspace=0.5, top_in=0.85)
     lo, hi = group.equilibrium_band
-    wds = sorted({wd for per in curves.values() for wd in per})
+    wds = sorted({wd for per in (*theta.values(), *norms.values()) for wd in per})
     cmap = colormaps["viridis"]
     colors = {wd: cmap(i / max(len(wds) - 1, 1)) for i, wd in enumerate(wds)}
     phase1 = max((t.phase1_epochs for t in group.trials), default=0)
     window = tail_window(phase1, group.equilibrium_tail)
-    ylabel = "θ̄² / θ_eq²" if group.equilibrium_test == ANGLE_TEST else "growth ÷ shrink"
+    ylabel = "θ̄² / θ_eq²" if group.equilibrium_test == ANGLE_TEST else "growth ÷ shrink (steps)"
     finite_all: list[float] = []
-    for ax, layer in zip(axes, layers, strict=False):
-        ax.axhspan(lo, hi, color="green", alpha=0.15, lw=0, label=f"band [{lo:g}, {hi:g}]")
-        ax.axhline(1.0, color="green", lw=0.8)
-        if window:
-            ax.axvspan(window.start + 0.5, window.stop + 0.5, color="0.5", alpha=0.12, lw=0,
-                       label="judged: tail of phase 1")  # fmt: skip
-        for wd, values in sorted(curves[layer].items()):
-            epochs = np.arange(1, len(values) + 1)
-            shown = [v if v > 0 else math.nan for v in values]  # log scale
-            finite_all.extend(v for v in shown if math.isfinite(v))
-            ax.plot(epochs, shown, "-", lw=1.3, color=colors[wd], label=f"λ = {wd:.3g}")
-        longest = max((len(v) for v in curves[layer].values()), default=1)
-        ax.set_xlim(0.5, longest + 0.5)  # epochs whose ratio is ∞ (no shrink yet) stay in view
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_title(layer)
-        ax.grid(True, which="both", alpha=0.3)
+    for col, layer in enumerate(layers):
+        for row, curves in enumerate((norms, theta)):
+            ax = grid[row][col]
+            ax.axhspan(lo, hi, color="green", alpha=0.15, lw=0)
+            ax.axhline(1.0, color="green", lw=0.8)
+            if window:
+                ax.axvspan(window.start + 0.5, window.stop + 0.5, color="0.5", alpha=0.15, lw=0)
+            for wd, values in sorted(curves.get(layer, {}).items()):
+                shown = [v if v > 0 else math.nan for v in values]  # log scale
+                if row == 1:
+                    finite_all.extend(v for v in shown if math.isfinite(v))
+                ax.plot(np.arange(1, len(values) + 1), shown, "-", lw=1.2, color=colors[wd],
+                        label=f"λ = {wd:.3g}")  # fmt: skip
+            ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_title(f"{layer}: {'‖w‖² / end of phase 1' if row == 0 else ylabel}",
+                         fontsize=8)  # fmt: skip
+            ax.grid(True, which="both", alpha=0.3)
+            if phase1:
+                ax.set_xlim(0.5, phase1 + 0.5)
     if finite_all:  # the band always in view, a wild first epoch not dominating
         low = min(lo / 1.5, float(np.percentile(finite_all, 2)))
         high = max(hi * 1.5, 1.5 * float(np.percentile(finite_all, 98)))
-        axes[0].set_ylim(low, high)
-    for row in grid:
-        row[0].set_ylabel(ylabel)
-    if layers:
-        axes[0].legend(fontsize=7, loc="upper right", framealpha=0.8)
-    fig.suptitle(f"{group.label}: equilibrium at each λ's η*\n({ylabel} per epoch)", fontsize=10)
+        grid[1][0].set_ylim(low, high)
+    grid[0][0].set_ylabel("stationarity (the verdict)")
+    grid[1][0].set_ylabel("θ test (beside it)")
+    handles, labels = grid[0][0].get_legend_handles_labels()
+    if handles:  # one legend for the figure, below the title: off the data
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=7,
+                   bbox_to_anchor=(0.5, 1 - 0.42 / 6.6), frameon=False)  # fmt: skip
+    fig.suptitle(f"{group.label}: equilibrium at each λ's η* over phase 1 (grey: the window "
+                 f"judged, green: the band [{lo:g}, {hi:g}])", fontsize=9)  # fmt: skip
     return fig
 
 
@@ -512,5 +569,6 @@ __all__ = [
     "plot_k_by_epoch",
     "plot_norm_heatmap",
     "plot_norm_trajectories",
+    "stationarity_curves",
     "write_plots",
 ]

@@ -1,15 +1,16 @@
 """A group's trials as a dense panel, and the replicate means every estimator is fitted to.
 
 A group's trials become a :class:`Panel`: rows λ, each row's own η grid (padded with NaN), and
-seed slots. Every estimator (:mod:`l2bn.analysis.estimators`) takes *replicates* of the
+seed slots. Every estimator (:mod:`l2bn.analysis.estimating.floor`) takes *replicates* of the
 panel's cell means at once (arrays with a leading axis B, :func:`replicate_means` of a weight
 array), so that one call fits the full data (:func:`full_weights`), every jackknife
-leave-one-out and every bootstrap resample (:func:`l2bn.analysis.intervals.cluster_weights`).
+leave-one-out and every bootstrap resample
+(:func:`l2bn.analysis.estimating.intervals.cluster_weights`).
 :func:`noise_sd` is the sd of one trial, which sets the band's width
-(:mod:`l2bn.analysis.band`) and the per-λ fits' noise.
+(:mod:`l2bn.analysis.estimating.band`) and the per-λ fits' noise.
 
 This is the bottom of the k-estimation stack, which depends one way:
-panel → band → estimators → intervals (:func:`~l2bn.analysis.intervals.estimate_k`, its entry
+panel → band → floor (:func:`~l2bn.analysis.estimating.floor.estimate_k`, its entry
 point). All of it is pure NumPy/SciPy, batched over replicates; the calibration simulation
 (tests/analysis/test_calibration.py) runs planted panels through exactly these functions.
 """

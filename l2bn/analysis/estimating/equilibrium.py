@@ -8,7 +8,7 @@ epoch (``angle`` = θ̄, the RMS over output units and the epoch's steps; ``angl
 
 * the **window**: the last ``tail`` (20 %) of phase 1, at least one epoch
   (:func:`tail_window`); phase 1 = the leading epochs at the first η
-  (:attr:`~l2bn.analysis.loading.TrialRecord.phase1_epochs`, for step, wsd and constant
+  (:attr:`~l2bn.analysis.reading.records.TrialRecord.phase1_epochs`, for step, wsd and constant
   schedules alike);
 * the **test** (:func:`equilibrium_test`): "angle" for optimizers with a θ_eq (SGD, momentum,
   Nesterov, AdamW): the ratio ⟨θ²⟩/θ_eq² over the window, in every layer whose records carry a
@@ -58,7 +58,7 @@ from l2bn.train.config import Head, Norm
 from l2bn.train.config import scale_invariant_layers as config_rule
 
 if TYPE_CHECKING:
-    from l2bn.analysis.loading import TrialRecord
+    from l2bn.analysis.reading.records import TrialRecord
 
 # Adam and RMSProp with coupled L2: θ_eq depends on the gradient scale, so the balance of
 # growth and shrink is the test (l2bn.theory: angular_rate None).
@@ -218,15 +218,166 @@ def _distance(r: float) -> float:
     return abs(math.log(r)) if 0 < r < math.inf else math.inf
 
 
+def decay_pull(t: TrialRecord, optimizer: str, window: range) -> float:
+    """The decay's pull on log‖w‖² per step over ``window``, for every layer alike where the
+    theory has a formula (:meth:`l2bn.theory.Theory.decay_pull` at the window's mean η); NaN
+    where it has none (see :func:`layer_pull`)."""
+    theory = theory_of(optimizer)
+    lrs = [t.epoch_lrs[i] for i in window if i < len(t.epoch_lrs)]
+    lrs = [x for x in lrs if math.isfinite(x)] or [t.lr]
+    pull = None if theory is None else theory.decay_pull(sum(lrs) / len(lrs), t.weight_decay)
+    return math.nan if pull is None else pull
+
+
+def layer_pull(t: TrialRecord, layer: str, window: range, tail: float) -> float:
+    """Adam/RMSProp with coupled L2: the measured shrink, −2 × the mean radial change per step
+    of ``layer`` over ``window`` (their decay is divided by √v, so no formula gives it); NaN
+    unmeasured."""
+    if t.tail_summary is not None:
+        r = t.tail_summary.get("radial", {}).get(layer, math.nan)
+        return -2.0 * r
+    radial = t.dynamics.get("radial", {}).get(layer, ())
+    inside = [radial[i] for i in window if i < len(radial) and math.isfinite(radial[i])]
+    return -2.0 * sum(inside) / len(inside) if inside else math.nan
+
+
+def stationarity(
+    t: TrialRecord, layer: str, optimizer: str, tail: float = EQUILIBRIUM_TAIL
+) -> tuple[float, float, float]:
+    """``layer``'s stationarity over the last ``tail`` of phase 1: (balance, memory, se).
+
+    With N = ‖w‖², d = log N(end) − log N(start) over the window's W steps (start: the record
+    before the window) and s the decay's pull per step (:func:`decay_pull`, else the measured
+    shrink :func:`layer_pull`):
+
+    * balance = growth ÷ shrink = 1 + d/(s·W): the norm's net growth against the decay's pull
+      (1 when ‖w‖ holds still). Not the per-step records' ``balance``: with momentum the
+      buffer's radial part cancels most of the decay's in each step (measured: nesterov's conv1
+      shrinks by ~8 % of 2ηλ/(1−α) per step), so that ratio reads 1.5–∞ for a norm that moves
+      a few % over 17 epochs.
+    * memory = −d / (e^{ρW} − 1): log(N/N_eq) at the window's end, for a norm that relaxes as
+      e^{−ρt} (ρ = 2s for the SGD family, whose growth per step ∝ 1/N²; s for Adam-like steps,
+      ∝ 1/N). A norm that barely moves over a window much shorter than its relaxation time
+      may still be far from its equilibrium: memory says how far.
+    * se: the noise of d, 2√2 × the sd of log ‖w‖ about a straight line over the window (0
+      with fewer than 4 records), in units of d; the caller scales it.
+
+    NaN where the window, the steps or the pull are unknown; balance ∞ and memory ±∞ where
+    nothing pulls (s ≤ 0) and the norm moved.
+    """
+    n = t.phase1_epochs
+    window = tail_window(n, tail)
+    norms = t.norms.get(layer, ())
+    if len(window) == 0 or t.steps_per_epoch is None or len(norms) < window.stop:
+        return math.nan, math.nan, math.nan
+    start = window.start - 1 if window.start > 0 else window.start
+    points = [norms[i] for i in range(start, window.stop)]
+    if len(points) < 2 or not all(math.isfinite(x) and x > 0 for x in points):
+        return math.nan, math.nan, math.nan
+    steps = (window.stop - 1 - start) * t.steps_per_epoch
+    d = 2.0 * math.log(points[-1] / points[0])
+    theory = theory_of(optimizer)
+    pull = decay_pull(t, optimizer, window)
+    if math.isnan(pull):
+        pull = layer_pull(t, layer, window, tail)
+    if math.isnan(pull):
+        return math.nan, math.nan, math.nan
+    logs = [2.0 * math.log(x) for x in points]
+    se = 0.0
+    if len(logs) >= 4:
+        xs = list(range(len(logs)))
+        xm = sum(xs) / len(xs)
+        ym = sum(logs) / len(logs)
+        slope = sum((x - xm) * (y - ym) for x, y in zip(xs, logs, strict=True)) / sum(
+            (x - xm) ** 2 for x in xs
+        )
+        resid = [y - ym - slope * (x - xm) for x, y in zip(xs, logs, strict=True)]
+        se = math.sqrt(2.0) * math.sqrt(sum(r * r for r in resid) / (len(logs) - 2))
+    if pull <= 0:
+        if d == 0:
+            return 1.0, 0.0, se
+        return math.inf, math.copysign(math.inf, -d), se
+    balance = 1.0 + d / (pull * steps)
+    power = 1 if theory is None or theory.eff_lr_power != 2 else 2
+    memory = -d / math.expm1(power * pull * steps)
+    return balance, memory, se
+
+
+def stationary(
+    balance: float,
+    memory: float,
+    se: float,
+    pull_steps: float,
+    relax: float,
+    band: tuple[float, float] = EQUILIBRIUM_BAND,
+) -> bool | None:
+    """Whether a layer is stationary: balance within ``band`` and |memory| within the band's
+    log half-width, each widened by 2 noise sds; None when unmeasured."""
+    if math.isnan(balance) or math.isnan(memory):
+        return None
+    lo, hi = band
+    slack_b = 2 * se / pull_steps if pull_steps > 0 else 0.0
+    slack_m = 2 * se / relax if relax > 0 else 0.0
+    ok_b = lo * (1 - BAND_ROUNDING) - slack_b <= balance <= hi * (1 + BAND_ROUNDING) + slack_b
+    ok_m = abs(memory) <= math.log(hi) + slack_m
+    return ok_b and ok_m
+
+
+def trial_stationarity(
+    t: TrialRecord,
+    optimizer: str,
+    invariant: Sequence[str],
+    band: tuple[float, float] = EQUILIBRIUM_BAND,
+    tail: float = EQUILIBRIUM_TAIL,
+) -> tuple[str, dict[str, float], dict[str, float]]:
+    """One trial's stationarity verdict over the layers of ``invariant`` it has, with each
+    layer's balance and memory: "out" if a layer is not stationary, else "unknown" if one is
+    unmeasured, else "in". Unknown for a trial without update records (older studies), as
+    the θ test is."""
+    # The update records: a storage's per-epoch ones, or an export's ratios and summaries.
+    if not t.dynamics and not (t.tail_ratios is not None and t.tail_summary):
+        return UNKNOWN, {}, {}
+    layers = [x for x in invariant if x in t.norms] if t.norms else []
+    if not layers:
+        return UNKNOWN, {}, {}
+    balances: dict[str, float] = {}
+    memories: dict[str, float] = {}
+    states: list[bool | None] = []
+    window = tail_window(t.phase1_epochs, tail)
+    for layer in layers:
+        b, m, se = stationarity(t, layer, optimizer, tail)
+        balances[layer], memories[layer] = b, m
+        if math.isnan(b) or math.isnan(m):
+            states.append(None)
+            continue
+        pull = decay_pull(t, optimizer, window)
+        if math.isnan(pull):
+            pull = layer_pull(t, layer, window, tail)
+        start = window.start - 1 if window.start > 0 else window.start
+        steps = (window.stop - 1 - start) * (t.steps_per_epoch or 0)
+        theory = theory_of(optimizer)
+        power = 2 if theory is not None and theory.eff_lr_power == 2 else 1
+        relax = math.expm1(power * pull * steps) if pull > 0 else 0.0
+        states.append(stationary(b, m, se, pull * steps, relax, band))
+    if any(s is False for s in states):
+        return OUT_OF_EQUILIBRIUM, balances, memories
+    if any(s is None for s in states):
+        return UNKNOWN, balances, memories
+    return IN_EQUILIBRIUM, balances, memories
+
+
 def cell_equilibrium(
     trials: Iterable[TrialRecord],
     test: str,
     invariant: Sequence[str],
     band: tuple[float, float] = EQUILIBRIUM_BAND,
     tail: float = EQUILIBRIUM_TAIL,
+    optimizer: str | None = None,
 ) -> Equilibrium:
-    """A cell's verdict over its non-diverged seeds, and per layer the ratio of the seed
-    farthest from 1."""
+    """A cell's stationarity verdict over its non-diverged seeds (see :class:`Equilibrium`),
+    with per layer the θ-test ratio, balance and memory of the seed farthest from stationary.
+    ``optimizer`` None: the θ test's verdict (the analysis before v3; the ratios' tests use
+    it)."""
     healthy = [t for t in trials if not t.diverged]
     if test == NO_TEST or all(not t.dynamics and t.tail_ratios is None for t in healthy):
         # Nothing recorded (older studies): unknown, the judged layers unmeasured. The same
@@ -235,9 +386,20 @@ def cell_equilibrium(
         return Equilibrium(UNKNOWN, test, dict.fromkeys(layers, math.nan), 0, len(healthy))
     verdicts: list[str] = []
     worst: dict[str, float] = {}
+    memory: dict[str, float] = {}
+    balance: dict[str, float] = {}
     for t in healthy:
-        verdict, ratios = trial_verdict(t, test, invariant, band, tail)
-        verdicts.append(verdict)
+        theta_verdict, ratios = trial_verdict(t, test, invariant, band, tail)
+        if optimizer is None:
+            verdicts.append(theta_verdict)
+        else:
+            v, balances, memories = trial_stationarity(t, optimizer, invariant, band, tail)
+            verdicts.append(v)
+            for layer, m in memories.items():
+                old = memory.get(layer, math.nan)
+                if math.isnan(old) or (not math.isnan(m) and abs(m) > abs(old)):
+                    memory[layer] = m
+                    balance[layer] = balances[layer]
         for layer, r in ratios.items():
             old = worst.get(layer, math.nan)
             if math.isnan(old) or (not math.isnan(r) and _distance(r) > _distance(old)):
@@ -249,7 +411,7 @@ def cell_equilibrium(
         verdict = IN_EQUILIBRIUM
     else:
         verdict = UNKNOWN
-    return Equilibrium(verdict, test, worst, n_in, len(healthy))
+    return Equilibrium(verdict, test, worst, n_in, len(healthy), memory, balance)
 
 
 # --- the cells the norm fit takes as in equilibrium -----------------------------------------
@@ -308,7 +470,7 @@ def tail_summary(t: TrialRecord, tail: float = EQUILIBRIUM_TAIL) -> dict[str, di
     (``grad_norm``), mean radial change, RMS tangential change, mean ``balance`` (an epoch
     without one because nothing shrank counts as ∞, as in the balance test). A layer whose
     window holds no value of a quantity is left out of it. A record read from a CSV export
-    (:attr:`~l2bn.analysis.loading.TrialRecord.tail_summary`) gives back what it wrote."""
+    (:attr:`~l2bn.analysis.reading.records.TrialRecord.tail_summary`) gives back what it wrote."""
     if t.tail_summary is not None:
         return {q: dict(layers) for q, layers in t.tail_summary.items() if layers}
     window = tail_window(t.phase1_epochs, tail)

@@ -1,21 +1,18 @@
 """The three estimators of k in η* ∝ λ^-k, each fitted to every replicate of a panel at once.
 
 Estimators (all on the cells of a *band* near each λ's minimum,
-:func:`l2bn.analysis.band.select_band`):
+:func:`l2bn.analysis.estimating.band.select_band`):
 
 * **joint** (primary, :func:`joint_fit`): one weighted least-squares fit over every used λ of
   ``y = c_λ + β₂·u² + g₀·u + g₁·u·v`` with u = log η (centred), v = log λ (centred) and a
   free offset c_λ per λ. That is a parabola in x = log η + k·log λ with a common curvature and
   k = g₁ / (2·β₂), linear in its coefficients: no search, no grid locking.
-* **per_lambda** (cross-check a, :func:`per_lambda_fit`): η* per λ by a weighted local
+* **per_lambda** (:func:`per_lambda_fit`): η* per λ by a weighted local
   quadratic over ≥ :data:`PER_LAMBDA_POINTS` cells around the minimum (its own delta-method
   CI from the cells' noise), then weighted regression of log η* on log λ.
-* **collapse_band** (cross-check b, :func:`collapse_band_fit`): the k whose
-  x = log η + k·log λ puts the band's cells on one quadratic, without per-λ offsets.
-
-:func:`fit_replicates` runs all three on the replicates of a weight array
-(:mod:`l2bn.analysis.panel`); their intervals and the entry point
-:func:`~l2bn.analysis.intervals.estimate_k` are in :mod:`l2bn.analysis.intervals`.
+:func:`fit_replicates` runs both on the replicates of a weight array
+(:mod:`l2bn.analysis.estimating.panel`); their intervals and the entry point
+:func:`estimate_k` (below) draw on :mod:`l2bn.analysis.estimating.intervals`.
 """
 
 from __future__ import annotations
@@ -26,18 +23,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from l2bn.analysis.band import Band, select_band
-from l2bn.analysis.panel import BoolArray, FloatArray, IntArray, Panel, centres, replicate_means
+from l2bn.analysis.estimating.band import Band, select_band
+from l2bn.analysis.estimating.intervals import (
+    BOOTSTRAP,
+    JACKKNIFE,
+    Interval,
+    bootstrap_interval,
+    cluster_weights,
+    jackknife_interval,
+    t_interval,
+)
+from l2bn.analysis.estimating.panel import (
+    BoolArray,
+    FloatArray,
+    IntArray,
+    Panel,
+    centres,
+    full_weights,
+    noise_sd,
+    replicate_means,
+)
 
 # The per-λ local quadratic uses at least this many η values (rows with fewer are left out).
 PER_LAMBDA_POINTS = 5
-# The collapse in the band: a quadratic master curve (the band is a few cells per λ).
-BAND_DEGREE = 2
 
 JOINT = "joint"
 PER_LAMBDA = "per_lambda"
-COLLAPSE_BAND = "collapse_band"
-ESTIMATORS = (JOINT, PER_LAMBDA, COLLAPSE_BAND)
+ESTIMATORS = (JOINT, PER_LAMBDA)
 
 
 # --- the joint fit ------------------------------------------------------------------------
@@ -59,7 +71,7 @@ class JointFit:
 
 
 def joint_fit(panel: Panel, means: FloatArray, n: FloatArray, band: Band) -> JointFit:
-    """The primary estimator on every replicate (see the module docstring)."""
+    """The joint parabola on every replicate (see the module docstring)."""
     n_l, n_m, _ = panel.shape
     u_bar, v_bar = centres(panel)
     u = np.nan_to_num(panel.log_lr - u_bar)  # (L, M); padding is never in the band
@@ -151,7 +163,7 @@ class PerLambdaFit:
 def per_lambda_fit(
     panel: Panel, means: FloatArray, n: FloatArray, band: Band, sigma: float
 ) -> PerLambdaFit:
-    """Cross-check (a): local quadratic per λ over ≥ PER_LAMBDA_POINTS cells, then WLS."""
+    """Local quadratic per λ over ≥ PER_LAMBDA_POINTS cells, then WLS."""
     _, n_m, _ = panel.shape
     b_n = means.shape[0]
     idx = np.arange(n_m)
@@ -215,74 +227,25 @@ def per_lambda_fit(
     return PerLambdaFit(log_opt, se, n_pts.astype(np.int64), k, intercept)
 
 
-# --- the collapse in the band -------------------------------------------------------------
-
-
-def collapse_band_fit(
-    panel: Panel,
-    means: FloatArray,
-    n: FloatArray,
-    band: Band,
-    k_bounds: tuple[float, float],
-    points: int = 141,
-) -> FloatArray:
-    """Cross-check (b): k minimizing the weighted RSS of one quadratic in log η + k log λ
-    over the band's cells (grid over ``k_bounds``, then a parabola through the best three);
-    NaN where the minimum is on the bounds or fewer than 2 rows are in the band."""
-    u_bar, v_bar = centres(panel)
-    u = np.nan_to_num(panel.log_lr - u_bar)
-    v = (panel.log_wd - v_bar)[:, None] * np.ones_like(u)
-    ks = np.linspace(k_bounds[0], k_bounds[1], points)
-    w = np.where(band.mask, n, 0.0).reshape(means.shape[0], -1)  # (B, N)
-    y = np.where(band.mask, means, 0.0).reshape(means.shape[0], -1)
-    xk = u.reshape(-1)[None, :] + ks[:, None] * v.reshape(-1)[None, :]  # (K, N)
-    design = np.stack([np.ones_like(xk), xk, xk**2], axis=-1)  # (K, N, 3)
-    xtwx = np.einsum("knp,bn,knq->bkpq", design, w, design)
-    xtwy = np.einsum("knp,bn,bn->bkp", design, w, y)
-    xtwx = xtwx + 1e-12 * np.eye(3)
-    coef = np.linalg.solve(xtwx, xtwy[..., None])[..., 0]  # (B, K, 3)
-    fitted = np.einsum("knp,bkp->bkn", design, coef)
-    rss = (w[:, None, :] * (y[:, None, :] - fitted) ** 2).sum(axis=-1)  # (B, K)
-    i = np.argmin(rss, axis=-1)
-    inner = np.clip(i, 1, points - 2)
-    r0 = np.take_along_axis(rss, (inner - 1)[:, None], axis=-1)[:, 0]
-    r1 = np.take_along_axis(rss, inner[:, None], axis=-1)[:, 0]
-    r2 = np.take_along_axis(rss, (inner + 1)[:, None], axis=-1)[:, 0]
-    step = ks[1] - ks[0]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        denom = r0 - 2 * r1 + r2
-        shift = np.where(denom > 0, 0.5 * (r0 - r2) / denom, 0.0)
-    k = ks[inner] + np.clip(shift, -1, 1) * step
-    rows = band.mask.any(axis=-1).sum(axis=-1)
-    on_bound = (i == 0) | (i == points - 1)
-    return np.where((rows >= 2) & ~on_bound, k, np.nan)
-
-
-# --- all three at once --------------------------------------------------------------------
+# --- both at once --------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Replicates:
-    """The three estimators on each replicate (B,), with the full-data fits' details."""
+    """Both estimators on each replicate (B,), with the full-data fits' details."""
 
     joint: JointFit
     per_lambda: PerLambdaFit
-    collapse_band: FloatArray
     band: Band
 
     def k(self, name: str) -> FloatArray:
-        if name == JOINT:
-            return self.joint.k
-        if name == PER_LAMBDA:
-            return self.per_lambda.k
-        return self.collapse_band
+        return self.joint.k if name == JOINT else self.per_lambda.k
 
 
 def fit_replicates(
     panel: Panel,
     weights: FloatArray,
     sigma: float,
-    k_bounds: tuple[float, float] = (-1.0, 2.5),
     which: Sequence[str] = ESTIMATORS,
     rows: BoolArray | None = None,
 ) -> Replicates:
@@ -299,21 +262,116 @@ def fit_replicates(
         n_l = panel.shape[0]
         empty = np.full((b_n, n_l), np.nan)
         per = PerLambdaFit(empty, empty, np.zeros((b_n, n_l), np.int64), nan, nan)
-    coll = collapse_band_fit(panel, means, n, band, k_bounds) if COLLAPSE_BAND in which else nan
-    return Replicates(joint, per, coll, band)
+    return Replicates(joint, per, band)
+
+
+# --- k with its intervals -------------------------------------------------------------------
+
+
+def _residual_sd(panel: Panel, fit: Replicates) -> float:
+    """The sd of one trial around the full-data joint fit (its weighted residuals)."""
+    means, n = replicate_means(panel, full_weights(panel))
+    j = fit.joint
+    u_bar, v_bar = centres(panel)
+    u = np.nan_to_num(panel.log_lr - u_bar)
+    v = (panel.log_wd - v_bar)[:, None]
+    beta2 = float(j.curvature[0])
+    k = float(j.k[0])
+    centre = float(j.centre[0]) - u_bar
+    mask = fit.band.mask[0]
+    # Per row: the offset that best fits the band given the common parabola.
+    shape = beta2 * (u - (centre - k * v)) ** 2
+    resid = np.where(mask, means[0] - shape, np.nan)
+    w = np.where(mask, n[0], 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        offset = np.nansum(w * resid, axis=-1) / w.sum(axis=-1)
+    r = np.where(mask, resid - offset[:, None], 0.0)
+    dof = int(j.dof[0])
+    return math.sqrt(float((w * r**2).sum()) / dof) if dof > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class KResult:
+    """What :func:`estimate_k` found: the full-data fits and each estimator's interval."""
+
+    full: Replicates
+    intervals: dict[str, Interval]
+    sigma: float
+    sigma_source: str
+    n_clusters: int
+    independent_rows: bool
+
+
+def estimate_k(
+    panel: Panel,
+    confidence: float = 0.95,
+    interval: str = JACKKNIFE,
+    resamples: int = 1000,
+    seed: int = 0,
+    which: Sequence[str] = ESTIMATORS,
+    sigma: float | None = None,
+) -> KResult:
+    """k by every estimator in ``which``, with intervals over independent clusters.
+
+    ``sigma``: the noise sd of one trial, when the caller knows it better (k over training
+    uses each epoch's own); else :func:`noise_sd`.
+    """
+    if sigma is None:
+        sig, source = noise_sd(panel)
+    else:
+        sig, source = sigma, "given"
+    full = fit_replicates(panel, full_weights(panel), sig, which)
+    if source == "second differences":
+        # The curve's curvature inflates the second differences: once the joint fit has
+        # residuals, their sd (per trial) is the better noise estimate.
+        j = full.joint
+        if j.dof[0] > 0 and math.isfinite(j.stderr[0]):
+            resid_sd = _residual_sd(panel, full)
+            if math.isfinite(resid_sd) and 0 < resid_sd < sig:
+                sig, source = resid_sd, "joint-fit residuals"
+                full = fit_replicates(panel, full_weights(panel), sig, which)
+    has = panel.present.any(axis=1)
+    clusters = int(has.sum()) if panel.independent_rows else int(has.any(axis=0).sum())
+    per_cluster = int(has.sum(axis=1).max()) if panel.independent_rows else clusters
+    out: dict[str, Interval] = {}
+    if per_cluster >= 2:
+        kind = JACKKNIFE if interval == JACKKNIFE else BOOTSTRAP
+        rng = np.random.default_rng(seed)
+        w, strata = cluster_weights(panel, kind, resamples, rng)
+        reps = fit_replicates(panel, w, sig, which, rows=full.band.rows[0])
+        unit = "(λ, seed)" if panel.independent_rows else "seed"
+        for name in which:
+            value = float(full.k(name)[0])
+            if kind == JACKKNIFE:
+                out[name] = jackknife_interval(
+                    value, reps.k(name), strata, confidence, f"{unit}-jackknife-t"
+                )
+            else:
+                out[name] = bootstrap_interval(
+                    value, reps.k(name), confidence, f"{unit}-cluster-bootstrap"
+                )
+    else:
+        j = full.joint
+        out[JOINT] = t_interval(
+            float(j.k[0]), float(j.stderr[0]), float(j.dof[0]), confidence, "delta-t"
+        )
+        for name in which:
+            if name != JOINT:
+                value = float(full.k(name)[0])
+                out[name] = Interval(value, math.nan, math.nan, math.nan, math.nan, "none")
+    return KResult(full, out, sig, source, clusters, panel.independent_rows)
 
 
 __all__ = [
-    "BAND_DEGREE",
-    "COLLAPSE_BAND",
     "ESTIMATORS",
     "JOINT",
     "PER_LAMBDA",
     "PER_LAMBDA_POINTS",
     "JointFit",
+    "KResult",
     "PerLambdaFit",
     "Replicates",
-    "collapse_band_fit",
+    "estimate_k",
     "fit_replicates",
     "joint_fit",
     "per_lambda_fit",

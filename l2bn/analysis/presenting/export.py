@@ -8,11 +8,13 @@ CSV (:func:`write_csv`): one row per COMPLETE trial, wide format: the columns
 epoch) for every layer and epoch seen, then ``val_error_e<epoch>`` and ``val_loss_e<epoch>``
 where histories record them, then ``eq_ratio_<layer>``: the layer's equilibrium ratio over the
 last ``equilibrium_tail`` of phase 1 (⟨θ²⟩/θ_eq² or the growth ÷ shrink balance, as the
-``equilibrium_test`` column says; :mod:`l2bn.analysis.equilibrium`) for each layer that judges
+``equilibrium_test`` column says; :mod:`l2bn.analysis.estimating.equilibrium`) for each layer
+that judges
 the trial, ``nan`` where that layer was not measured, ``inf`` where θ_eq = 0, empty where the
 layer does not judge the trial; empty where a trial has no such value. Then the update
-records (:data:`~l2bn.analysis.loading.DYNAMICS`), summarized per layer over the same window
-(:func:`~l2bn.analysis.equilibrium.tail_summary`; per-epoch columns of six quantities would be
+records (:data:`~l2bn.analysis.reading.records.DYNAMICS`), summarized per layer over the same window
+(:func:`~l2bn.analysis.estimating.equilibrium.tail_summary`; per-epoch columns of six
+quantities would be
 thousands): ``angle_<layer>`` (√mean θ², the RMS angular update per step, rad),
 ``angle_eq_<layer>`` (√mean θ_eq²), ``grad_norm_<layer>`` (RMS G̃ = ‖∇w L‖·‖w‖),
 ``radial_<layer>`` (mean), ``tangential_<layer>`` (RMS) and ``balance_<layer>`` (mean growth
@@ -20,7 +22,7 @@ thousands): ``angle_<layer>`` (√mean θ², the RMS angular update per step, ra
 every layer some trial recorded it for; empty where a trial did not (older histories, layers
 without a θ_eq). ``objective`` is the study's stored objective (empty: not stored,
 val_error). A trial's group is the one of its ``study``. ``l2bn analyze --from-csv`` reads
-such a file back (:mod:`l2bn.analysis.csvload`), equilibrium verdicts and the summaries
+such a file back (:mod:`l2bn.analysis.reading.csvfile`), equilibrium verdicts and the summaries
 included.
 """
 
@@ -31,15 +33,15 @@ import math
 from pathlib import Path
 
 from l2bn import files
-from l2bn.analysis.equilibrium import (
+from l2bn.analysis.estimating.equilibrium import (
     SUMMARIES,
     scale_invariant_layers,
     tail_ratios,
     tail_summary,
 )
 from l2bn.analysis.fitted import NO_TEST
+from l2bn.analysis.reading.records import trial_history, trial_value
 from l2bn.analysis.results import AnalysisReport
-from l2bn.analysis.trials import trial_history, trial_value
 
 CSV_FIXED_COLUMNS = (
     "study",

@@ -15,7 +15,7 @@ the group's table; any other unknown entry is shown as text (a number, a string)
 under "other fields". Every string from the data is HTML-escaped (study names are user input),
 and a Content-Security-Policy forbids scripts and any request: the page needs no network and
 no server. Figures come from the files ``--plots`` wrote, when it did, else they are rendered
-into a temporary folder by :func:`l2bn.analysis.plots.write_plots` (matplotlib).
+into a temporary folder by :func:`l2bn.analysis.presenting.plots.write_plots` (matplotlib).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ _LAID_OUT = frozenset(
         "warnings",
     }
 )
-_QUANTITY = {"k": "k  (η* ∝ λ^-k)", "collapse": "k  (collapse in η·λ^k)"}
+_QUANTITY = {"k": "k  (η* ∝ λ^-k), the primary", "collapse": "k  (whole-surface collapse)"}
 _NORM_QUANTITY = {
     "a": "a  (‖w_{layer}‖ ∝ η^a)",
     "b": "b  (‖w_{layer}‖ ∝ λ^-b)",
@@ -70,13 +70,14 @@ _NORM_VERDICTS = ("verdict", "memory")
 _TAGS = ("name", "layer", "epoch", "method", "quantity", "log_x")
 _FIGURE_CAPTIONS = {
     "error_heatmap": "validation (and test) error over (λ, η), η* marked",
-    "eta_star": "η* against λ with the fitted and the theory slope",
-    "collapse": "error against the effective learning rate η·λ^k",
+    "eta_star": "η* per λ (a cross-check) against λ, with the primary's and the theory's slope",
+    "collapse": "the primary: every cell against η·λ^k at the fitted k, ± its seed noise, "
+    "with the fitted curve; beside it, at the theory's k",
     "norm_heatmap": "first-layer ‖w‖ at the end of LR phase 1; × = out of equilibrium",
     "norm_trajectories": "first-layer ‖w‖ per epoch, one panel per λ, colour = η",
-    "equilibrium": "the angular update against its equilibrium value (θ̄²/θ_eq², or Adam's "
-    "growth ÷ shrink) per epoch at each λ's optimum cell; shaded: the band, and the tail of "
-    "phase 1 it is judged over",
+    "equilibrium": "at each λ's optimum cell: ‖w‖² over its end-of-phase-1 value per epoch "
+    "(stationarity, the verdict), and the θ test beside it (θ̄²/θ_eq², or Adam's per-step "
+    "growth ÷ shrink); shaded: the band, and the tail of phase 1 judged",
 }
 _EQUILIBRIUM_RATIO = {"angle": "⟨θ²⟩/θ_eq²", "balance": "growth ÷ shrink"}
 
@@ -90,12 +91,14 @@ def group_figures(report: AnalysisReport) -> list[list[Figure]]:
     """Per group (in report order): its figures as (name, PNG bytes).
 
     The PNG files of ``report.written`` when ``--plots`` wrote them, else every figure of
-    :func:`~l2bn.analysis.plots.write_plots` rendered into a temporary folder.
+    :func:`~l2bn.analysis.presenting.plots.write_plots` rendered into a temporary folder.
     """
     pngs = [p for p in report.written if p.suffix == ".png" and p.is_file()]
     if pngs or report.settings.plots_dir is not None:
         return _assign(report, pngs)
-    from l2bn.analysis.plots import write_plots  # matplotlib: only when figures are drawn
+    from l2bn.analysis.presenting.plots import (
+        write_plots,  # matplotlib: only when figures are drawn
+    )
 
     with tempfile.TemporaryDirectory(prefix="l2bn-report-") as tmp:
         return _assign(report, write_plots(report, Path(tmp)))
@@ -150,7 +153,7 @@ def render_html(
     extra = {
         k: v
         for k, v in data.items()
-        if k not in ("l2bn_version", "storage", "settings", "warnings", "groups")
+        if k not in ("schema", "l2bn_version", "storage", "settings", "warnings", "groups")
     }
     if extra:
         body.append(f"<section><h2>Other fields</h2>{_json_block(extra)}</section>")
@@ -226,12 +229,13 @@ def _equilibrium_count(s: Mapping[str, Any]) -> str:
 
 
 def _equilibrium_summary(s: Any) -> str:
-    """The group's line: the test, its band and window, and the optimum cells' count."""
+    """The group's line: the verdict's test (stationarity), the θ test beside it, the band and
+    window, and the optimum cells' count."""
     if not isinstance(s, Mapping) or not s:
         return ""
-    what = _EQUILIBRIUM_RATIO.get(str(s.get("test")))
-    if what is None:
+    if s.get("test") == "none":
         return "<p class='meta'>Equilibrium: no measured test for this optimizer.</p>"
+    theta = _EQUILIBRIUM_RATIO.get(str(s.get("theta_test", s.get("test"))), "")
     band, tail = s.get("band"), s.get("tail")
     shown_band = (
         f"[{band[0]:g}, {band[1]:g}]"
@@ -241,9 +245,11 @@ def _equilibrium_summary(s: Any) -> str:
         else "?"
     )
     window = f"{tail:.0%}" if isinstance(tail, int | float) else "?"
+    beside = f"; {_e(theta)} beside it tests the θ_eq formula" if theta else ""
     return (
-        f"<p class='meta'>Equilibrium by measurement ({_e(what)} in {_e(shown_band)} over the "
-        f"last {_e(window)} of phase 1, every scale-invariant layer, every seed): "
+        f"<p class='meta'>Equilibrium by measurement (every scale-invariant layer's norm "
+        f"stationary over the last {_e(window)} of phase 1: growth ÷ shrink in "
+        f"{_e(shown_band)} and ‖w‖² within that band of its equilibrium, every seed{beside}): "
         f"{_equilibrium_count(s)} optimum cells in equilibrium, {_e(_text(s.get('out')))} out, "
         f"{_e(_text(s.get('unknown')))} unknown.</p>"
     )

@@ -1,5 +1,5 @@
-"""l2bn.analysis.{panel,band,estimators,intervals}: the three k estimators and their intervals,
-on planted panels."""
+"""l2bn.analysis.estimating.{panel,band,floor,intervals}: the floor estimators (cross-checks of
+the primary) and their intervals, on planted panels."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from l2bn.analysis.band import select_band
-from l2bn.analysis.estimators import COLLAPSE_BAND, JOINT, PER_LAMBDA, fit_replicates
-from l2bn.analysis.intervals import cluster_weights, estimate_k
-from l2bn.analysis.panel import Panel, build_panel, full_weights, noise_sd, replicate_means
+from l2bn.analysis.estimating.band import select_band
+from l2bn.analysis.estimating.floor import JOINT, PER_LAMBDA, estimate_k, fit_replicates
+from l2bn.analysis.estimating.intervals import cluster_weights
+from l2bn.analysis.estimating.panel import (
+    Panel,
+    build_panel,
+    full_weights,
+    noise_sd,
+    replicate_means,
+)
 
 from .simulation import ADJACENT, WDS, Planted, planted_panel
 
@@ -20,7 +26,7 @@ from .simulation import ADJACENT, WDS, Planted, planted_panel
 def test_every_estimator_recovers_the_planted_k(k: float) -> None:
     panel = planted_panel(Planted(k, noise=0.1, seeds=3, seed_sd=0.0), np.random.default_rng(0))
     r = estimate_k(panel)
-    for name in (JOINT, PER_LAMBDA, COLLAPSE_BAND):
+    for name in (JOINT, PER_LAMBDA):
         iv = r.intervals[name]
         assert iv.value == pytest.approx(k, abs=0.05), name
         assert iv.ci_low <= k <= iv.ci_high, name

@@ -6,8 +6,8 @@ neighbours. Rows are left out when their minimum is on the grid's edge or their 
 is no larger than noise alone gives (:func:`noise_range`, flat: nothing to locate).
 
 :func:`select_band` works on replicates of a panel's cell means
-(:func:`l2bn.analysis.panel.replicate_means`); every estimator in
-:mod:`l2bn.analysis.estimators` fits the cells it selects.
+(:func:`l2bn.analysis.estimating.panel.replicate_means`); every estimator in
+:mod:`l2bn.analysis.estimating.floor` fits the cells it selects.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from l2bn.analysis.panel import BoolArray, FloatArray, IntArray
+from l2bn.analysis.estimating.panel import BoolArray, FloatArray, IntArray
 
 # A cell is in the band when its mean is within BAND_C sds of the difference of two cell means
 # above the row's minimum: ~95 % of the cells whose true error equals the minimum's get in.

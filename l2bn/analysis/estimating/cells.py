@@ -4,9 +4,9 @@
 * :func:`make_cell`: one (η, λ) grid point, its seeds averaged: the metric, the errors, the
   phase-1 norms of every layer (geometric mean over non-diverged seeds), the measured
   relaxation (:func:`relaxation_summary` reports it), the equilibrium index c·η·λ·T, and
-  whether it is at equilibrium by measurement (:mod:`l2bn.analysis.equilibrium`).
-* :func:`trial_panel`: the λ > 0 trials as a :class:`~l2bn.analysis.panel.Panel`, the input of
-  :func:`~l2bn.analysis.intervals.estimate_k`.
+  whether it is at equilibrium by measurement (:mod:`l2bn.analysis.estimating.equilibrium`).
+* :func:`trial_panel`: the λ > 0 trials as a :class:`~l2bn.analysis.estimating.panel.Panel`,
+  the input of every estimator of k.
 * :func:`locate_optima`: η* per λ, the grid minimum refined by the per-λ local quadratic of the
   k fit, and why a λ is left out of the joint fit.
 
@@ -21,12 +21,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from scipy import stats
 
-from l2bn.analysis.equilibrium import cell_equilibrium
+from l2bn.analysis.estimating.equilibrium import cell_equilibrium
+from l2bn.analysis.estimating.floor import KResult
+from l2bn.analysis.estimating.panel import Panel, build_panel
+from l2bn.analysis.estimating.relaxation import relaxation_index
 from l2bn.analysis.fitted import NO_TEST, Cell, Optimum
-from l2bn.analysis.intervals import KResult
-from l2bn.analysis.loading import TrialRecord
-from l2bn.analysis.panel import Panel, build_panel
+from l2bn.analysis.reading.records import TrialRecord
 from l2bn.analysis.settings import EQUILIBRIUM_BAND, EQUILIBRIUM_TAIL
 
 
@@ -53,15 +55,21 @@ def trial_panel(trials: Sequence[TrialRecord], values: Sequence[float]) -> Panel
 
 
 def locate_optima(
-    cells: Sequence[Cell], panel: Panel | None, result: KResult | None
+    cells: Sequence[Cell],
+    panel: Panel | None,
+    result: KResult | None,
+    confidence: float = 0.95,
+    noise_dof: float = math.inf,
 ) -> list[Optimum]:
-    """η* per λ: the grid minimum, the per-λ local quadratic's vertex and CI, and why a λ is
-    left out of the joint fit."""
+    """η* per λ: the grid minimum, the per-λ local quadratic's vertex and its ``confidence``
+    interval (delta method, t on ``noise_dof``: the seeds' pooled degrees of freedom), and why
+    a λ is left out of the joint fit. ``used`` here is the joint fit's; the pipeline sets it to
+    the primary's."""
     by_wd: dict[float, list[Cell]] = defaultdict(list)
     for c in cells:
         by_wd[c.weight_decay].append(c)
     row_of = {} if panel is None else {float(w): i for i, w in enumerate(panel.weight_decay)}
-    z = 1.959963984540054
+    z = float(stats.t.ppf(0.5 + confidence / 2, noise_dof))
     out = []
     for wd, cs in sorted(by_wd.items()):
         cs = sorted(cs, key=lambda c: c.lr)
@@ -117,9 +125,12 @@ def make_cell(
     invariant: Sequence[str] = (),
     band: tuple[float, float] = EQUILIBRIUM_BAND,
     tail: float = EQUILIBRIUM_TAIL,
+    optimizer: str | None = None,
 ) -> Cell:
-    """One grid point from its (trial, metric value) pairs; ``test``, ``invariant``, ``band``
-    and ``tail`` judge its equilibrium (:func:`~l2bn.analysis.equilibrium.cell_equilibrium`)."""
+    """One grid point from its (trial, metric value) pairs; ``test``, ``invariant``, ``band``,
+    ``tail`` and ``optimizer`` (its stationarity verdict; None: the θ test's) judge its
+    equilibrium
+    (:func:`~l2bn.analysis.estimating.equilibrium.cell_equilibrium`)."""
     trials = [t for t, _ in pairs]
     metric = np.array([v for _, v in pairs])
     vals = np.array([t.val_error for t in trials])
@@ -130,7 +141,7 @@ def make_cell(
     for layer in layer_order(healthy):
         logs = [math.log(x) for t in healthy if (x := t.phase1_norm(layer)) > 0]
         norms[layer] = math.exp(statistics.fmean(logs)) if logs else math.nan
-        measured = [x for t in healthy if math.isfinite(x := t.relaxation(layer))]
+        measured = [x for t in healthy if math.isfinite(x := trial_relaxation(t, layer))]
         relaxation[layer] = statistics.median(measured) if measured else math.nan
     eq = [x for t in trials if math.isfinite(x := t.eta_lambda_t)]
     eta_lambda_t = statistics.fmean(eq) if eq else math.nan
@@ -149,8 +160,15 @@ def make_cell(
         relaxation=relaxation,
         value=float(metric.mean()),
         value_std=float(metric.std(ddof=1)) if len(metric) > 1 else math.nan,
-        equilibrium=cell_equilibrium(trials, test, invariant, band, tail),
+        equilibrium=cell_equilibrium(trials, test, invariant, band, tail, optimizer),
     )
+
+
+def trial_relaxation(t: TrialRecord, layer: str) -> float:
+    """Measured time constants of ``layer``'s norm over phase 1 (:func:`relaxation_index`)."""
+    n = t.phase1_epochs
+    values = t.norms.get(layer, ())
+    return relaxation_index(values[:n]) if 0 < n <= len(values) else math.nan
 
 
 def relaxation_summary(cells: Sequence[Cell], layer: str, threshold: float) -> str:

@@ -1,10 +1,11 @@
 """``l2bn analyze --from-csv``: read an ``analyze --csv`` export back into study records.
 
-The export (:func:`l2bn.analysis.export.write_csv`) holds one row per trial: the columns of
-:data:`~l2bn.analysis.export.CSV_FIXED_COLUMNS` (``val_loss`` only in newer exports), then
-``norm_<layer>_e<epoch>``, and in newer exports ``val_error_e<epoch>`` / ``val_loss_e<epoch>``.
-Each ``study`` becomes a :class:`~l2bn.analysis.loading.StudyData` whose training identity is
-what the rows tell: optimizer, norm, dataset and the epochs seen (the rest unknown, None), so
+The export (:func:`l2bn.analysis.presenting.export.write_csv`) holds one row per trial: the
+columns of :data:`~l2bn.analysis.presenting.export.CSV_FIXED_COLUMNS` (``val_loss`` only in
+newer exports), then ``norm_<layer>_e<epoch>``, and in newer exports ``val_error_e<epoch>`` /
+``val_loss_e<epoch>``. Each ``study`` becomes a
+:class:`~l2bn.analysis.reading.records.StudyData` whose training identity is what the rows
+tell: optimizer, norm, dataset and the epochs seen (the rest unknown, None), so
 studies of one optimizer with equal attrs pool as studies without a ``config`` attr do.
 
 η after the first LR phase is not in the export: a record's per-epoch η is η for the
@@ -12,14 +13,14 @@ studies of one optimizer with equal attrs pool as studies without a ``config`` a
 
 Equilibrium: the per-epoch angles are not in the export either, but each judged layer's ratio
 over the tail of phase 1 is (``eq_ratio_<layer>``, newer exports): a record carries them as
-:attr:`~l2bn.analysis.loading.TrialRecord.tail_ratios`, judged as the storage's would be. An
+:attr:`~l2bn.analysis.reading.records.TrialRecord.tail_ratios`, judged as the storage's would be. An
 export without them (older ones) leaves every cell's equilibrium unknown, and the norm fit
 picks its cells by the clock c·η·λ·T as before
-(:func:`~l2bn.analysis.equilibrium.norm_cell_filter`).
+(:func:`~l2bn.analysis.estimating.equilibrium.norm_cell_filter`).
 The per-layer summaries of the update records over that window (``angle_<layer>``,
 ``angle_eq_<layer>``, ``grad_norm_<layer>``, ``radial_<layer>``, ``tangential_<layer>``,
 ``balance_<layer>``; newer exports) are read into
-:attr:`~l2bn.analysis.loading.TrialRecord.tail_summary`, so that an export of a report read
+:attr:`~l2bn.analysis.reading.records.TrialRecord.tail_summary`, so that an export of a report read
 from an export writes them again. ``objective`` (newer exports) is the study's stored
 objective, so ``--metric``'s default follows it here too.
 """
@@ -33,8 +34,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from l2bn.analysis.equilibrium import SUMMARIES
-from l2bn.analysis.loading import IDENTITY_FIELDS, METRICS, StudyData, TrialRecord
+from l2bn.analysis.estimating.equilibrium import SUMMARIES
+from l2bn.analysis.reading.records import IDENTITY_FIELDS, METRICS, StudyData, TrialRecord
 from l2bn.errors import AnalysisError
 
 _NORM = re.compile(r"^norm_(.+)_e(\d+)$")
