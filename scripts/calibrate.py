@@ -1,6 +1,6 @@
 """The calibration of analyze's primary k, in full: planted studies that look like real ones.
 
-    .venv/bin/python scripts/calibrate.py [--studies N] [--out docs/calibration.md]
+    .venv/bin/python scripts/calibrate.py [--studies N] [--out docs/calibration-table.md]
     .venv/bin/python scripts/calibrate.py --measure   # the valley shapes of the headline CSVs
 
 Runs every scenario of l2bn.analysis.calibration.SCENARIOS (N studies per k ∈ {1, ½}, 100 by

@@ -32,6 +32,16 @@ class Case:
     needle: str  # a piece of the one line on stderr
     sweep: str | bytes = GOOD_SWEEP  # what sweep.toml holds
     study: bool = False  # x.db holds the tiny sweep's study (its points queued, none run)
+    files: tuple[tuple[str, str], ...] = ()  # (name, text) written in the test's folder
+
+
+# `analyze --csv` exports cut down: columns missing, and a single λ.
+_CSV_HEAD = "study,trial,optimizer,norm,dataset,lr,weight_decay,seed,val_error,diverged"
+NO_VALUE_CSV = "study,trial,optimizer,lr,weight_decay,seed\na/sgd,0,sgd,0.1,0.01,0\n"
+ONE_LAMBDA_CSV = _CSV_HEAD + "".join(
+    f"\na/sgd,{i},sgd,bn,cifar10,{lr},0.01,{s},{0.3 + 0.01 * i},False"
+    for i, (lr, s) in enumerate((lr, s) for lr in (0.01, 0.1, 1.0) for s in (0, 1))
+)
 
 
 CASES = [
@@ -208,6 +218,18 @@ CASES = [
         study=True,
     ),
     Case(
+        "analyze-csv-missing-columns",
+        ["analyze", "--from-csv", "{tmp}/cut.csv"],
+        "missing column(s) val_error",
+        files=(("cut.csv", NO_VALUE_CSV),),
+    ),
+    Case(
+        "analyze-csv-one-lambda",
+        ["analyze", "--from-csv", "{tmp}/one.csv"],
+        "a single weight_decay value (0.01)",
+        files=(("one.csv", ONE_LAMBDA_CSV),),
+    ),
+    Case(
         "analyze-unreachable-with-password",
         ["analyze", "--storage", f"postgresql+psycopg://bob:{SECRET}@127.0.0.1:1/x"],
         "postgresql+psycopg://bob:***@127.0.0.1:1/x",
@@ -228,6 +250,8 @@ class _Evil:
 
 
 def _setup(tmp: Path, case: Case) -> None:
+    for name, text in case.files:
+        (tmp / name).write_text(text)
     sweep = tmp / "sweep.toml"
     if isinstance(case.sweep, bytes):
         sweep.write_bytes(case.sweep)

@@ -19,7 +19,7 @@ CSVs, ``docs/reproduction/headline/*/trials.csv``, by :func:`measure_valley`):
 
 :func:`run` plants ``n`` studies per k ∈ {1, ½} of a :class:`Scenario` and tabulates coverage,
 width, error, how often k = 1 and k = ½ are told apart, and the lack-of-collapse test's
-naming. ``scripts/calibrate.py`` runs :data:`SCENARIOS` and writes docs/calibration.md;
+naming. ``scripts/calibrate.py`` runs :data:`SCENARIOS` and writes docs/calibration-table.md;
 tests/analysis/test_calibration.py runs a fast subset. NumPy and SciPy only.
 """
 
@@ -81,7 +81,7 @@ class Valley:
 
 # The noise as measured (the per-(λ, seed) fits' spread less what noise alone gives them):
 # nesterov within-cell sd 0.011, seed shift of ln η* sd 0.16, level sd 0.007; adam 0.013, 0.10,
-# 0.004 (docs/calibration.md has the measurement).
+# 0.004 (docs/method.md, "Calibration", has the measurement).
 VALLEYS = {
     "nesterov": Valley(SHAPES["nesterov"], noise=0.011, shift_sd=0.16, level_sd=0.007),
     "adam": Valley(SHAPES["adam"], noise=0.013, shift_sd=0.10, level_sd=0.004),

@@ -413,7 +413,27 @@ def _equilibrium_warnings(optima: Sequence[Optimum], cfg: AnalyzeConfig) -> list
     return notes
 
 
-def _k_warnings(p: Primary | None, floor: dict[str, KEstimate], panel: Panel | None) -> list[str]:
+def _unsettled(optima: Sequence[Optimum], scaling: ScalingFit) -> str | None:
+    """Where most optimum cells of the primary's rows are measured out of equilibrium, its k
+    describes runs that still remember w₀: a fact about them, not a test of the theory."""
+    used = [o for o in optima if o.used and o.weight_decay > 0]
+    out = [o for o in used if o.equilibrium.verdict == OUT_OF_EQUILIBRIUM]
+    if not used or 2 * len(out) <= len(used) or not math.isfinite(scaling.k.value):
+        return None
+    return (
+        f"{len(out)} of {len(used)} optimum cells of the primary's rows are out of equilibrium: "
+        f"k = {scaling.k.value:.2f} describes runs that still remember w₀, and tests the "
+        "theory's k only as far as they have forgotten it (a longer phase 1 settles it)"
+    )
+
+
+def _k_warnings(
+    p: Primary | None,
+    floor: dict[str, KEstimate],
+    panel: Panel | None,
+    diverged: int = 0,
+    total: int = 0,
+) -> list[str]:
     notes: list[str] = []
     if panel is not None and panel.n_seeds < 2:
         notes.append(
@@ -426,7 +446,10 @@ def _k_warnings(p: Primary | None, floor: dict[str, KEstimate], panel: Panel | N
             "(λ, seed) pairs"
         )
     if p is None:
-        notes.append("fewer than 2 λ rows with ≥ 3 cells: the primary k is undetermined")
+        notes.append(
+            "fewer than 2 λ rows with ≥ 3 non-diverged cells: the primary k is undetermined"
+            + (f" ({diverged} of {total} trials diverged)" if diverged else "")
+        )
         return notes
     fit = p.fit
     if fit.reason:
@@ -528,11 +551,15 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
         scaling, collapse_fit, rows_used = p.scaling, p.fit, p.rows_used
     optima = [replace(o, used=o.weight_decay in rows_used) for o in optima]
     k_estimates = {PRIMARY: KEstimate(scaling.k, theory_k, scaling.verdict), **floor_estimates}
-    warnings.extend(_k_warnings(p, floor_estimates, floor_panel))
+    n_diverged = sum(t.diverged for t in trials)
+    warnings.extend(_k_warnings(p, floor_estimates, floor_panel, n_diverged, len(trials)))
     for o in optima:
         if o.note is not None and o.weight_decay > 0 and (o.edge or "flat" in o.note):
             warnings.append(f"λ={o.weight_decay:.3g}: {o.note}")
     warnings.extend(_equilibrium_warnings(optima, cfg))
+    unsettled = _unsettled(optima, scaling)
+    if unsettled:
+        warnings.append(unsettled)
 
     norms, columns = _norms(cells, trials, cfg, theory, sigma, warnings)
     k_by_epoch = _k_by_epoch(trials, cfg, rows_used) if p is not None else ()
@@ -546,7 +573,7 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
         studies=data.studies,
         n_trials=len(trials),
         max_seeds=max(c.n_seeds for c in cells),
-        n_diverged=sum(t.diverged for t in trials),
+        n_diverged=n_diverged,
         cells=cells,
         optima=tuple(optima),
         scaling=scaling,

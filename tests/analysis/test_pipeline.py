@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -461,3 +462,19 @@ def test_render_report_builds_a_table_without_printing(
     assert "nesterov" in text and "equivalent" in text and "extend the grid" in text
     assert "whole-surface collapse (primary)" in text and "follow the others' curve" in text
     assert "joint" in text and "per-λ" in text and "columns" in text
+
+
+def test_every_trial_diverged_is_a_verdict_that_says_so_not_a_traceback() -> None:
+    trials = tuple(
+        replace(_record(lr, wd, s, 0.9), diverged=True)
+        for wd in (1e-4, 1e-3, 1e-2)
+        for lr in centred_grid(1.0, n=7)(wd)
+        for s in range(2)
+    )
+    g = analyze_group(GroupData("sgd", "bn", "mem", ("mem/sgd",), trials))
+    assert math.isnan(g.scaling.k.value) and g.scaling.verdict == UNDETERMINED
+    assert g.collapse is None and g.k_by_epoch == ()
+    assert any(
+        "fewer than 2 λ rows with ≥ 3 non-diverged cells" in w and "42 of 42 trials diverged" in w
+        for w in g.warnings
+    )

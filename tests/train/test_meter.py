@@ -196,8 +196,9 @@ def test_k_models_side_by_side_equal_runs_of_their_own_in_the_update_fields(data
         base = STEP.with_(optimizer="momentum", lr=0.1, norm="ln", head="bn", val_fraction=0.75)
         changes = [{}, {"lr": 0.03, "weight_decay": 0.1, "seed": 1}, {"init_scale": 0.5}]
         # Grouped and plain convolutions round differently, and four steps of a width-4 net
-        # amplify it (tests/train/test_engine.py compares such runs step by step instead).
-        tol = 1e-2
+        # amplify it (tests/train/test_engine.py compares such runs step by step instead):
+        # up to 0.9 % on an Intel Xeon, 1.03 % (conv3's angle) on an AMD EPYC.
+        tol = 2e-2
     configs = [base.with_(**c) for c in changes]
     together = train_many(configs)
     for c, r in zip(configs, together, strict=True):

@@ -472,6 +472,14 @@ def plot_equilibrium(group: GroupReport, max_panels: int = 5) -> Figure:
                     finite_all.extend(v for v in shown if math.isfinite(v))
                 ax.plot(np.arange(1, len(values) + 1), shown, "-", lw=1.2, color=colors[wd],
                         label=f"λ = {wd:.3g}")  # fmt: skip
+            if row == 1 and layer not in theta and window:
+                # An export holds the window's ratio, not its epochs: one segment per λ.
+                for o in group.optima:
+                    r = o.equilibrium.ratios.get(layer, math.nan)
+                    if o.weight_decay in colors and 0 < r < math.inf:
+                        finite_all.append(r)
+                        ax.plot([window.start + 0.5, window.stop + 0.5], [r, r], "-", lw=2.5,
+                                color=colors[o.weight_decay])  # fmt: skip
             ax.set_yscale("log")
             ax.set_xlabel("epoch")
             ax.set_title(f"{layer}: {'‖w‖² / end of phase 1' if row == 0 else ylabel}",
