@@ -356,7 +356,7 @@ def analyze(
             help="Where no cell has measured update records (older studies): norm fits use "
             "cells with c·η·λ·T ≥ this (T: steps in the first LR phase; c = 1/(1−momentum) "
             "= 10 for momentum and nesterov, 2 for adamw, else 1). Otherwise the cells "
-            "measured in equilibrium (⟨θ²⟩/θ_eq², or growth ÷ shrink for adam/rmsprop).",
+            "measured in equilibrium (norms stationary over the tail of phase 1).",
         ),
     ] = 5.0,
     metric: Annotated[
@@ -382,8 +382,9 @@ def analyze(
     interval: Annotated[
         IntervalKind,
         typer.Option(
-            help="Interval of k: jackknife (delete-one-seed, Student t; calibrated) or "
-            "bootstrap (cluster bootstrap over seeds; under-covers with few seeds)."
+            help="Interval of the floor estimators' k (cross-checks; the primary's is always "
+            "the jackknife): jackknife (delete-one-seed, Student t; calibrated) or bootstrap "
+            "(cluster bootstrap over seeds; under-covers with few seeds)."
         ),
     ] = IntervalKind.jackknife,
     bootstrap: Annotated[
@@ -391,11 +392,19 @@ def analyze(
     ] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap (same data, same CI).")] = 0,
     from_csv: Annotated[
-        Path | None,
+        list[Path] | None,
         typer.Option(
             "--from-csv",
-            help="Analyze an `analyze --csv` export instead of the storage (--study selects "
-            "its studies).",
+            help="Analyze `analyze --csv` exports instead of the storage (repeatable: the parts "
+            "of one run; --study selects their studies).",
+        ),
+    ] = None,
+    registration: Annotated[
+        Path | None,
+        typer.Option(
+            "--registration",
+            help="Judge the [registration] table of this sweep file (default: the studies' "
+            "own registered reading rule; --from-csv exports carry none).",
         ),
     ] = None,
     json_path: Annotated[
@@ -417,7 +426,8 @@ def analyze(
         ),
     ] = None,
 ) -> None:
-    """Fit η* ∝ λ^-k (three estimators) and the norm law per optimizer; compare with theory."""
+    """Read k of η* ∝ λ^-k from the whole error surface (its collapse along η·λ^k), the norm law
+    and equilibrium per optimizer; compare with theory and the registered reading rule."""
     from l2bn.analysis.pipeline import AnalyzeConfig, run_analysis
     from l2bn.render import render_report
 
@@ -434,7 +444,9 @@ def analyze(
         margin=margin,
         norm_margin=norm_margin,
         metric=None if metric is None else metric.value,
-        from_csv=from_csv,
+        from_csv=from_csv[0] if from_csv else None,
+        more_csv=tuple(from_csv[1:]) if from_csv else (),
+        registration_path=registration,
         json_path=json_path,
         csv_path=csv_path,
         plots_dir=plots,

@@ -37,6 +37,7 @@ from l2bn.analysis.fitted import (
     VARIES,
     Equilibrium,
     Estimate,
+    RuleOutcome,
 )
 from l2bn.analysis.results import AnalysisReport, GroupReport
 from l2bn.analysis.settings import AnalyzeConfig
@@ -236,6 +237,8 @@ def render_report(report: AnalysisReport) -> Group:
     parts: list[Table | Text] = []
     if report.warnings:
         parts.append(Text("\n".join(f"• {w}" for w in report.warnings), style="yellow"))
+    if report.rule is not None:
+        parts.append(render_rule(report.rule))
     for g in report.groups:
         parts.append(render_group(g, report.settings))
         if g.collapse is not None and g.collapse.rows:
@@ -252,6 +255,32 @@ def render_report(report: AnalysisReport) -> Group:
     if report.written:
         parts.append(Text("wrote: " + ", ".join(str(p) for p in report.written)))
     return Group(*parts)
+
+
+_RULE_STYLE = {"met": "green", "missed": "red", "undetermined": "yellow",
+               "holds": "bold green", "does not hold": "bold red"}  # fmt: skip
+
+
+def render_rule(rule: RuleOutcome) -> Table:
+    """The registered reading rule, judged: each condition with its numbers, then the whole."""
+    table = Table(
+        title=Text.assemble(
+            "Registered reading rule (",
+            rule.source,
+            "): ",
+            (rule.status, _RULE_STYLE.get(rule.status, "")),
+        ),
+        title_justify="left",
+        title_style="bold",
+    )
+    table.add_column("condition")
+    table.add_column("outcome")
+    table.add_column("on")
+    for o in rule.outcomes:
+        table.add_row(
+            o.condition.describe(), Text(o.status, style=_RULE_STYLE.get(o.status, "")), o.numbers
+        )
+    return table
 
 
 def _k_by_epoch_line(g: GroupReport) -> str:

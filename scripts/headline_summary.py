@@ -129,10 +129,28 @@ def norm_drift(
     return out
 
 
+class BadInput(Exception):
+    """What is wrong with a part, in one line (exit 2)."""
+
+
 def load_part(folder: Path, opt: str) -> dict[str, Any] | None:
+    """One part's numbers; None when it has not run (no analysis.json); BadInput when its files
+    are there but cannot be read."""
     path = folder / opt / "analysis.json"
     if not path.exists():
         return None
+    trials = folder / opt / "trials.csv"
+    if not trials.is_file():
+        raise BadInput(f"{trials}: missing (the part's `l2bn analyze --csv` export)")
+    try:
+        return _part(folder, opt, path)
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise BadInput(
+            f"{folder / opt}: not a part's analysis.json and trials.csv ({type(e).__name__}: {e})"
+        ) from None
+
+
+def _part(folder: Path, opt: str, path: Path) -> dict[str, Any]:
     report = json.loads(path.read_text())
     group = report["groups"][0]
     loss_path = folder / opt / "analysis-val_loss.json"
@@ -298,18 +316,26 @@ def main(argv: list[str]) -> int:
         print("usage: headline_summary.py FOLDER (docs/reproduction/headline)", file=sys.stderr)
         return 2
     folder = Path(argv[0])
-    parts = {opt: p for opt in PARTS if (p := load_part(folder, opt)) is not None}
+    try:
+        parts = {opt: p for opt in PARTS if (p := load_part(folder, opt)) is not None}
+    except BadInput as e:
+        print(f"headline_summary.py: {e}", file=sys.stderr)
+        return 2
     if not parts:
         print(f"headline_summary.py: no <optimizer>/analysis.json under {folder}", file=sys.stderr)
         return 2
     text = markdown(parts)
-    print(text, end="")
-    with atomic_open(folder / "summary.md", "w") as f:
-        f.write(text)
     summary = {"parts": parts, "reading_rule": reading_rule(parts)}
-    with atomic_open(folder / "summary.json", "w") as f:
-        json.dump(summary, f, indent=1)
-    plot(parts, folder / "k.png")
+    try:  # all three or none: each is written whole (atomic), the first failure stops the rest
+        with atomic_open(folder / "summary.md", "w") as f:
+            f.write(text)
+        with atomic_open(folder / "summary.json", "w") as f:
+            json.dump(summary, f, indent=1)
+        plot(parts, folder / "k.png")
+    except OSError as e:
+        print(f"headline_summary.py: cannot write into {folder}: {e.strerror}", file=sys.stderr)
+        return 2
+    print(text, end="")
     return 0
 
 

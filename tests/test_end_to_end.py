@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from l2bn.analysis.pipeline import EQUIVALENT, INCONCLUSIVE, AnalyzeConfig, analyze
+from l2bn.analysis.pipeline import EQUIVALENT, AnalyzeConfig, analyze
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,12 +35,13 @@ def test_tracking_sweep_then_analyze_recovers_k_and_norm_exponents(tmp_path: Pat
         g = groups[optimizer]
         assert g.n_trials == 60 and g.n_lambda == 4
         assert all(o.used for o in g.optima), g.warnings  # every row in the primary
-        # The primary, the whole-surface collapse, on this three-seed toy. The interval must
-        # cover the theory, and the verdict may be inconclusive (a CI wider than ± 0.1) but
-        # never "different"; every row follows the others' curve.
-        assert g.scaling.k.value == pytest.approx(k, abs=0.06)
-        assert g.scaling.k.ci_low <= k <= g.scaling.k.ci_high
-        assert g.scaling.verdict in (EQUIVALENT, INCONCLUSIVE)
+        # The primary, the whole-surface collapse, on this three-seed toy, measured here at
+        # sgd 1.010 [1.009, 1.011] and adam 0.522 [0.518, 0.525]: the toy's seeds barely differ,
+        # so the interval is a few thousandths wide and sees the toy's own small departure
+        # from the theory (10 epochs); the verdict, within ± 0.1, is "equivalent". Every row
+        # follows the others' curve.
+        assert g.scaling.k.value == pytest.approx(k, abs=0.04)
+        assert g.scaling.verdict == EQUIVALENT
         assert g.collapse is not None and g.collapse.status == "collapses"
         norm = g.first_layer_norm
         assert norm is not None and norm.layer == "w"

@@ -116,6 +116,33 @@ def test_headline_summary_bad_input_is_one_line(tmp_path: Path) -> None:
     assert usage.returncode == 2 and usage.stderr.startswith("usage:")
 
 
+def _one_line_exit_2(done: subprocess.CompletedProcess[str], needle: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and needle in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_headline_summary_refuses_a_corrupt_part_a_missing_file_and_an_unwritable_folder(
+    tmp_path: Path,
+) -> None:
+    _planted_part(tmp_path, "nesterov", (1.0, 0.8, 1.2), a=0.25, b=0.25)
+    part = tmp_path / "nesterov"
+    good = (part / "analysis.json").read_text()
+    (part / "analysis.json").write_text(good[: len(good) // 2])  # cut short
+    _one_line_exit_2(run_script("headline_summary.py", str(tmp_path)), "not a part's analysis")
+    (part / "analysis.json").write_text(good)
+    csv_text = (part / "trials.csv").read_text()
+    (part / "trials.csv").unlink()
+    _one_line_exit_2(run_script("headline_summary.py", str(tmp_path)), "trials.csv: missing")
+    (part / "trials.csv").write_text(csv_text)
+    assert not (tmp_path / "summary.md").exists()  # nothing written by the refusals
+    # A folder where summary.md should go: it cannot be written (even by root, unlike a
+    # read-only folder), and nothing else is.
+    (tmp_path / "summary.md").mkdir()
+    _one_line_exit_2(run_script("headline_summary.py", str(tmp_path)), "cannot write into")
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "k.png").exists()
+
+
 def test_headline_summary_reports_how_far_the_optimum_norms_still_drift(tmp_path: Path) -> None:
     # The real nesterov part's optima (η* cell at λ = 0.001: η = 0.2), and a trials.csv whose
     # three seeds there grow by 5 %, 10 % and 20 % over the window (epochs 68 → 85).

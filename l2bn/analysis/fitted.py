@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from l2bn.files import finite_or_none
+from l2bn.registration import Condition, Registration
 
 # Verdicts against theory ± margin (see :mod:`l2bn.analysis.results`).
 EQUIVALENT = "equivalent"
@@ -420,6 +421,61 @@ class NormFit:
         }
 
 
+# --- a registered reading rule, judged ----------------------------------------------------
+
+# A registered reading rule, judged (l2bn.analysis.registered).
+MET = "met"
+MISSED = "missed"
+RULE_UNDETERMINED = "undetermined"
+HOLDS = "holds"
+FAILS_RULE = "does not hold"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One condition, judged."""
+
+    condition: Condition
+    status: str  # MET | MISSED | UNDETERMINED
+    numbers: str  # what it was judged on, in words and numbers
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "condition": self.condition.to_dict(),
+            "text": self.condition.describe(),
+            "status": self.status,
+            "numbers": self.numbers,
+        }
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """The registered rule over one report: every condition, and the whole."""
+
+    registration: Registration
+    source: str  # where the rule came from: "studies" or the --registration file
+    outcomes: tuple[Outcome, ...]
+
+    @property
+    def status(self) -> str:
+        """ "holds" when every condition is met, "does not hold" when one is missed, else
+        "undetermined"."""
+        states = {o.status for o in self.outcomes}
+        if MISSED in states:
+            return FAILS_RULE
+        if states == {MET}:
+            return HOLDS
+        return RULE_UNDETERMINED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "rule": self.registration.to_dict(),
+            "status": self.status,
+            "conditions": [o.to_dict() for o in self.outcomes],
+        }
+
+
 __all__ = [
     "ANGLE_TEST",
     "BALANCE_TEST",
@@ -428,12 +484,17 @@ __all__ = [
     "EQUILIBRIUM_VERDICTS",
     "EQUIVALENT",
     "FAILS",
+    "FAILS_RULE",
     "FITS",
+    "HOLDS",
     "INCONCLUSIVE",
     "IN_EQUILIBRIUM",
+    "MET",
+    "MISSED",
     "NOT_COLLAPSED",
     "NO_TEST",
     "OUT_OF_EQUILIBRIUM",
+    "RULE_UNDETERMINED",
     "STABLE_TEST",
     "UNDETERMINED",
     "UNKNOWN",
@@ -449,6 +510,8 @@ __all__ = [
     "KEstimate",
     "NormFit",
     "Optimum",
+    "Outcome",
     "RowCheck",
+    "RuleOutcome",
     "ScalingFit",
 ]

@@ -25,65 +25,59 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from l2bn.analysis.estimating import collapse as primary
 from l2bn.analysis.estimating.cells import (
     grid_key,
     layer_order,
     locate_optima,
     make_cell,
-    relaxation_summary,
     trial_panel,
 )
 from l2bn.analysis.estimating.equilibrium import (
-    CellFilter,
     equilibrium_test,
-    norm_cell_filter,
     scale_invariant_layers,
 )
 from l2bn.analysis.estimating.floor import ESTIMATORS, JOINT, KResult, estimate_k
-from l2bn.analysis.estimating.intervals import Interval
-from l2bn.analysis.estimating.norms import column_checks, fit_norms
-from l2bn.analysis.estimating.panel import Panel, noise_sd
+from l2bn.analysis.estimating.norms import norm_laws
+from l2bn.analysis.estimating.panel import Panel
+from l2bn.analysis.estimating.primary import (
+    Primary,
+    as_estimate,
+    collapse_panel,
+    k_by_epoch,
+    primary_fit,
+)
 from l2bn.analysis.estimating.stats import verdict
 from l2bn.analysis.fitted import (
     DIFFERENT,
     EQUIVALENT,
     FAILS,
-    FITS,
     INCONCLUSIVE,
     NOT_COLLAPSED,
     OUT_OF_EQUILIBRIUM,
     UNDETERMINED,
     UNKNOWN,
-    UNTESTED,
-    VARIES,
     Cell,
-    CollapseFit,
-    ColumnCheck,
-    EpochK,
     Estimate,
     KEstimate,
-    NormFit,
     Optimum,
-    RowCheck,
     ScalingFit,
 )
 from l2bn.analysis.reading.grouping import GroupData, group_studies, grouping_warnings
-from l2bn.analysis.reading.records import TrialRecord, trial_history, trial_value
+from l2bn.analysis.reading.records import StudyData, TrialRecord, trial_history, trial_value
 from l2bn.analysis.reading.studies import load_studies
+from l2bn.analysis.registered import evaluate
 from l2bn.analysis.results import PRIMARY, AnalysisReport, GroupReport
 from l2bn.analysis.settings import DEFAULT_METRIC, AnalyzeConfig
 from l2bn.errors import AnalysisError, ConfigError
+from l2bn.registration import Registration, load_registration
 from l2bn.sweep.storage import redact
-from l2bn.theory import Theory, theory_of
+from l2bn.theory import theory_of
 
-# k over training: the primary at most this many epochs (evenly spaced, the last always in).
-K_BY_EPOCH_POINTS = 25
 # Estimators of k that differ by less than this are not flagged, whatever their precision.
 DISAGREEMENT_FLOOR = 0.025
 
@@ -170,133 +164,6 @@ def _trial_warnings(trials: Sequence[TrialRecord], cells: Sequence[Cell]) -> lis
     return notes
 
 
-# --- step 3: the primary k, the whole-surface collapse ---------------------------------------
-
-
-@dataclass(frozen=True)
-class Primary:
-    """The primary's fit as analyze reports it, with the rows it kept (by λ)."""
-
-    fit: CollapseFit
-    scaling: ScalingFit
-    rows_used: frozenset[float]
-
-
-def _collapse_panel(trials: Sequence[TrialRecord], values: Sequence[float]) -> Panel | None:
-    """The λ > 0, non-diverged trials: the primary reads every non-diverged cell."""
-    keep = [(t, v) for t, v in zip(trials, values, strict=True) if not t.diverged]
-    return trial_panel([t for t, _ in keep], [v for _, v in keep])
-
-
-def _primary(
-    panel: Panel | None,
-    cfg: AnalyzeConfig,
-    theory: Theory | None,
-    cells: Sequence[Cell],
-    optima: Sequence[Optimum],
-) -> Primary | None:
-    if panel is None:
-        return None
-    sigma, _ = noise_sd(panel)
-    result = primary.collapse_fit(panel, sigma, cfg.confidence, cfg.k_bounds)
-    if result is None:
-        return None
-    iv = result.interval
-    theory_k = None if theory is None else theory.k
-    n_rows = int(result.rows.sum())
-    est = _estimate(iv, n_rows, cfg.confidence)
-    if result.status == primary.NOT_COLLAPSED:
-        judged = NOT_COLLAPSED
-    else:
-        judged = verdict(est, theory_k, cfg.margin)
-    wds = [float(w) for w in panel.weight_decay]
-    centre = float(panel.log_wd.mean())
-    tested = {t.row: t for t in result.tests}
-    rows = []
-    for i, wd in enumerate(wds):
-        t = tested.get(i)
-        if t is None or not math.isfinite(t.p_value):
-            state = UNTESTED
-        else:
-            state = FAILS if t.p_value < primary.LACK_LEVEL else FITS
-        worst_lr = (
-            math.exp(float(panel.log_lr[i, t.worst_col])) if t is not None and t.worst_col >= 0
-            else math.nan
-        )  # fmt: skip
-        rows.append(
-            RowCheck(wd, bool(result.rows[i]), state,
-                     math.nan if t is None else t.p_value,
-                     math.nan if t is None else t.worst_z, worst_lr,
-                     0 if t is None else t.n_tested,
-                     math.nan if t is None else t.k_without,
-                     _cause(wd, worst_lr, cells, optima) if state == FAILS else None)
-        )  # fmt: skip
-    used_x = np.concatenate(
-        [panel.log_lr[i][np.isfinite(panel.log_lr[i])] + est.value * (panel.log_wd[i] - centre)
-         for i in range(len(wds)) if result.rows[i]]
-    ) if math.isfinite(est.value) else np.array([])  # fmt: skip
-    curve_x = np.linspace(used_x.min(), used_x.max(), 60) if used_x.size else np.array([])
-    curve_y = primary.template_curve(result, curve_x)
-    fit = CollapseFit(
-        k=est, theory=theory_k, verdict=judged, status=result.status, rows=tuple(rows),
-        n_cells=result.n_cells, x_centre=centre, curve_x=tuple(map(float, curve_x)),
-        curve_y=tuple(map(float, curve_y)), noise_sd=sigma, reason=result.reason,
-    )  # fmt: skip
-    # Where the curve is lowest: log η* at log λ = 0 (the intercept of η* ∝ λ^-k).
-    if curve_y.size and np.isfinite(curve_y).any():
-        x_min = float(curve_x[int(np.nanargmin(curve_y))])
-        intercept = x_min + est.value * centre
-        r2 = _r_squared(panel, result, est.value, centre)
-    else:
-        intercept, r2 = math.nan, math.nan
-    scaling = ScalingFit(est, intercept, r2, n_rows, theory_k, judged)
-    used = frozenset(wd for wd, r in zip(wds, result.rows, strict=True) if r)
-    return Primary(fit, scaling, used)
-
-
-def _r_squared(panel: Panel, result: primary.CollapseResult, k: float, centre: float) -> float:
-    """The share of the used cells' (seed-mean) variance the curve explains."""
-    if not math.isfinite(k):
-        return math.nan
-    means = np.nanmean(np.where(panel.present, panel.values, np.nan), axis=-1)
-    x = panel.log_lr + k * (panel.log_wd - centre)[:, None]
-    ok = np.isfinite(means) & result.rows[:, None]
-    if ok.sum() < 3:
-        return math.nan
-    fitted = primary.template_curve(result, x[ok])
-    y = means[ok]
-    good = np.isfinite(fitted)
-    tss = float(np.sum((y[good] - y[good].mean()) ** 2))
-    return 1 - float(np.sum((y[good] - fitted[good]) ** 2)) / tss if tss > 0 else math.nan
-
-
-def _cause(wd: float, worst_lr: float, cells: Sequence[Cell], optima: Sequence[Optimum]) -> str:
-    """Why a row fails the collapse, as far as the analysis can tell: its worst cell, or its
-    optimum cell, out of equilibrium; its η* on a grid edge; a flat row."""
-    cell = next(
-        (c for c in cells if c.weight_decay == wd and math.isclose(c.lr, worst_lr, rel_tol=1e-6)),
-        None,
-    )
-    if cell is not None and cell.equilibrium.verdict == OUT_OF_EQUILIBRIUM:
-        return (
-            f"the cell at η={worst_lr:.3g} is out of equilibrium ({cell.equilibrium.describe()}):"
-            " it still remembers w₀"
-        )
-    o = next((o for o in optima if o.weight_decay == wd), None)
-    if o is not None and o.equilibrium.verdict == OUT_OF_EQUILIBRIUM:
-        return "its optimum cell is out of equilibrium (it still remembers w₀)"
-    if o is not None and o.edge:
-        return "η* on a grid edge (the row's valley is not covered)"
-    if o is not None and o.note is not None and "flat" in o.note:
-        return "a flat row (no minimum within the noise)"
-    measured = cell is not None and cell.equilibrium.verdict != UNKNOWN
-    return "unexplained" + (" (its cells are measured in equilibrium)" if measured else "")
-
-
-def _estimate(iv: Interval, n: int, confidence: float) -> Estimate:
-    return Estimate(iv.value, iv.stderr, iv.ci_low, iv.ci_high, n, iv.method, confidence)
-
-
 # --- step 4: the floor estimators, cross-checks ---------------------------------------------
 
 
@@ -312,75 +179,10 @@ def _floor(
             int(result.full.joint.n_rows[0]) if name == JOINT
             else int(np.isfinite(result.full.per_lambda.log_opt[0]).sum())
         )  # fmt: skip
-        est = _estimate(result.intervals[name], n, cfg.confidence)
+        est = as_estimate(result.intervals[name], n, cfg.confidence)
         est = replace(est, method=f"{name}/{est.method}")
         out[name] = KEstimate(est, theory_k, verdict(est, theory_k, cfg.margin))
     return result, out
-
-
-# --- step 5: norms and columns ----------------------------------------------------------------
-
-
-def _norms(
-    cells: Sequence[Cell],
-    trials: Sequence[TrialRecord],
-    cfg: AnalyzeConfig,
-    theory: Theory | None,
-    sigma: float,
-    warnings: list[str],
-) -> tuple[tuple[NormFit, ...], tuple[ColumnCheck, ...]]:
-    layers = layer_order(trials)
-    theory_p = None if theory is None else theory.norm_exponent
-    s_pow = 0.5 if theory is None else theory.norm_scale_power
-    k_col = 1.0 if theory is None else theory.k
-    chosen = norm_cell_filter(cells, cfg.equilibrium)
-    norms = tuple(fit_norms(cells, layer, cfg, theory_p, s_pow, k_col, chosen) for layer in layers)
-    if norms:
-        first = norms[0]
-        if first.n_excluded:
-            warnings.append(_excluded_note(cells, first, chosen))
-        if first.n_cells < 4:
-            remedy = "" if chosen.measured else ", or a lower --equilibrium"
-            warnings.append(
-                f"only {first.n_cells} equilibrium cell(s) for {first.layer}: the norm fit "
-                f"needs ≥ 4 (longer phase 1, larger η·λ{remedy})"
-            )
-        warnings.append(relaxation_summary(cells, first.layer, cfg.equilibrium))
-    elif trials:
-        warnings.append("no per-epoch histories with layer norms: norm exponents not fitted")
-    if theory is None:
-        return norms, ()
-    columns = tuple(column_checks(cells, k_col, s_pow, layers[:1], cfg, sigma, chosen))
-    varies = sorted({c.quantity for c in columns if c.verdict == VARIES})
-    if varies:
-        warnings.append(
-            f"column test: {', '.join(varies)} not constant along η·λ^{k_col:g} = const "
-            "in some column (see columns)"
-        )
-    return norms, columns
-
-
-def _excluded_note(cells: Sequence[Cell], fit: NormFit, chosen: CellFilter) -> str:
-    """How many cells the norm fit left out, and by which filter."""
-    if not chosen.measured:  # the clock: the words of every l2bn before the records
-        return (
-            f"{fit.n_excluded} cell(s) out of equilibrium (c·η·λ·T < {chosen.threshold:g}) "
-            f"left out of the norm fit; {fit.n_cells} used"
-        )
-    fitted = [
-        c
-        for c in cells
-        if c.weight_decay > 0 and math.isfinite(v := c.phase1_norms.get(fit.layer, math.nan))
-        and v > 0
-    ]  # fmt: skip
-    n_out = sum(c.equilibrium.verdict == OUT_OF_EQUILIBRIUM for c in fitted)
-    clock = sum(c.equilibrium_index >= chosen.threshold for c in fitted)
-    return (
-        f"{fit.n_excluded} cell(s) not measured in equilibrium ({n_out} out, "
-        f"{fit.n_excluded - n_out} unmeasured) left out of the norm fit; {fit.n_cells} used "
-        f"(cells chosen by measurement; the clock c·η·λ·T ≥ {chosen.threshold:g} would take "
-        f"{clock})"
-    )
 
 
 # --- warnings -------------------------------------------------------------------------------
@@ -487,39 +289,6 @@ def _k_warnings(
     return notes
 
 
-# --- step 6: k over training ------------------------------------------------------------------
-
-
-def _k_by_epoch(
-    trials: Sequence[TrialRecord], cfg: AnalyzeConfig, rows: frozenset[float]
-) -> tuple[EpochK, ...]:
-    """The primary k from the validation metric after each of up to K_BY_EPOCH_POINTS epochs,
-    over the λ rows the final fit kept (no lack-of-collapse tests per epoch)."""
-    healthy = [t for t in trials if not t.diverged]
-    histories = [trial_history(t, cfg.metric or DEFAULT_METRIC) for t in healthy]
-    lengths = [len(h) for h in histories if h]
-    if not lengths or len(lengths) < len(healthy) // 2:
-        return ()
-    epochs = min(lengths)
-    have = [(t, h) for t, h in zip(healthy, histories, strict=True) if len(h) >= epochs]
-    picks = sorted({round(x) for x in np.linspace(0, epochs - 1, min(epochs, K_BY_EPOCH_POINTS))})
-    out = []
-    for e in picks:
-        panel = trial_panel([t for t, _ in have], [h[e] for _, h in have])
-        if panel is None:
-            return ()
-        sigma, _ = noise_sd(panel)
-        use = np.array([float(w) in rows for w in panel.weight_decay]) if rows else None
-        result = primary.collapse_fit(
-            panel, sigma, cfg.confidence, cfg.k_bounds, rows=use, test=False
-        )
-        if result is None:
-            continue
-        out.append(EpochK(e + 1, _estimate(result.interval, int(result.rows.sum()),
-                                           cfg.confidence)))  # fmt: skip
-    return tuple(out)
-
-
 # --- the per-group analysis -----------------------------------------------------------------
 
 
@@ -542,7 +311,7 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
     source = "none" if floor is None else floor.sigma_source
     noise_dof = _noise_dof(floor_panel)
     optima = locate_optima(cells, floor_panel, floor, cfg.confidence, noise_dof)
-    p = _primary(_collapse_panel(trials, values), cfg, theory, cells, optima)
+    p = primary_fit(collapse_panel(trials, values), cfg, theory, cells, optima)
     if p is None:
         scaling = ScalingFit(Estimate.missing(0), math.nan, math.nan, 0, theory_k, UNDETERMINED)
         collapse_fit = None
@@ -561,9 +330,9 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
     if unsettled:
         warnings.append(unsettled)
 
-    norms, columns = _norms(cells, trials, cfg, theory, sigma, warnings)
-    k_by_epoch = _k_by_epoch(trials, cfg, rows_used) if p is not None else ()
-    if p is not None and not k_by_epoch:
+    norms, columns = norm_laws(cells, trials, cfg, theory, sigma, warnings)
+    epochs = k_by_epoch(trials, cfg, rows_used) if p is not None else ()
+    if p is not None and not epochs:
         warnings.append(f"no per-epoch {cfg.metric} in the histories: k over training not fitted")
     layers = layer_order(trials)
     return GroupReport(
@@ -586,7 +355,7 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
         distinct=data.distinct,
         k_estimates=k_estimates,
         columns=columns,
-        k_by_epoch=k_by_epoch,
+        k_by_epoch=epochs,
         noise_sd=sigma,
         noise_source=source,
         independent_rows=floor_panel is not None and floor_panel.independent_rows,
@@ -616,7 +385,14 @@ def analyze(config: AnalyzeConfig | None = None) -> AnalysisReport:
     if cfg.from_csv is not None:
         from l2bn.analysis.reading.csvfile import load_csv_export
 
-        studies, warnings = load_csv_export(cfg.from_csv, cfg.studies)
+        read: list[StudyData] = []
+        said: list[str] = []
+        for path in (cfg.from_csv, *cfg.more_csv):
+            found, their_notes = load_csv_export(path, cfg.studies if not cfg.more_csv else ())
+            read.extend(found)
+            said.extend(their_notes)
+        studies: tuple[StudyData, ...] = _select(tuple(read), cfg.studies)
+        warnings: tuple[str, ...] = tuple(said)
     else:
         studies, warnings = load_studies(cfg.storage, cfg.studies)
     groups = group_studies(studies)
@@ -638,8 +414,45 @@ def analyze(config: AnalyzeConfig | None = None) -> AnalysisReport:
     if not reports:
         raise AnalysisError("nothing to analyze: " + "; ".join(reasons))
     notes.extend(f"skipped {r}" for r in reasons)
-    source = redact(cfg.storage) if cfg.from_csv is None else f"csv:{cfg.from_csv}"
-    return AnalysisReport(source, cfg, tuple(reports), tuple(notes))
+    source = (
+        redact(cfg.storage)
+        if cfg.from_csv is None
+        else "csv:" + ",".join(str(p) for p in (cfg.from_csv, *cfg.more_csv))
+    )
+    registration, where = _registration(cfg, studies, notes)
+    rule = None if registration is None else evaluate(registration, reports, where)
+    return AnalysisReport(source, cfg, tuple(reports), tuple(notes), rule=rule)
+
+
+def _select(studies: tuple[StudyData, ...], names: Sequence[str]) -> tuple[StudyData, ...]:
+    """The studies named (all when none is), each found in some export."""
+    if not names:
+        return studies
+    have = {s.name for s in studies}
+    missing = [n for n in names if n not in have]
+    if missing:
+        raise AnalysisError(
+            f"no study named {', '.join(map(repr, missing))} in the exports; available: "
+            f"{', '.join(sorted(have)) or 'none'}"
+        )
+    return tuple(s for s in studies if s.name in names)
+
+
+def _registration(
+    cfg: AnalyzeConfig, studies: Sequence[StudyData], notes: list[str]
+) -> tuple[Registration | None, str]:
+    """The reading rule to judge: ``--registration FILE``'s, else the studies' own (one rule;
+    studies that registered different ones are judged by none, with a note)."""
+    if cfg.registration_path is not None:
+        return load_registration(cfg.registration_path), str(cfg.registration_path)
+    found = {s.registration.to_json(): s.registration for s in studies if s.registration}
+    if len(found) > 1:
+        notes.append(
+            f"the studies registered {len(found)} different reading rules: none is judged; "
+            "pick one with --registration SWEEP.toml"
+        )
+        return None, ""
+    return (next(iter(found.values())), "studies") if found else (None, "")
 
 
 def run_analysis(config: AnalyzeConfig | None = None) -> AnalysisReport:
@@ -659,14 +472,14 @@ def run_analysis(config: AnalyzeConfig | None = None) -> AnalysisReport:
         from l2bn.analysis.presenting.plots import write_plots
 
         written.extend(write_plots(report, cfg.plots_dir))
-    result = AnalysisReport(report.storage, cfg, report.groups, report.warnings, tuple(written))
+    result = replace(report, written=tuple(written))
     if cfg.report_path is None:
         return result
     # The page embeds the PNGs --plots wrote (result.written), else draws its own figures.
     from l2bn.analysis.presenting.report import write_report
 
     page = write_report(result, cfg.report_path)
-    return AnalysisReport(result.storage, cfg, result.groups, result.warnings, (*written, page))
+    return replace(result, written=(*written, page))
 
 
 __all__ = [

@@ -14,6 +14,12 @@ JSON shape, schema 3 (:meth:`AnalysisReport.to_dict`; NaN and infinities are wri
                   "confidence", "margin", "norm_margin", "metric", "from_csv",
                   "k_bounds", "equilibrium_band", "equilibrium_tail"},
      "warnings": ["skipped x/sgd: a single weight_decay value ...", ...],  # not per group
+     "registration": {"source": "studies",            # or the --registration file; null:
+                      "rule": {...},                  # no registered rule (l2bn.registration)
+                      "status": "holds",              # | "does not hold" | "undetermined"
+                      "conditions": [{"condition": {...}, "text": "adam's k in [0.4, 0.6]",
+                                      "status": "met" | "missed" | "undetermined",
+                                      "numbers": "k = 0.55 [0.49, 0.61]"}, ...]},
      "groups": [{
         "optimizer": "adam", "norm": "bn", "dataset": "cifar10",
         "identity": {...}, "distinct": {"affine": true},
@@ -128,6 +134,7 @@ from l2bn.analysis.fitted import (
     KEstimate,
     NormFit,
     Optimum,
+    RuleOutcome,
     ScalingFit,
 )
 from l2bn.analysis.settings import EQUILIBRIUM_BAND, EQUILIBRIUM_TAIL, AnalyzeConfig
@@ -278,6 +285,7 @@ class AnalysisReport:
     groups: tuple[GroupReport, ...]
     warnings: tuple[str, ...]
     written: tuple[Path, ...] = ()  # files run_analysis wrote
+    rule: RuleOutcome | None = None  # the registered reading rule, judged (None: none)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -286,6 +294,7 @@ class AnalysisReport:
             "storage": self.storage,
             "settings": self.settings.to_dict(),
             "warnings": list(self.warnings),
+            "registration": None if self.rule is None else self.rule.to_dict(),
             "groups": [g.to_dict() for g in self.groups],
         }
 

@@ -76,6 +76,10 @@ class AnalyzeConfig:
     # group's stored objective when all its studies agree, else val_error (with a note).
     metric: str | None = None
     from_csv: Path | None = None  # read a ``--csv`` export instead of the storage
+    more_csv: tuple[Path, ...] = ()  # more exports read with it (the parts of one run)
+    # A sweep file whose [registration] table is the reading rule to judge (for --from-csv
+    # exports, which carry no study attrs); None: the studies' own registration, if any.
+    registration_path: Path | None = None
     k_bounds: tuple[float, float] = (-1.0, 2.5)  # the primary's scan of k (bounds: no estimate)
     json_path: Path | None = None
     csv_path: Path | None = None
@@ -88,9 +92,19 @@ class AnalyzeConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "studies", tuple(self.studies))
+        object.__setattr__(self, "more_csv", tuple(Path(p) for p in self.more_csv))
+        if self.more_csv and self.from_csv is None:
+            raise ConfigError("more_csv needs from_csv: the first export")
         object.__setattr__(self, "k_bounds", tuple(float(x) for x in self.k_bounds))
         object.__setattr__(self, "equilibrium_band", tuple(float(x) for x in self.equilibrium_band))
-        for name in ("json_path", "csv_path", "plots_dir", "report_path", "from_csv"):
+        for name in (
+            "json_path",
+            "csv_path",
+            "plots_dir",
+            "report_path",
+            "from_csv",
+            "registration_path",
+        ):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -137,6 +151,10 @@ class AnalyzeConfig:
             "norm_margin": self.norm_margin,
             "metric": self.metric,
             "from_csv": None if self.from_csv is None else str(self.from_csv),
+            "more_csv": [str(p) for p in self.more_csv],
+            "registration_path": (
+                None if self.registration_path is None else str(self.registration_path)
+            ),
             "k_bounds": list(self.k_bounds),
             "equilibrium_band": list(self.equilibrium_band),
             "equilibrium_tail": self.equilibrium_tail,

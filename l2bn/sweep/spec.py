@@ -45,11 +45,12 @@ import math
 import tomllib
 import zlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from l2bn.errors import ConfigError
+from l2bn.registration import Registration, parse_registration
 from l2bn.train.config import Objective, OptimizerName, TrainConfig
 
 GRID_KEYS = (
@@ -62,7 +63,7 @@ GRID_KEYS = (
     "independent_seeds",
 )
 SETTING_KEYS = ("objective",)  # sweep settings that are neither grid nor TrainConfig keys
-SWEEP_ONLY_KEYS = ("name", "optimizers")
+SWEEP_ONLY_KEYS = ("name", "optimizers", "registration")
 # The stored config's keys added after studies were first stored, with the value every study
 # stored before them ran with (l2bn.sweep.study fills them in before comparing).
 STORED_DEFAULTS: dict[str, Any] = {
@@ -126,6 +127,9 @@ class OptimizerSweep:
     init_scale_exponent: float = 0.0  # e: S = init_scale·(λ/λ_ref)^-e at λ
     reference_weight_decay: float = 1.0  # λ_ref: the row whose η and S are the listed values
     objective: Objective = Objective.val_error  # the trial's value (and intermediate values)
+    # The run's registered reading rule (the file's [registration] table), stored with the
+    # study when it is made and never changed once a trial has run (l2bn.registration).
+    registration: Registration | None = None
 
     @property
     def study_name(self) -> str:
@@ -291,8 +295,13 @@ def parse_sweep(
         raise ConfigError(
             f"{where}no optimizers: add one table per optimizer, e.g. [optimizers.nesterov]"
         )
+    registration = (
+        parse_registration(shared.pop("registration"), where) if "registration" in shared else None
+    )
     _check_keys(shared, where, "")
     if overrides:
+        if "registration" in overrides:
+            raise ConfigError("--set registration=…: the registration is the sweep file's")
         _check_keys(overrides, "--set: ", "")
     resolved: dict[OptimizerName, OptimizerSweep] = {}
     for opt_name, table in tables.items():
@@ -302,7 +311,9 @@ def parse_sweep(
             raise ConfigError(f"{where}optimizers.{opt_name} must be a table")
         _check_keys(table, where, section)
         merged = {**shared, **table, **(overrides or {})}
-        resolved[opt] = _resolve(name, opt, merged, where + section)
+        resolved[opt] = replace(
+            _resolve(name, opt, merged, where + section), registration=registration
+        )
     return Sweep(name, resolved)
 
 

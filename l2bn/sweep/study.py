@@ -4,7 +4,9 @@ Layout (README, "Study layout"; any Optuna client can read it):
 
 * study ``<sweep>/<optimizer>``, direction minimize; user attrs ``optimizer``, ``norm``,
   ``dataset``, ``epochs``, ``width``, ``config`` (the resolved sweep as JSON, without the
-  node-local ``data_dir`` and ``device``) and ``l2bn_version``.
+  node-local ``data_dir`` and ``device``), ``l2bn_version``, and ``registration`` where the
+  sweep file registers a reading rule (:mod:`l2bn.registration`: written when the study is
+  made, never changed once a trial has run).
 * one COMPLETE trial per grid point: params ``lr``, ``weight_decay`` (log float) and ``seed``
   (int); value = the sweep's objective (``config``'s ``objective``: final validation error by
   default, or final validation loss, +inf for a diverged run); intermediate values = that
@@ -60,7 +62,7 @@ def distributions(sweep: OptimizerSweep) -> dict[str, optuna.distributions.BaseD
 
 def study_attrs(sweep: OptimizerSweep) -> dict[str, Any]:
     base = sweep.base_config()
-    return {
+    attrs: dict[str, Any] = {
         "optimizer": sweep.optimizer.value,
         "norm": base.norm.value,
         "dataset": base.dataset.value,
@@ -69,6 +71,9 @@ def study_attrs(sweep: OptimizerSweep) -> dict[str, Any]:
         "config": sweep.to_json(),
         "l2bn_version": __version__,
     }
+    if sweep.registration is not None:
+        attrs["registration"] = sweep.registration.to_json()
+    return attrs
 
 
 class _HasParams(Protocol):
@@ -98,6 +103,7 @@ def prepare_study(
             storage=storage, study_name=name, direction="minimize", load_if_exists=True
         )
         _adopt_config(study, sweep, attrs)
+        _adopt_registration(study, attrs.get("registration"))
         enqueue_missing(study, sweep.points())
     except optuna.exceptions.StorageInternalError as e:
         # What the database said (read-only, disk full), not Optuna's generic wrapper text.
@@ -175,6 +181,27 @@ def _adopt_config(study: optuna.Study, sweep: OptimizerSweep, attrs: dict[str, A
     history = json.loads(study.user_attrs.get("config_history", "[]"))
     study.set_user_attr("config_history", json.dumps([*history, stored]))
     study.set_user_attr("config", attrs["config"])
+
+
+def _adopt_registration(study: optuna.Study, registration: str | None) -> None:
+    """Store the sweep's registration on a study that has not run a trial yet; on one that
+    has, refuse any change (a reading rule is registered before the first trial, or not at
+    all). A study that never ran a trial is new: its registration may still be written."""
+    stored = study.user_attrs.get("registration")
+    if stored == registration:
+        return
+    ran = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.WAITING]
+    if ran:
+        what = (
+            "adds one" if stored is None else "drops it" if registration is None else "changes it"
+        )
+        raise ConfigError(
+            f"study {study.study_name!r} has run {len(ran)} trial(s) under "
+            f"{'no registration' if stored is None else 'its registration'}, and this sweep "
+            f"file {what}: a reading rule is registered before the first trial; restore the "
+            "file's [registration] table, or use --study NEW_NAME for a new registered run"
+        )
+    study.set_user_attr("registration", registration)
 
 
 def enqueue_missing(study: optuna.Study, points: Iterable[Point]) -> int:

@@ -42,6 +42,11 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from l2bn.analysis.estimating.stationarity import (
+    BAND_ROUNDING,
+    tail_window,
+    trial_stationarity,
+)
 from l2bn.analysis.fitted import (
     ANGLE_TEST,
     BALANCE_TEST,
@@ -63,7 +68,6 @@ if TYPE_CHECKING:
 # Adam and RMSProp with coupled L2: θ_eq depends on the gradient scale, so the balance of
 # growth and shrink is the test (l2bn.theory: angular_rate None).
 BALANCE_OPTIMIZERS = frozenset({"adam", "rmsprop"})
-BAND_ROUNDING = 1e-9  # the band's ends are inclusive, up to float rounding of the ratio
 TRACKING_LAYERS = ("w",)  # the tracking toy's one layer of unit vectors
 E = TypeVar("E", bound=Enum)
 
@@ -95,15 +99,6 @@ def _enum(kind: type[E], value: Any, default: E) -> E:
         return kind(value)
     except ValueError:
         return default
-
-
-def tail_window(phase1_epochs: int, tail: float = EQUILIBRIUM_TAIL) -> range:
-    """0-based epochs of the last ``tail`` of phase 1, at least one (empty without phase 1)."""
-    if phase1_epochs <= 0:
-        return range(0)
-    n = max(1, math.ceil(tail * phase1_epochs - 1e-9))  # 0.2·15 is 3.0000000000000004
-    n = min(n, phase1_epochs)
-    return range(phase1_epochs - n, phase1_epochs)
 
 
 def epoch_ratios(t: TrialRecord, layer: str, test: str) -> tuple[float, ...]:
@@ -216,154 +211,6 @@ def trial_verdict(
 
 def _distance(r: float) -> float:
     return abs(math.log(r)) if 0 < r < math.inf else math.inf
-
-
-def decay_pull(t: TrialRecord, optimizer: str, window: range) -> float:
-    """The decay's pull on log‖w‖² per step over ``window``, for every layer alike where the
-    theory has a formula (:meth:`l2bn.theory.Theory.decay_pull` at the window's mean η); NaN
-    where it has none (see :func:`layer_pull`)."""
-    theory = theory_of(optimizer)
-    lrs = [t.epoch_lrs[i] for i in window if i < len(t.epoch_lrs)]
-    lrs = [x for x in lrs if math.isfinite(x)] or [t.lr]
-    pull = None if theory is None else theory.decay_pull(sum(lrs) / len(lrs), t.weight_decay)
-    return math.nan if pull is None else pull
-
-
-def layer_pull(t: TrialRecord, layer: str, window: range, tail: float) -> float:
-    """Adam/RMSProp with coupled L2: the measured shrink, −2 × the mean radial change per step
-    of ``layer`` over ``window`` (their decay is divided by √v, so no formula gives it); NaN
-    unmeasured."""
-    if t.tail_summary is not None:
-        r = t.tail_summary.get("radial", {}).get(layer, math.nan)
-        return -2.0 * r
-    radial = t.dynamics.get("radial", {}).get(layer, ())
-    inside = [radial[i] for i in window if i < len(radial) and math.isfinite(radial[i])]
-    return -2.0 * sum(inside) / len(inside) if inside else math.nan
-
-
-def stationarity(
-    t: TrialRecord, layer: str, optimizer: str, tail: float = EQUILIBRIUM_TAIL
-) -> tuple[float, float, float]:
-    """``layer``'s stationarity over the last ``tail`` of phase 1: (balance, memory, se).
-
-    With N = ‖w‖², d = log N(end) − log N(start) over the window's W steps (start: the record
-    before the window) and s the decay's pull per step (:func:`decay_pull`, else the measured
-    shrink :func:`layer_pull`):
-
-    * balance = growth ÷ shrink = 1 + d/(s·W): the norm's net growth against the decay's pull
-      (1 when ‖w‖ holds still). Not the per-step records' ``balance``: with momentum the
-      buffer's radial part cancels most of the decay's in each step (measured: nesterov's conv1
-      shrinks by ~8 % of 2ηλ/(1−α) per step), so that ratio reads 1.5–∞ for a norm that moves
-      a few % over 17 epochs.
-    * memory = −d / (e^{ρW} − 1): log(N/N_eq) at the window's end, for a norm that relaxes as
-      e^{−ρt} (ρ = 2s for the SGD family, whose growth per step ∝ 1/N²; s for Adam-like steps,
-      ∝ 1/N). A norm that barely moves over a window much shorter than its relaxation time
-      may still be far from its equilibrium: memory says how far.
-    * se: the noise of d, 2√2 × the sd of log ‖w‖ about a straight line over the window (0
-      with fewer than 4 records), in units of d; the caller scales it.
-
-    NaN where the window, the steps or the pull are unknown; balance ∞ and memory ±∞ where
-    nothing pulls (s ≤ 0) and the norm moved.
-    """
-    n = t.phase1_epochs
-    window = tail_window(n, tail)
-    norms = t.norms.get(layer, ())
-    if len(window) == 0 or t.steps_per_epoch is None or len(norms) < window.stop:
-        return math.nan, math.nan, math.nan
-    start = window.start - 1 if window.start > 0 else window.start
-    points = [norms[i] for i in range(start, window.stop)]
-    if len(points) < 2 or not all(math.isfinite(x) and x > 0 for x in points):
-        return math.nan, math.nan, math.nan
-    steps = (window.stop - 1 - start) * t.steps_per_epoch
-    d = 2.0 * math.log(points[-1] / points[0])
-    theory = theory_of(optimizer)
-    pull = decay_pull(t, optimizer, window)
-    if math.isnan(pull):
-        pull = layer_pull(t, layer, window, tail)
-    if math.isnan(pull):
-        return math.nan, math.nan, math.nan
-    logs = [2.0 * math.log(x) for x in points]
-    se = 0.0
-    if len(logs) >= 4:
-        xs = list(range(len(logs)))
-        xm = sum(xs) / len(xs)
-        ym = sum(logs) / len(logs)
-        slope = sum((x - xm) * (y - ym) for x, y in zip(xs, logs, strict=True)) / sum(
-            (x - xm) ** 2 for x in xs
-        )
-        resid = [y - ym - slope * (x - xm) for x, y in zip(xs, logs, strict=True)]
-        se = math.sqrt(2.0) * math.sqrt(sum(r * r for r in resid) / (len(logs) - 2))
-    if pull <= 0:
-        if d == 0:
-            return 1.0, 0.0, se
-        return math.inf, math.copysign(math.inf, -d), se
-    balance = 1.0 + d / (pull * steps)
-    power = 1 if theory is None or theory.eff_lr_power != 2 else 2
-    memory = -d / math.expm1(power * pull * steps)
-    return balance, memory, se
-
-
-def stationary(
-    balance: float,
-    memory: float,
-    se: float,
-    pull_steps: float,
-    relax: float,
-    band: tuple[float, float] = EQUILIBRIUM_BAND,
-) -> bool | None:
-    """Whether a layer is stationary: balance within ``band`` and |memory| within the band's
-    log half-width, each widened by 2 noise sds; None when unmeasured."""
-    if math.isnan(balance) or math.isnan(memory):
-        return None
-    lo, hi = band
-    slack_b = 2 * se / pull_steps if pull_steps > 0 else 0.0
-    slack_m = 2 * se / relax if relax > 0 else 0.0
-    ok_b = lo * (1 - BAND_ROUNDING) - slack_b <= balance <= hi * (1 + BAND_ROUNDING) + slack_b
-    ok_m = abs(memory) <= math.log(hi) + slack_m
-    return ok_b and ok_m
-
-
-def trial_stationarity(
-    t: TrialRecord,
-    optimizer: str,
-    invariant: Sequence[str],
-    band: tuple[float, float] = EQUILIBRIUM_BAND,
-    tail: float = EQUILIBRIUM_TAIL,
-) -> tuple[str, dict[str, float], dict[str, float]]:
-    """One trial's stationarity verdict over the layers of ``invariant`` it has, with each
-    layer's balance and memory: "out" if a layer is not stationary, else "unknown" if one is
-    unmeasured, else "in". Unknown for a trial without update records (older studies), as
-    the θ test is."""
-    # The update records: a storage's per-epoch ones, or an export's ratios and summaries.
-    if not t.dynamics and not (t.tail_ratios is not None and t.tail_summary):
-        return UNKNOWN, {}, {}
-    layers = [x for x in invariant if x in t.norms] if t.norms else []
-    if not layers:
-        return UNKNOWN, {}, {}
-    balances: dict[str, float] = {}
-    memories: dict[str, float] = {}
-    states: list[bool | None] = []
-    window = tail_window(t.phase1_epochs, tail)
-    for layer in layers:
-        b, m, se = stationarity(t, layer, optimizer, tail)
-        balances[layer], memories[layer] = b, m
-        if math.isnan(b) or math.isnan(m):
-            states.append(None)
-            continue
-        pull = decay_pull(t, optimizer, window)
-        if math.isnan(pull):
-            pull = layer_pull(t, layer, window, tail)
-        start = window.start - 1 if window.start > 0 else window.start
-        steps = (window.stop - 1 - start) * (t.steps_per_epoch or 0)
-        theory = theory_of(optimizer)
-        power = 2 if theory is not None and theory.eff_lr_power == 2 else 1
-        relax = math.expm1(power * pull * steps) if pull > 0 else 0.0
-        states.append(stationary(b, m, se, pull * steps, relax, band))
-    if any(s is False for s in states):
-        return OUT_OF_EQUILIBRIUM, balances, memories
-    if any(s is None for s in states):
-        return UNKNOWN, balances, memories
-    return IN_EQUILIBRIUM, balances, memories
 
 
 def cell_equilibrium(

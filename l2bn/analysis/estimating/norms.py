@@ -17,11 +17,13 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from l2bn.analysis.estimating.cells import layer_order, relaxation_summary
 from l2bn.analysis.estimating.equilibrium import CellFilter, norm_cell_filter
 from l2bn.analysis.estimating.stats import ols, t_estimate, verdict
 from l2bn.analysis.fitted import (
     CONSTANT,
     INCONCLUSIVE,
+    OUT_OF_EQUILIBRIUM,
     UNDETERMINED,
     VARIES,
     Cell,
@@ -29,7 +31,9 @@ from l2bn.analysis.fitted import (
     Estimate,
     NormFit,
 )
+from l2bn.analysis.reading.records import TrialRecord
 from l2bn.analysis.settings import AnalyzeConfig
+from l2bn.theory import Theory
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -254,9 +258,77 @@ def column_checks(
     return out
 
 
+# --- the norm laws of a group, with their warnings -------------------------------------------
+
+
+def norm_laws(
+    cells: Sequence[Cell],
+    trials: Sequence[TrialRecord],
+    cfg: AnalyzeConfig,
+    theory: Theory | None,
+    sigma: float,
+    warnings: list[str],
+) -> tuple[tuple[NormFit, ...], tuple[ColumnCheck, ...]]:
+    """The norm law of every layer over the cells in equilibrium (by measurement, else the
+    clock) and the column test of the metric and the first layer, with their warnings."""
+    layers = layer_order(trials)
+    theory_p = None if theory is None else theory.norm_exponent
+    s_pow = 0.5 if theory is None else theory.norm_scale_power
+    k_col = 1.0 if theory is None else theory.k
+    chosen = norm_cell_filter(cells, cfg.equilibrium)
+    norms = tuple(fit_norms(cells, layer, cfg, theory_p, s_pow, k_col, chosen) for layer in layers)
+    if norms:
+        first = norms[0]
+        if first.n_excluded:
+            warnings.append(_excluded_note(cells, first, chosen))
+        if first.n_cells < 4:
+            remedy = "" if chosen.measured else ", or a lower --equilibrium"
+            warnings.append(
+                f"only {first.n_cells} equilibrium cell(s) for {first.layer}: the norm fit "
+                f"needs ≥ 4 (longer phase 1, larger η·λ{remedy})"
+            )
+        warnings.append(relaxation_summary(cells, first.layer, cfg.equilibrium))
+    elif trials:
+        warnings.append("no per-epoch histories with layer norms: norm exponents not fitted")
+    if theory is None:
+        return norms, ()
+    columns = tuple(column_checks(cells, k_col, s_pow, layers[:1], cfg, sigma, chosen))
+    varies = sorted({c.quantity for c in columns if c.verdict == VARIES})
+    if varies:
+        warnings.append(
+            f"column test: {', '.join(varies)} not constant along η·λ^{k_col:g} = const "
+            "in some column (see columns)"
+        )
+    return norms, columns
+
+
+def _excluded_note(cells: Sequence[Cell], fit: NormFit, chosen: CellFilter) -> str:
+    """How many cells the norm fit left out, and by which filter."""
+    if not chosen.measured:  # the clock: the words of every l2bn before the records
+        return (
+            f"{fit.n_excluded} cell(s) out of equilibrium (c·η·λ·T < {chosen.threshold:g}) "
+            f"left out of the norm fit; {fit.n_cells} used"
+        )
+    fitted = [
+        c
+        for c in cells
+        if c.weight_decay > 0 and math.isfinite(v := c.phase1_norms.get(fit.layer, math.nan))
+        and v > 0
+    ]  # fmt: skip
+    n_out = sum(c.equilibrium.verdict == OUT_OF_EQUILIBRIUM for c in fitted)
+    clock = sum(c.equilibrium_index >= chosen.threshold for c in fitted)
+    return (
+        f"{fit.n_excluded} cell(s) not measured in equilibrium ({n_out} out, "
+        f"{fit.n_excluded - n_out} unmeasured) left out of the norm fit; {fit.n_cells} used "
+        f"(cells chosen by measurement; the clock c·η·λ·T ≥ {chosen.threshold:g} would take "
+        f"{clock})"
+    )
+
+
 __all__ = [
     "column_checks",
     "column_slopes",
     "column_verdict",
     "fit_norms",
+    "norm_laws",
 ]

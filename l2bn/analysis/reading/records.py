@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
+from l2bn.registration import Registration
 from l2bn.train.config import TrainConfig  # torch-free: the defaults of fields old studies lack
 
 # TrainConfig fields that do not make two runs different experiments: the grid's own axes
@@ -106,6 +107,9 @@ class StudyData:
     # The sweep's objective (its trials' value: "val_error" or "val_loss"), None where the
     # study did not store one (older l2bn: val_error). See study_objective.
     objective: str | None = None
+    # The run's registered reading rule (user attr ``registration``; l2bn.registration),
+    # None where the study registered none.
+    registration: Registration | None = None
 
 
 METRICS = ("val_error", "val_loss")  # the per-epoch validation metrics a history may hold

@@ -46,6 +46,7 @@ from l2bn.analysis.reading.records import (
     read_history,
 )
 from l2bn.errors import AnalysisError, StorageError
+from l2bn.registration import stored_registration
 from l2bn.sweep.storage import describe, open_storage, parse_url, redact, sqlite_path
 from l2bn.train.config import TrainConfig  # torch-free: the defaults of fields old studies lack
 
@@ -251,6 +252,7 @@ def load_studies(
                 identity=identity,
                 has_config=has_config,
                 objective=objectives[name],
+                registration=stored_registration(attrs.get("registration")),
             )
         )
     return tuple(out), tuple(warnings)
