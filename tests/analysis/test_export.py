@@ -47,8 +47,11 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
     )
     assert out in report.written
     d = json.loads(out.read_text())
-    assert set(d) == {"schema", "l2bn_version", "storage", "settings", "warnings", "groups"}
+    assert set(d) == {
+        "schema", "l2bn_version", "storage", "settings", "warnings", "groups", "registration",
+    }  # fmt: skip
     assert d["schema"] == 3
+    assert d["registration"] is None  # the planted studies were never registered
     assert set(d["settings"]) >= {
         "storage", "studies", "equilibrium", "bootstrap", "seed", "interval", "margin",
         "norm_margin", "metric", "from_csv",

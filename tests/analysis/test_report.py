@@ -117,7 +117,11 @@ def test_tables_settings_and_identity_are_on_the_page(analyzed: AnalysisReport, 
         assert f"{g.scaling.k.value:.3g}" in html
         assert g.scaling.verdict in html
         assert f"{g.n_trials} trials" in html
-    assert "k  (η* ∝ λ^-k)" in html and "a  (‖w_conv1‖ ∝ η^a)" in html
+    assert "k (η* ∝ λ^-k), the primary: the whole-surface collapse" in html
+    assert "a  (‖w_conv1‖ ∝ η^a)" in html and "k, cross-check: joint parabola" in html
+    # The answer comes first, the settings last and folded.
+    assert html.index("The answer: η* ∝ λ^-k") < html.index("<h2>") + 40
+    assert html.index("Settings of this analysis") > html.index("class='group'")
     for key in analyzed.settings.to_dict():  # every AnalyzeConfig setting
         assert f"<th>{key}</th>" in html
     assert "<th>bootstrap</th><td>50</td>" in html
@@ -150,13 +154,15 @@ def test_unknown_fields_are_rendered_generically(analyzed: AnalysisReport) -> No
         "confidence": 0.9,
     }
     g["k_estimates"] = {"pooled": {"estimate": est, "theory": 0.5, "verdict": "equivalent"}}
-    g["k_by_epoch"] = [{"epoch": 7, "estimate": {**est, "value": 0.77}}]
+    g["k_by_batch"] = [{"epoch": 7, "estimate": {**est, "value": 0.77}}]
+    g["k_by_epoch"] = [{"epoch": 3, "k": {**est, "value": 0.33}}]  # its figure says it
     g["column_tests"] = {"monotone": True, "<b>": "<i>x</i>"}
     data["new_top_level"] = [1, 2]
     html = render_html(data)
     assert "k_estimates.pooled" in html and "0.61 [0.41, 0.82]" in html
     assert "v-equivalent" in html and ">equivalent<" in html
-    assert "k_by_epoch [epoch=7]" in html and "0.77 [0.41, 0.82]" in html
+    assert "k_by_batch [epoch=7]" in html and "0.77 [0.41, 0.82]" in html
+    assert "0.33 [0.41, 0.82]" not in html  # k over training: a figure, not rows
     assert "column_tests" in html and "&lt;i&gt;x&lt;/i&gt;" in html and "<i>x" not in html
     assert "new_top_level" in html
 
@@ -279,7 +285,7 @@ def test_figures_show_in_a_browser(page: Path, tmp_path: Path) -> None:
     dom = _browse(page, tmp_path, "--dump-dom")
     assert dom.stdout.count("<img") == n and "<script" not in dom.stdout
     shot = tmp_path / "shot.png"
-    _browse(page, tmp_path, f"--screenshot={shot}", "--window-size=1300,2400")
+    _browse(page, tmp_path, f"--screenshot={shot}", "--window-size=1300,6000")
     import numpy as np
     from PIL import Image
 

@@ -28,14 +28,13 @@ the flat floor around η* carries little (docs/method.md).
   (:mod:`~l2bn.analysis.estimating.intervals`: the seed with shared seeds, the (λ, seed) pair
   with independent rows); every replicate refits k with the same rows. With one seed no cluster
   exists: the interval is then none (NaN), never one that treats cells as independent.
-* **Lack of collapse** (:func:`~l2bn.analysis.estimating.lack.row_tests`): each row against the
-  curve the other rows define (k refitted without it), cell by cell, t-tests with the noise of
-  the row's cell means (the seeds' pooled variance), of the curve (a jackknife over the other
-  rows' clusters) and the curve's own misfit beyond the noise, Bonferroni over every cell tested
-  (cells more than half a step beyond the other rows' span of x are not tested). **The rule**
-  (:func:`collapse_fit`): a failing row is left out, the worst first, and the fit and tests
-  repeat, while at least 3 rows and more than half of them remain; a group that would need more
-  is "does not collapse".
+* **Lack of collapse** (:func:`~l2bn.analysis.estimating.lack.row_tests`): each row against
+  the curve the other rows define (k refitted without it), cell by cell, t-tests with the
+  noise of the row's cell means (the seeds' pooled variance) and of the curve (a jackknife over
+  the other rows' clusters), counting a deviation only beyond 5 % of the valley's depth,
+  Bonferroni over every cell tested. **The rule** (:func:`collapse_fit`): a failing row is left
+  out, the worst first, and the fit and tests repeat, while at least 3 rows and more than half
+  of them remain; a group that would need more is "does not collapse".
 
 The fit itself lives in :mod:`~l2bn.analysis.estimating.surface`, the row test in
 :mod:`~l2bn.analysis.estimating.lack`; everything runs on replicates at once

@@ -202,6 +202,25 @@ def leverage(
     return np.asarray(np.clip(w * np.sum(unit * solved, axis=1), 0.0, 0.99), dtype=np.float64)
 
 
+def row_curve(
+    s: Surface,
+    cells: BoolArray,
+    y: FloatArray,
+    w: FloatArray,
+    alpha: float,
+    sigma: float | None = None,
+) -> FloatArray:
+    """One λ row's own curve (penalty ``alpha``, in log η) at its ``cells``; ``y``, ``w``: the
+    cells' means and seed counts. Least squares; with ``sigma``, the collapse's Huber fit."""
+    if sigma is not None:
+        return _fit(s, s.u[cells], y, w, sigma, alpha)[1]
+    first, values = s.lattice.basis(s.u[cells])
+    bands, rhs = normal_bands(first, values, w, y, s.lattice.size)
+    mean_weight = w.sum() / w.size
+    coef = solve_bands(bands + alpha * mean_weight * penalty_bands(s.lattice.size), rhs)
+    return evaluate(first, values, coef)
+
+
 def choose_smoothing(s: Surface, sigma: float, rows: BoolArray) -> float:
     """The smoothest penalty of :data:`SMOOTHINGS` whose curves fit each λ row's own valley
     within its noise (the discrepancy principle): every row fitted alone, in log η, by a curve
@@ -218,12 +237,9 @@ def choose_smoothing(s: Surface, sigma: float, rows: BoolArray) -> float:
             cells = (s.row == row) & (m[0] > 0)
             if cells.sum() < 3:
                 continue
-            first, values = s.lattice.basis(s.u[cells])
             w, yy = m[0][cells], y[0][cells]
-            bands, rhs = normal_bands(first, values, w, yy, s.lattice.size)
-            mean_weight = w.sum() / w.size
-            coef = solve_bands(bands + alpha * mean_weight * penalty_bands(s.lattice.size), rhs)
-            chi2 += float(np.sum(w * (yy - evaluate(first, values, coef)) ** 2)) / sigma**2
+            chi2 += float(np.sum(w * (yy - row_curve(s, cells, yy, w, alpha)) ** 2)) / sigma**2
+            first, values = s.lattice.basis(s.u[cells])
             dof += w.size - float(np.sum(leverage(s, first, values, w, alpha)))
         if dof > 0 and chi2 <= stats.chi2.ppf(0.99, dof):
             return alpha
@@ -240,6 +256,7 @@ __all__ = [
     "Surface",
     "choose_smoothing",
     "leverage",
+    "row_curve",
     "profile_k",
     "scan",
     "surface",

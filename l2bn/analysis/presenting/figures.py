@@ -8,7 +8,14 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def margins(fig: Figure, top_in: float = 0.75, hspace: float = 0.35, right_in: float = 0.3) -> None:
+def margins(
+    fig: Figure,
+    top_in: float = 0.75,
+    hspace: float = 0.35,
+    right_in: float = 0.3,
+    bottom_in: float = 0.65,
+    wspace: float = 0.45,
+) -> None:
     """Fixed margins in inches (room for labels, titles and a suptitle).
 
     Not a layout engine: constrained layout redraws every tick label several times and
@@ -16,8 +23,8 @@ def margins(fig: Figure, top_in: float = 0.75, hspace: float = 0.35, right_in: f
     """
     w, h = fig.get_size_inches()
     fig.subplots_adjust(
-        left=0.95 / w, right=1 - right_in / w, bottom=0.65 / h, top=1 - top_in / h,
-        wspace=0.45, hspace=hspace,
+        left=0.95 / w, right=1 - right_in / w, bottom=bottom_in / h, top=1 - top_in / h,
+        wspace=wspace, hspace=hspace,
     )  # fmt: skip
 
 

@@ -44,7 +44,7 @@ import numpy as np
 from l2bn.analysis.estimating.equilibrium import (
     norm_cell_filter,
 )
-from l2bn.analysis.fitted import ANGLE_TEST, Cell
+from l2bn.analysis.fitted import Cell
 from l2bn.analysis.presenting.equilibrium_figure import (
     equilibrium_curves,
     plot_equilibrium,
@@ -98,13 +98,19 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.5) -> tuple[Figure, list[Axes]]:
+def _figure(
+    ncols: int = 1, width: float = 5.5, height: float = 4.5, **margin: float
+) -> tuple[Figure, list[Axes]]:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width * ncols, height))
     axes = fig.subplots(1, ncols, squeeze=False)[0]
-    margins(fig)
+    margins(fig, **margin)
     return fig, list(axes)
+
+
+# Legends go below the axes, in the figure's bottom margin: never on the data.
+LEGEND_BELOW = 0.9  # inches of bottom margin a legend below the axes takes
 
 
 # --- heatmaps -----------------------------------------------------------------------------
@@ -147,6 +153,14 @@ def _heatmap(
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
         return
     lo, hi = min(finite), max(finite)
+    extend = "neither"
+    if not log_color and len(finite) >= 8:
+        # Robust: a few cells far up the wall (or diverged) must not make the valley one
+        # colour; the scale stops at the 90th percentile, and the colour bar says so.
+        top = float(np.percentile(finite, 90))
+        if top < hi:
+            hi, extend = top, "max"
+            label = f"{label} (clipped at {top:.3g})"
     norm = LogNorm(lo, hi if hi > lo else lo * 1.01) if log_color else Normalize(lo, hi)
     mesh = None
     for j, (wd, cs) in enumerate(columns.items()):
@@ -159,35 +173,33 @@ def _heatmap(
             if crossed and (wd, c.lr) in crossed:
                 ax.plot(j, c.lr, marker="x", color="white", ms=6, mew=1.2, ls="none")
     if mark_optima:
-        xs = [j for j, o in enumerate(group.optima)]
-        ax.plot(
-            xs,
-            [o.lr_opt for o in group.optima],
-            marker="*",
-            ms=13,
-            color="red",
-            mec="white",
-            ls="none",
-            label="η* (refined)",
-        )
+        for used in (True, False):
+            js = [j for j, o in enumerate(group.optima) if o.used == used]
+            if js:
+                ax.plot(js, [group.optima[j].lr_opt for j in js], marker="*", ms=13, ls="none",
+                        color="red", mec="white" if used else "red",
+                        mfc="red" if used else "none",
+                        label="η* (in the primary)" if used else "η* (row left out)")  # fmt: skip
         for j, o in enumerate(group.optima):
-            if o.edge:
-                ax.annotate("edge", (j, o.lr_opt), xytext=(6, 0), textcoords="offset points",
+            why = "edge" if o.edge else "flat" if o.note and "flat" in o.note else ""
+            if why:
+                ax.annotate(why, (j, o.lr_opt), xytext=(6, 0), textcoords="offset points",
                             color="red", fontsize=8, va="center")  # fmt: skip
-        ax.legend(loc="upper right", fontsize=8, framealpha=0.8)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8,
+                  frameon=False)  # fmt: skip
     ax.set_yscale("log")
     ax.set_xticks(range(len(columns)), [f"{wd:.3g}" for wd in columns])
     ax.set_xlim(-0.5, len(columns) - 0.5)
     ax.set_xlabel("λ (weight_decay)")
     ax.set_ylabel("η (learning rate)")
     if mesh is not None:
-        ax.figure.colorbar(mesh, ax=ax, label=label)
+        ax.figure.colorbar(mesh, ax=ax, label=label, extend=extend)
 
 
 def plot_error_heatmap(group: GroupReport) -> Figure:
     """Seed-averaged validation error (and test error, when recorded) over (λ, η)."""
     has_test = any(math.isfinite(c.test_error) for c in group.cells)
-    fig, axes = _figure(2 if has_test else 1)
+    fig, axes = _figure(2 if has_test else 1, height=5.0, bottom_in=1.2, right_in=0.4)
     val = {(c.weight_decay, c.lr): c.val_error for c in group.cells}
     _heatmap(axes[0], group, val, "validation error")
     axes[0].set_title("validation error")
@@ -205,21 +217,19 @@ def plot_norm_heatmap(group: GroupReport, equilibrium: float) -> Figure:
     equilibrium, or,
     where no cell carries a verdict, c·η·λ·T < ``equilibrium``."""
     layer = group.first_layer or ""
-    fig, axes = _figure()
+    fig, axes = _figure(width=6.2, height=5.2, top_in=1.0, right_in=0.4)
     values = {(c.weight_decay, c.lr): c.phase1_norms.get(layer, math.nan) for c in group.cells}
     chosen = norm_cell_filter(group.cells, equilibrium)
     young = {(c.weight_decay, c.lr) for c in group.cells if not chosen.admits(c)}
     _heatmap(axes[0], group, values, f"‖w‖ of {layer}", log_color=True, crossed=young,
              mark_optima=False)  # fmt: skip
     if chosen.measured:
-        lo, hi = group.equilibrium_band
-        what = "θ̄²/θ_eq²" if group.equilibrium_test == ANGLE_TEST else "growth ÷ shrink"
-        why = f"measured: {what} outside [{lo:g}, {hi:g}], or unmeasured"
+        why = "measured: its norms not stationary, or unmeasured"
     else:
         why = f"c·η·λ·T < {equilibrium:g}; c = 10 with momentum"
     axes[0].set_title(
-        f"{group.label}: ‖w_{layer}‖ at end of LR phase 1\n× = out of equilibrium ({why})",
-        fontsize=10,
+        f"{group.label}: ‖w_{layer}‖ at the end of LR phase 1\n× = out of equilibrium ({why})",
+        fontsize=9,
     )
     return fig
 
@@ -294,7 +304,7 @@ def plot_collapse(group: GroupReport) -> Figure:
         ks.append((f"theory: k = {group.scaling.theory:g}", group.scaling.theory))
     if not ks:
         ks.append(("k = 0 (raw η)", 0.0))
-    fig, axes = _figure(len(ks))
+    fig, axes = _figure(len(ks), height=5.2, bottom_in=0.65 + LEGEND_BELOW)
     columns = {wd: cs for wd, cs in _lambda_columns(group.cells).items() if wd > 0}
     used = {r.weight_decay: r.used for r in fit.rows}
     cmap = colormaps["viridis"]
@@ -318,9 +328,16 @@ def plot_collapse(group: GroupReport) -> Figure:
         ax.set_ylabel(group.metric.replace("_", " "))
         ax.set_title(name, fontsize=9)
         ax.grid(True, alpha=0.3)
-        # An explicit place: loc="best" scans every point and triples the render time.
-        ax.legend(fontsize=7, loc="upper left", framealpha=0.8)
-    fig.suptitle(f"{group.label}: the whole surface against η·λ^k ({fit.status})", fontsize=10)
+    # One legend below the panels, off the data (an explicit place: loc="best" scans every
+    # point and triples the render time).
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8,
+               frameon=False)  # fmt: skip
+    fig.suptitle(
+        f"{group.label}: the whole surface against η·λ^k ({fit.status}); bars: ± the seed "
+        "noise of a cell mean",
+        fontsize=10,
+    )
     return fig
 
 
@@ -375,16 +392,17 @@ def plot_norm_trajectories(group: GroupReport, max_panels: int = 6) -> Figure:
 
     ncols = min(max(len(wds), 1), 3)
     nrows = math.ceil(max(len(wds), 1) / ncols)
-    fig = Figure(figsize=(4.2 * ncols + 1.0, 3.6 * nrows))
+    fig = Figure(figsize=(4.2 * ncols + 1.0, 3.6 * nrows + 0.5))
     # A shared y axis: the norm's λ dependence is read across panels.
     grid = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
-    margins(fig, hspace=0.45, right_in=1.0)  # room for the colorbar's ticks and label
+    margins(fig, hspace=0.45, right_in=1.0, bottom_in=1.1)  # colorbar; legend below
     axes = list(grid.ravel())
     for ax in axes[len(wds) :]:
         ax.set_visible(False)
     lrs = [lr for _, lr in curves]
     norm = LogNorm(min(lrs), max(lrs) if max(lrs) > min(lrs) else min(lrs) * 1.01) if lrs else None
     cmap = colormaps["plasma"]
+    best = {o.weight_decay: o.lr_grid for o in group.optima}
     for ax, wd in zip(axes, wds, strict=False):
         for (w, lr), runs in sorted(curves.items()):
             if w != wd:
@@ -394,10 +412,12 @@ def plot_norm_trajectories(group: GroupReport, max_panels: int = 6) -> Figure:
             with np.errstate(divide="ignore", invalid="ignore"):
                 mean = np.exp(np.nanmean(np.log(arr), axis=0))
             ax.plot(np.arange(1, n + 1), mean, color=cmap(norm(lr)) if norm else None, lw=1.2)
+            if wd in best and math.isclose(lr, best[wd], rel_tol=1e-9):
+                # η*'s cell: the run the theory is about, drawn over the others.
+                ax.plot(np.arange(1, n + 1), mean, color="black", lw=2.4, ls="--", zorder=5,
+                        label="η* (the best η at this λ)")  # fmt: skip
         if phase1.get(wd):
-            ax.axvline(phase1[wd], color="0.5", ls="--", lw=1, label="end of LR phase 1")
-            if ax is axes[0]:
-                ax.legend(fontsize=8, loc="lower right")
+            ax.axvline(phase1[wd], color="0.5", ls=":", lw=1.2, label="end of LR phase 1")
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(f"λ = {wd:.3g}")
@@ -412,6 +432,9 @@ def plot_norm_trajectories(group: GroupReport, max_panels: int = 6) -> Figure:
             fraction=0.03,
             pad=0.02,
         )
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(f"{group.label}: weight norm of {layer} over training")
     return fig
 

@@ -1,11 +1,13 @@
 """``l2bn analyze --report FILE.html``: one self-contained page to look at, and to mail.
 
-The page holds, from top to bottom: the settings and studies behind the analysis (storage
-redacted), the warnings, a summary of k per group (with how many optimum cells are in
-equilibrium), then per group its training identity and studies, a table of every fitted
-quantity (estimate, CI, theory, verdict, data used), η* per λ with its cell's equilibrium
-verdict, the group's equilibrium summary, its warnings, every figure of ``--plots`` embedded as
-a PNG data URI, and its cells (folded).
+The first screen (1280×720) is the answer: per group, k with its 95 % interval by the primary
+(the whole-surface collapse) beside the theory's k, the verdict, whether the surface
+collapses, how many optimum cells are in equilibrium, the registered reading rule with each
+condition met, missed or undetermined (where the run registered one), and a line saying what
+the verdict words mean. Below it, per group: its fits (estimates, CIs, theory, verdicts), the
+lack-of-collapse test of each λ row, η* per λ with its cell's equilibrium, its warnings, every
+figure of ``--plots`` embedded as a PNG data URI; folded at the end: its training identity, its
+cells, the settings.
 
 It is built from :meth:`~l2bn.analysis.results.AnalysisReport.to_dict` (the stable JSON shape),
 not from the dataclasses, and renders what it does not know generically: a group entry that is
@@ -14,60 +16,42 @@ an estimate (a dict with ``value`` and ``ci_low``), or a list or dict of those b
 the group's table; any other unknown entry is shown as text (a number, a string) or as JSON
 under "other fields". Every string from the data is HTML-escaped (study names are user input),
 and a Content-Security-Policy forbids scripts and any request: the page needs no network and
-no server. Figures come from the files ``--plots`` wrote, when it did, else they are rendered
-into a temporary folder by :func:`l2bn.analysis.presenting.plots.write_plots` (matplotlib).
+no server. Every table scrolls inside its own box, so that no column is cut on a phone.
+Figures come from the files ``--plots`` wrote, when it did, else they are rendered into a
+temporary folder by :func:`l2bn.analysis.presenting.plots.write_plots` (matplotlib).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as _dt
-import html
-import json
-import re
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from l2bn import files
+from l2bn.analysis.presenting.report_tables import (
+    _EQUILIBRIUM_RATIO,
+    _LAID_OUT,
+    _cells,
+    _e,
+    _estimate_html,
+    _fit_rows,
+    _fits,
+    _json_block,
+    _label,
+    _optima,
+    _sub,
+    _text,
+    _verdict,
+)
 from l2bn.analysis.results import AnalysisReport
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Nothing may be fetched or run: images are data URIs, the style sheet is inline.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
-# Entries of a group's dict shown in their own places, not as fits or "other fields".
-_LAID_OUT = frozenset(
-    {
-        "optimizer",
-        "norm",
-        "dataset",
-        "identity",
-        "distinct",
-        "studies",
-        "n_trials",
-        "n_cells",
-        "n_lambda",
-        "max_seeds",
-        "n_diverged",
-        "first_layer",
-        "optima",
-        "optima_equilibrium",
-        "cells",
-        "warnings",
-    }
-)
-_QUANTITY = {"k": "k  (η* ∝ λ^-k), the primary", "collapse": "k  (whole-surface collapse)"}
-_NORM_QUANTITY = {
-    "a": "a  (‖w_{layer}‖ ∝ η^a)",
-    "b": "b  (‖w_{layer}‖ ∝ λ^-b)",
-    "p": "p  (‖w_{layer}‖·λ^s ∝ (η·λ^k)^p)",
-    "q": "q  (‖w_{layer}‖ memory of w₀: λ^q)",
-}
-_NORM_VERDICTS = ("verdict", "memory")
-# Keys that name an item of a list of fits (k_by_epoch's epoch, a column test's quantity).
-_TAGS = ("name", "layer", "epoch", "method", "quantity", "log_x")
 _FIGURE_CAPTIONS = {
     "error_heatmap": "validation (and test) error over (λ, η), η* marked",
     "eta_star": "η* per λ (a cross-check) against λ, with the primary's and the theory's slope",
@@ -79,8 +63,6 @@ _FIGURE_CAPTIONS = {
     "(stationarity, the verdict), and the θ test beside it (θ̄²/θ_eq², or Adam's per-step "
     "growth ÷ shrink); shaded: the band, and the tail of phase 1 judged",
 }
-_EQUILIBRIUM_RATIO = {"angle": "⟨θ²⟩/θ_eq²", "balance": "growth ÷ shrink"}
-
 Figure = tuple[str, bytes]  # (figure name, PNG bytes)
 
 
@@ -141,19 +123,28 @@ def render_html(
     groups = [g for g in data.get("groups") or () if isinstance(g, Mapping)]
     body: list[str] = [
         "<header><h1>l2bn analyze</h1>",
-        f"<p class='meta'>l2bn {_e(data.get('l2bn_version', '?'))} · generated {_e(when)} · "
-        f"storage <code>{_e(data.get('storage', '?'))}</code> · {len(groups)} group(s)</p>",
+        f"<p class='meta'>{len(groups)} group(s) from <code>{_e(data.get('storage', '?'))}"
+        f"</code> · l2bn {_e(data.get('l2bn_version', '?'))} · {_e(when)}</p>",
         "</header>",
-        _settings(data),
+        _answer(groups, data.get("registration")),
         _warnings(data.get("warnings"), "Warnings"),
-        _summary(groups),
     ]
     for i, g in enumerate(groups):
         body.append(_group(i, g, figures[i] if i < len(figures) else ()))
+    body.append(_settings(data))
     extra = {
         k: v
         for k, v in data.items()
-        if k not in ("schema", "l2bn_version", "storage", "settings", "warnings", "groups")
+        if k
+        not in (
+            "schema",
+            "l2bn_version",
+            "storage",
+            "settings",
+            "warnings",
+            "groups",
+            "registration",
+        )
     }
     if extra:
         body.append(f"<section><h2>Other fields</h2>{_json_block(extra)}</section>")
@@ -184,9 +175,9 @@ def _settings(data: Mapping[str, Any]) -> str:
         f"<tr><th>{_e(k)}</th><td>{_e(shown(k, v))}</td></tr>" for k, v in settings.items()
     )
     return (
-        "<section><h2>Settings</h2><table class='kv'>"
-        f"{rows}</table><p class='note'>The storage URL is shown with its password redacted."
-        "</p></section>"
+        "<details class='settings'><summary>Settings of this analysis</summary>"
+        f"<div class='scroll'><table class='kv'>{rows}</table></div><p class='note'>The "
+        "storage URL is shown with its password redacted.</p></details>"
     )
 
 
@@ -198,24 +189,59 @@ def _warnings(warnings: Any, title: str) -> str:
     return f"<div class='warnings'><h3>{_e(title)}</h3><ul>{lis}</ul></div>"
 
 
-def _summary(groups: Sequence[Mapping[str, Any]]) -> str:
+VERDICT_WORDS = (
+    "Verdicts against the theory ± δ: <b>equivalent</b>, the 95 % interval lies inside; "
+    "<b>different</b>, entirely outside; <b>inconclusive</b>, neither; <b>does not "
+    "collapse</b>, too many λ rows fail to follow one curve, so k is no test of the theory; "
+    "<b>undetermined</b>, no estimate or no theory."
+)
+
+
+def _answer(groups: Sequence[Mapping[str, Any]], rule: Any) -> str:
+    """The first screen: k per group by the primary, beside the theory, its verdict, the
+    collapse, equilibrium, and the registered rule judged."""
     rows = []
     for i, g in enumerate(groups):
         fit = _sub(g, "k")
+        collapse = _sub(g, "collapse")
+        rows_used = [r for r in collapse.get("rows") or () if isinstance(r, Mapping)]
+        n_used = sum(1 for r in rows_used if r.get("used"))
+        status = collapse.get("status") or "–"
+        collapse_text = f"{status}, {n_used} of {len(rows_used)} λ" if rows_used else status
         rows.append(
             f"<tr><td><a href='#group-{i}'>{_e(_label(g))}</a></td>"
-            f"<td>{_e(', '.join(map(str, g.get('studies') or ())))}</td>"
-            f"<td class='num'>{_e(_text(g.get('n_trials')))}</td>"
-            f"<td class='num'>{_e(_estimate(fit.get('estimate')))}</td>"
+            f"<td class='num k'>{_estimate_html(fit.get('estimate'))}</td>"
             f"<td class='num'>{_e(_text(fit.get('theory')))}</td>"
             f"<td>{_verdict(fit.get('verdict'))}</td>"
+            f"<td>{_e(collapse_text)}</td>"
             f"<td>{_equilibrium_count(_sub(g, 'optima_equilibrium'))}</td></tr>"
         )
+    table = (
+        "<div class='scroll'><table class='answer'><thead><tr><th>group</th>"
+        "<th>k [95 % CI], primary</th><th>theory</th><th>verdict</th><th>surface</th>"
+        "<th>optimum cells in equilibrium</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
     return (
-        "<section><h2>Summary: η* ∝ λ^-k</h2><table><thead><tr><th>group</th><th>studies</th>"
-        "<th>trials</th><th>k [CI]</th><th>theory</th><th>verdict</th>"
-        "<th>η* cells in equilibrium</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table></section>"
+        "<section class='answer' id='answer'><h2>The answer: η* ∝ λ^-k</h2>"
+        f"{table}{_rule(rule)}<p class='note'>{VERDICT_WORDS} k is read from the whole error "
+        "surface (its collapse along η·λ^k; docs/method.md).</p></section>"
+    )
+
+
+def _rule(rule: Any) -> str:
+    """The registered reading rule, judged: the whole and each condition."""
+    if not isinstance(rule, Mapping):
+        return ""
+    items = "".join(
+        f"<li>{_verdict(c.get('status'))} {_e(c.get('text', '?'))}: "
+        f"<span class='numbers'>{_e(c.get('numbers', ''))}</span></li>"
+        for c in rule.get("conditions") or ()
+        if isinstance(c, Mapping)
+    )
+    return (
+        f"<div class='rule'><b>Registered reading rule</b> ({_e(rule.get('source', '?'))}): "
+        f"{_verdict(rule.get('status'))}<ul>{items}</ul></div>"
     )
 
 
@@ -267,21 +293,25 @@ def _group(i: int, g: Mapping[str, Any], figures: Sequence[Figure]) -> str:
         )
         if key in g
     )
+    noise = g.get("noise_sd")
+    meta = (
+        f"studies: {_e(', '.join(map(str, g.get('studies') or ())) or '?')} · {counts}"
+        + (f" · metric {_e(g['metric'])}" if g.get("metric") else "")
+        + (f", noise sd {noise:.3g} per trial" if isinstance(noise, int | float) else "")
+        + (" · independent λ rows" if g.get("independent_rows") else "")
+    )
     parts = [
         f"<section class='group' id='group-{i}'><h2>{_e(_label(g))}</h2>",
-        f"<p class='meta'>studies: {_e(', '.join(map(str, g.get('studies') or ())) or '?')}"
-        f" · {counts}"
-        + (f" · first layer {_e(g['first_layer'])}" if g.get("first_layer") else "")
-        + "</p>",
-        _identity(g),
+        f"<p class='meta'>{meta}</p>",
         _fits(g),
+        _rows(_sub(g, "collapse")),
         _optima(g.get("optima")),
         _equilibrium_summary(g.get("optima_equilibrium")),
         _warnings(g.get("warnings"), "Warnings for this group"),
     ]
     if figures:
         parts.append("<div class='figures'>")
-        for name, png in figures:
+        for name, png in sorted(figures, key=lambda f: _FIGURE_ORDER.get(f[0], 99)):
             caption = _FIGURE_CAPTIONS.get(name, name.replace("_", " "))
             uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
             parts.append(
@@ -292,16 +322,62 @@ def _group(i: int, g: Mapping[str, Any], figures: Sequence[Figure]) -> str:
     other = {
         k: v for k, v in g.items() if k not in _LAID_OUT and v is not None and not _fit_rows(k, v)
     }
+    other.pop("collapse", None)
     scalars = {k: v for k, v in other.items() if not isinstance(v, Mapping | list)}
     if scalars:
         shown = " · ".join(f"{_e(k)}: {_e(_text(v))}" for k, v in scalars.items())
         parts.insert(2, f"<p class='meta'>{shown}</p>")
+    parts.append(_identity(g))
     nested = {k: v for k, v in other.items() if k not in scalars}
     if nested:
         parts.append(f"<details><summary>Other fields</summary>{_json_block(nested)}</details>")
     parts.append(_cells(g.get("cells")))
     parts.append("</section>")
     return "\n".join(p for p in parts if p)
+
+
+_FIGURE_NAMES = (
+    "collapse",
+    "k_by_epoch",
+    "eta_star",
+    "error_heatmap",
+    "equilibrium",
+    "norm_trajectories",
+    "norm_heatmap",
+)
+_FIGURE_ORDER = {name: i for i, name in enumerate(_FIGURE_NAMES)}
+
+
+def _rows(collapse: Mapping[str, Any]) -> str:
+    """The lack-of-collapse test: each λ row against the curve the other rows define."""
+    rows = [r for r in collapse.get("rows") or () if isinstance(r, Mapping)]
+    if not rows:
+        return ""
+    body = []
+    for r in rows:
+        z, lr = r.get("worst_z"), r.get("worst_lr")
+        worst = (
+            f"{z:+.1f} sd at η = {lr:.3g}"
+            if isinstance(z, int | float) and isinstance(lr, int | float)
+            else "–"
+        )
+        cause = f": {r['cause']}" if r.get("cause") else ""
+        used = "yes" if r.get("used") else "<span class='verdict v-out'>left out</span>"
+        body.append(
+            f"<tr><td class='num'>{_e(_text(r.get('weight_decay')))}</td>"
+            f"<td>{_verdict(r.get('verdict'))}{_e(cause)}</td>"
+            f"<td class='num'>{_e(_text(r.get('p_value')))}</td><td class='num'>{_e(worst)}</td>"
+            f"<td class='num'>{_e(_text(r.get('k_without')))}</td><td>{used}</td></tr>"
+        )
+    return (
+        f"<h3>Does each λ row follow the others' curve? {_verdict(collapse.get('status'))}</h3>"
+        "<div class='scroll'><table><thead><tr><th>λ</th><th>row</th><th>p (Bonferroni)</th>"
+        "<th>its worst cell, beyond a tenth of the valley</th><th>k without it</th>"
+        f"<th>in the primary</th></tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        "<p class='note'>Each row is compared, cell by cell, with the curve the other rows "
+        "define; a row that fails is left out of the primary while at least 3 rows and more "
+        "than half remain (docs/method.md).</p>"
+    )
 
 
 def _identity(g: Mapping[str, Any]) -> str:
@@ -317,215 +393,6 @@ def _identity(g: Mapping[str, Any]) -> str:
         "<details class='identity'><summary>Training identity (what the pooled studies share)"
         f"</summary><p>{' '.join(cells)}</p></details>"
     )
-
-
-# --- fits: known and unknown entries alike ------------------------------------------------
-
-
-def _sub(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = d.get(key)
-    return value if isinstance(value, Mapping) else {}
-
-
-def _is_estimate(x: Any) -> bool:
-    return isinstance(x, Mapping) and "value" in x and "ci_low" in x
-
-
-def _is_fit(x: Any) -> bool:
-    return isinstance(x, Mapping) and _is_estimate(x.get("estimate"))
-
-
-def _fit_rows(
-    key: str, value: Any, label: str | None = None
-) -> list[tuple[str, Mapping[str, Any]]]:
-    """(quantity, fit) rows found in a group entry; a fit is a dict with an ``estimate`` and
-    maybe ``theory``, ``verdict`` and scalars telling the data used."""
-    label = label or _QUANTITY.get(key, key)
-    if _is_fit(value):
-        return [(label, value)]
-    if _is_estimate(value):
-        return [(label, {"estimate": value})]
-    if isinstance(value, Mapping) and key != "norms":
-        # One estimate among scalars (a column test: its slope, band and verdict): one row.
-        ests = [k for k, v in value.items() if _is_estimate(v)]
-        flat = all(not isinstance(v, Mapping | list) for k, v in value.items() if k not in ests)
-        if len(ests) == 1 and flat:
-            (name,) = ests
-            rest = {k: v for k, v in value.items() if k != name}
-            return [(f"{label}.{name}", {"estimate": value[name], **rest})]
-    rows: list[tuple[str, Mapping[str, Any]]] = []
-    if key == "norms" and isinstance(value, list):
-        for n in value:
-            if not isinstance(n, Mapping):
-                continue
-            layer = str(n.get("layer", "?"))
-            ests = [k for k, v in n.items() if _is_estimate(v)]
-            extra = {
-                k: v
-                for k, v in n.items()
-                if k not in ests and k not in _NORM_VERDICTS and k not in ("layer", "theory")
-            }
-            # The layer's verdict goes with p when there is one (it is p's), else with a.
-            judged = "p" if "p" in ests else "a"
-            for name in ests:
-                fit: dict[str, Any] = {"estimate": n[name]}
-                if name == judged:
-                    fit |= {"theory": n.get("theory"), "verdict": n.get("verdict")}
-                elif name == "q" and "memory" in n:
-                    fit |= {"theory": 0.0, "verdict": n.get("memory")}
-                template = _NORM_QUANTITY.get(name, "{name}  ({layer})")
-                rows.append((template.format(name=name, layer=layer), fit | extra))
-        return rows
-    if isinstance(value, list):
-        for j, item in enumerate(value):
-            if isinstance(item, Mapping):
-                tag = ", ".join(
-                    f"{k}={_text(item[k])}"
-                    for k in _TAGS
-                    if k in item and not isinstance(item[k], Mapping | list)
-                ) or str(j)
-                rows.extend(_fit_rows(str(j), item, f"{label} [{tag}]"))
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            rows.extend(_fit_rows(str(k), v, f"{label}.{k}"))
-    return rows
-
-
-def _fits(g: Mapping[str, Any]) -> str:
-    rows = []
-    for key, value in g.items():
-        if key in _LAID_OUT:
-            continue
-        for label, fit in _fit_rows(key, value):
-            est = fit["estimate"]
-            method = est.get("method") if isinstance(est, Mapping) else None
-            conf = est.get("confidence") if isinstance(est, Mapping) else None
-            used = ", ".join(
-                f"{k} {_text(v)}"
-                for k, v in fit.items()
-                if k not in ("estimate", "theory", "verdict") and not isinstance(v, Mapping | list)
-            )
-            verdict = fit.get("verdict")
-            rows.append(
-                f"<tr><td>{_e(label)}</td><td class='num'>{_e(_estimate(est))}</td>"
-                f"<td>{_e(_text(method)) if method else ''}"
-                f"{' ' + _e(f'{conf:.0%}') if isinstance(conf, int | float) else ''}</td>"
-                f"<td class='num'>{_e(_text(fit.get('theory')))}</td>"
-                f"<td>{_verdict(verdict) if verdict is not None else ''}</td>"
-                f"<td class='used'>{_e(used)}</td></tr>"
-            )
-    if not rows:
-        return ""
-    return (
-        "<table class='fits'><thead><tr><th>quantity</th><th>estimate [CI]</th><th>method</th>"
-        "<th>theory</th><th>verdict</th><th>data used</th></tr></thead>"
-        f"<tbody>{''.join(rows)}</tbody></table>"
-    )
-
-
-def _optima(optima: Any) -> str:
-    items = [o for o in optima or () if isinstance(o, Mapping)]
-    if not items:
-        return ""
-    table = _records_table(items, lambda o: "" if o.get("used", True) else "unused")
-    summary = "η* per λ (grey: not used in the fit of k)"
-    return f"<details open><summary>{summary}</summary>{table}</details>"
-
-
-def _cells(cells: Any) -> str:
-    items = [c for c in cells or () if isinstance(c, Mapping)]
-    if not items:
-        return ""
-    table = _records_table(items, lambda c: "", table_class="small")
-    return (
-        f"<details><summary>All {len(items)} cells (seed-averaged (η, λ) grid points)</summary>"
-        f"<div class='scroll'>{table}</div></details>"
-    )
-
-
-def _records_table(
-    items: list[Mapping[str, Any]],
-    row_class: Callable[[Mapping[str, Any]], str],
-    table_class: str = "",
-) -> str:
-    """One row per record, one column per key any record has (first seen first)."""
-    keys = list(dict.fromkeys(k for item in items for k in item))
-    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
-    rows = []
-    for item in items:
-        cls = row_class(item)
-        cells = "".join(_record_cell(k, item.get(k)) for k in keys)
-        rows.append(f"<tr class='{cls}'>{cells}</tr>" if cls else f"<tr>{cells}</tr>")
-    attr = f" class='{table_class}'" if table_class else ""
-    return f"<table{attr}><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-
-
-def _record_cell(key: str, value: Any) -> str:
-    """One cell of a records table; an equilibrium verdict as a badge with its worst ratio."""
-    if key == "equilibrium" and isinstance(value, Mapping) and "verdict" in value:
-        ratio, layer = value.get("ratio"), value.get("layer")
-        detail = ""
-        if isinstance(ratio, int | float) and layer is not None:
-            detail = f" {ratio:.3g} ({_e(layer)})"
-        elif layer is not None:
-            detail = f" ∞ ({_e(layer)})"  # a measured layer with a null ratio: θ_eq = 0
-        seeds = value.get("n_seeds")
-        if isinstance(seeds, int) and seeds > 1:
-            detail += f" {_e(value.get('n_in'))}/{_e(seeds)} seeds"
-        return f"<td>{_verdict(value['verdict'])}{detail}</td>"
-    return f"<td class='num'>{_e(_text(value))}</td>"
-
-
-# --- text ---------------------------------------------------------------------------------
-
-
-def _e(x: Any) -> str:
-    """Escaped for HTML text and attribute values alike."""
-    return html.escape(str(x), quote=True)
-
-
-def _label(g: Mapping[str, Any]) -> str:
-    base = " / ".join(str(g[k]) for k in ("optimizer", "norm", "dataset") if g.get(k))
-    distinct = g.get("distinct")
-    if isinstance(distinct, Mapping) and distinct:
-        base += " [" + ", ".join(f"{k}={_text(v)}" for k, v in distinct.items()) + "]"
-    return base or "?"
-
-
-def _text(x: Any) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    if isinstance(x, list | tuple):
-        return ", ".join(_text(v) for v in x) or "none"
-    if isinstance(x, Mapping):
-        return "; ".join(f"{k}: {_text(v)}" for k, v in x.items())
-    return str(x)
-
-
-def _estimate(est: Any) -> str:
-    if not isinstance(est, Mapping):
-        return "–"
-    value, lo, hi = est.get("value"), est.get("ci_low"), est.get("ci_high")
-    if not isinstance(value, int | float):
-        return "–"
-    if not (isinstance(lo, int | float) and isinstance(hi, int | float)):
-        return f"{value:.3g} [?]"
-    return f"{value:.3g} [{lo:.3g}, {hi:.3g}]"
-
-
-def _verdict(v: Any) -> str:
-    if v is None:
-        return ""
-    css = re.sub(r"[^a-z0-9-]", "-", str(v).lower())
-    return f"<span class='verdict v-{css}'>{_e(v)}</span>"
-
-
-def _json_block(x: Any) -> str:
-    return f"<pre>{_e(json.dumps(x, indent=2, default=str, ensure_ascii=False))}</pre>"
 
 
 _STYLE = """
@@ -551,6 +418,16 @@ figcaption{font-size:12px;color:#444;margin-top:4px}.identity span{display:inlin
 margin:0 .9em .2em 0}.identity .distinct{background:#e3ecff;padding:0 4px;border-radius:4px}
 .scroll{overflow-x:auto}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}
 details{margin:.6em 0}summary{cursor:pointer;color:#333}
+section.answer{background:#f7f9fc;border:1px solid #dde3ee;padding:.2em 1em .6em;
+border-radius:6px}section.answer h2{margin-top:.4em}table.answer td.k{font-weight:600}
+.rule ul{margin:.3em 0 .3em 1.2em;padding:0}.rule li{margin:.15em 0}
+.numbers{color:#444}.detail{color:#444;font-size:12px}h3{font-size:15px;margin:1.1em 0 .3em}
+.v-met,.v-holds,.v-fits,.v-collapses{background:#d6f2d6;color:#145214}
+.v-missed,.v-does-not-hold,.v-fails,.v-does-not-collapse{background:#f8d4d4;color:#7a1010}
+.v-untested,.v-collapses-without-some-rows{background:#fbeec8;color:#6b4e00}
+img{max-width:100%}.meta,.warnings,.note,.rule,figcaption,code,h1,h2,h3,summary{
+overflow-wrap:anywhere}@media (max-width:600px){body{padding:0 .4em;margin:.6em auto}
+th,td{padding:2px 5px}}
 """
 
 __all__ = ["CSP", "group_figures", "render_html", "write_report"]
