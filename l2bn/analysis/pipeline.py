@@ -331,7 +331,7 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
         warnings.append(unsettled)
 
     norms, columns = norm_laws(cells, trials, cfg, theory, sigma, warnings)
-    epochs = k_by_epoch(trials, cfg, rows_used) if p is not None else ()
+    epochs = k_by_epoch(trials, cfg, rows_used, p.smoothing) if p is not None else ()
     if p is not None and not epochs:
         warnings.append(f"no per-epoch {cfg.metric} in the histories: k over training not fitted")
     layers = layer_order(trials)

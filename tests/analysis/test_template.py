@@ -1,4 +1,5 @@
-"""l2bn.analysis.estimating.template: the batched banded P-spline against dense linear algebra."""
+"""l2bn.analysis.estimating.template: the batched windowed P-spline against dense linear algebra
+on the whole lattice."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from l2bn.analysis.estimating.template import (
     Lattice,
     evaluate,
     normal_bands,
-    penalty_bands,
-    solve_bands,
+    penalized_fit,
 )
 
 
@@ -33,15 +33,20 @@ def test_the_basis_is_a_partition_of_unity_on_a_fixed_lattice() -> None:
     assert np.allclose(wide.basis(x)[1], values)
 
 
-def test_the_banded_solve_equals_the_dense_penalized_least_squares() -> None:
+@pytest.mark.parametrize("span", [(-3.0, 4.0), (-1.0, 0.5)], ids=["whole", "window"])
+def test_the_windowed_solve_equals_the_dense_penalized_least_squares(
+    span: tuple[float, float],
+) -> None:
+    # "window": the cells touch a fifth of the lattice; the coefficients they do not touch
+    # must come out as the whole-lattice solution's (the window's ends continued linearly).
     rng = np.random.default_rng(0)
-    x = rng.uniform(-3, 4, size=(3, 5, 40))
+    x = rng.uniform(*span, size=(3, 5, 40))
     w = rng.uniform(0.5, 3, size=(3, 1, 40))
+    w[1, 0, :30] = 0.0  # cells of weight 0 (a left-out row) do not widen the window
     y = rng.normal(size=(3, 1, 40))
     lat = Lattice.covering(-3.0, 4.0, 0.5)
     first, values = lat.basis(x)
-    bands, rhs = normal_bands(first, values, w, y, lat.size)
-    coef = solve_bands(bands + 0.7 * penalty_bands(lat.size), rhs)
+    coef = penalized_fit(first, values, w, y, 0.7, lat.size)
     d2 = np.diff(np.eye(lat.size), n=2, axis=0)
     for b in range(3):
         for k in (0, 4):
@@ -59,6 +64,5 @@ def test_a_straight_line_is_free_of_the_penalty() -> None:
     lat = Lattice.covering(0.0, 5.0, 0.5)
     x = np.linspace(0.0, 5.0, 30)
     first, values = lat.basis(x)
-    bands, rhs = normal_bands(first, values, np.ones(30), 0.3 + 0.1 * x, lat.size)
-    coef = solve_bands(bands + 1e3 * penalty_bands(lat.size), rhs)
+    coef = penalized_fit(first, values, np.ones(30), 0.3 + 0.1 * x, 1e3, lat.size)
     assert evaluate(first, values, coef) == pytest.approx(0.3 + 0.1 * x, abs=1e-9)

@@ -96,13 +96,14 @@ def collapse_fit(
     rows: BoolArray | None = None,
     test: bool = True,
     smoothing: float | None = None,
+    centre: float | None = None,
 ) -> CollapseResult | None:
     """The primary k of ``panel`` (see the module docstring); None with fewer than 2 rows.
 
     ``rows``: the rows to start from (default: every row with ≥ 3 cells); ``test``: run the
     lack-of-collapse tests and the rule (k over training skips them); ``smoothing``: the
     penalty (default: :func:`choose_smoothing` on the full data, then held for every replicate
-    and test).
+    and test); ``centre``: a k to start the profile's scan from (the previous epoch's).
     """
     s = surface(panel, k_bounds)
     if s is None:
@@ -117,7 +118,7 @@ def collapse_fit(
     tests: dict[int, RowTest] = {}
     status = UNTESTED
     while True:
-        k, bound = profile_k(s, full, sigma, k_bounds, use, alpha)
+        k, bound = profile_k(s, full, sigma, k_bounds, use, alpha, centre)
         if not test:
             break
         if not math.isfinite(k[0]):
@@ -161,7 +162,7 @@ def collapse_fit(
     else:
         weights, strata = cluster_weights(panel, "jackknife")
         keep = use[strata] if panel.independent_rows else np.ones(strata.size, dtype=bool)
-        reps, rep_bound = profile_k(s, weights[keep], sigma, k_bounds, use, alpha)
+        reps, rep_bound = profile_k(s, weights[keep], sigma, k_bounds, use, alpha, k_hat)
         interval = jackknife_interval(k_hat, reps, strata[keep], confidence, method)
         if rep_bound.any():
             reason = reason or "a jackknife replicate's minimum lies on a bound of k: no interval"

@@ -84,8 +84,10 @@ def _predict(
     weights = np.concatenate([full_weights(panel) * np.ones_like(jack[:1]), jack[use]])
     k = np.full(weights.shape[0], k_all)
     if others.sum() >= 2:  # else one other row: no k without this one, the group's k
-        k_without, _ = profile_k(s, weights, sigma, k_bounds, others, smoothing)
-        if math.isfinite(k_without[0]):  # else (on a bound) the group's k
+        k0, _ = profile_k(s, weights[:1], sigma, k_bounds, others, smoothing)
+        if math.isfinite(k0[0]):  # else (on a bound) the group's k
+            reps, _ = profile_k(s, weights[1:], sigma, k_bounds, others, smoothing, float(k0[0]))
+            k_without = np.concatenate([k0, reps])
             k = np.where(np.isfinite(k_without), k_without, k_all)
     coef = template(s, weights, sigma, k, others, smoothing)
     mine = np.flatnonzero(s.row == row)

@@ -82,34 +82,33 @@ def build_panel(
     lr_a = np.asarray(lr, dtype=np.float64)
     sd = np.asarray(seed, dtype=np.int64)
     val = np.asarray(value, dtype=np.float64)
-    wds = np.unique(wd)
-    rows = [np.unique(lr_a[wd == w]) for w in wds]
-    seeds_per_row = [set(sd[wd == w].tolist()) for w in wds]
+    wds, row_of = np.unique(wd, return_inverse=True)
+    rows = [np.unique(lr_a[row_of == i]) for i in range(wds.size)]
+    seeds_per_row = [set(sd[row_of == i].tolist()) for i in range(wds.size)]
     shared = any(
         seeds_per_row[i] & seeds_per_row[j] for i in range(len(wds)) for j in range(i + 1, len(wds))
     )
     independent = len(wds) > 1 and not shared
+    col = np.empty(val.size, dtype=np.int64)  # each trial's η column within its row
+    slot = np.empty(val.size, dtype=np.int64)  # and its seed slot
+    for i, r in enumerate(rows):
+        sel = row_of == i
+        col[sel] = np.searchsorted(r, lr_a[sel])
+        if independent:  # each row's seeds in their own slots, in order
+            slot[sel] = np.unique(sd[sel], return_inverse=True)[1]
     if independent:
-        slot_of = [{s: i for i, s in enumerate(sorted(r))} for r in seeds_per_row]
         n_s = max(len(r) for r in seeds_per_row)
     else:
-        all_seeds = sorted(set(sd.tolist()))
-        common = {s: i for i, s in enumerate(all_seeds)}
-        slot_of = [common for _ in wds]
-        n_s = len(all_seeds)
+        all_seeds, slot = np.unique(sd, return_inverse=True)
+        n_s = all_seeds.size
     n_m = max(r.size for r in rows)
     log_lr = np.full((wds.size, n_m), np.nan)
-    total = np.zeros((wds.size, n_m, n_s))
-    count = np.zeros((wds.size, n_m, n_s))
     for i, r in enumerate(rows):
         log_lr[i, : r.size] = np.log(r)
-    row_of = np.searchsorted(wds, wd)
-    for t in range(val.size):
-        i = int(row_of[t])
-        m = int(np.searchsorted(rows[i], lr_a[t]))
-        s = slot_of[i][int(sd[t])]
-        total[i, m, s] += val[t]
-        count[i, m, s] += 1
+    total = np.zeros((wds.size, n_m, n_s))
+    count = np.zeros((wds.size, n_m, n_s))
+    np.add.at(total, (row_of, col, slot), val)
+    np.add.at(count, (row_of, col, slot), 1.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         values = np.where(count > 0, total / count, np.nan)
     return Panel(wds, log_lr, values, independent)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from l2bn.analysis.estimating import collapse
-from l2bn.analysis.estimating.cells import trial_panel
+from l2bn.analysis.estimating.cells import grid_key, trial_panel
 from l2bn.analysis.estimating.intervals import Interval
-from l2bn.analysis.estimating.panel import Panel, noise_sd
+from l2bn.analysis.estimating.panel import Panel, build_panel, noise_sd
 from l2bn.analysis.estimating.stats import verdict
 from l2bn.analysis.fitted import (
     FAILS,
@@ -46,6 +46,7 @@ class Primary:
     fit: CollapseFit
     scaling: ScalingFit
     rows_used: frozenset[float]
+    smoothing: float  # the template's penalty, held for k over training
 
 
 def collapse_panel(trials: Sequence[TrialRecord], values: Sequence[float]) -> Panel | None:
@@ -117,7 +118,7 @@ def primary_fit(
         intercept, r2 = math.nan, math.nan
     scaling = ScalingFit(est, intercept, r2, n_rows, theory_k, judged)
     used = frozenset(wd for wd, r in zip(wds, result.rows, strict=True) if r)
-    return Primary(fit, scaling, used)
+    return Primary(fit, scaling, used, result.smoothing)
 
 
 def _r_squared(panel: Panel, result: collapse.CollapseResult, k: float, centre: float) -> float:
@@ -164,27 +165,40 @@ def as_estimate(iv: Interval, n: int, confidence: float) -> Estimate:
 
 
 def k_by_epoch(
-    trials: Sequence[TrialRecord], cfg: AnalyzeConfig, rows: frozenset[float]
+    trials: Sequence[TrialRecord],
+    cfg: AnalyzeConfig,
+    rows: frozenset[float],
+    smoothing: float | None = None,
 ) -> tuple[EpochK, ...]:
     """The primary k from the validation metric after each of up to K_BY_EPOCH_POINTS epochs,
-    over the λ rows the final fit kept (no lack-of-collapse tests per epoch)."""
+    over the λ rows the final fit kept, at the final fit's penalty ``smoothing`` (no
+    lack-of-collapse tests per epoch: one question, how k moves, asked of one curve family)."""
     healthy = [t for t in trials if not t.diverged]
     histories = [trial_history(t, cfg.metric or DEFAULT_METRIC) for t in healthy]
     lengths = [len(h) for h in histories if h]
     if not lengths or len(lengths) < len(healthy) // 2:
         return ()
     epochs = min(lengths)
-    have = [(t, h) for t, h in zip(healthy, histories, strict=True) if len(h) >= epochs]
+    have = [
+        (t, h) for t, h in zip(healthy, histories, strict=True)
+        if len(h) >= epochs and t.weight_decay > 0
+    ]  # fmt: skip
+    wd = np.array([grid_key(t.weight_decay) for t, _ in have])
+    lr = np.array([grid_key(t.lr) for t, _ in have])
+    seed = np.array([t.seed for t, _ in have])
+    metric = np.array([h[:epochs] for _, h in have], dtype=np.float64).reshape(len(have), epochs)
     picks = sorted({round(x) for x in np.linspace(0, epochs - 1, min(epochs, K_BY_EPOCH_POINTS))})
-    out = []
+    out: list[EpochK] = []
     for e in picks:
-        panel = trial_panel([t for t, _ in have], [h[e] for _, h in have])
-        if panel is None:
+        ok = np.isfinite(metric[:, e])
+        if np.unique(wd[ok]).size < 2:
             return ()
+        panel = build_panel(wd[ok], lr[ok], seed[ok], metric[ok, e])
         sigma, _ = noise_sd(panel)
         use = np.array([float(w) in rows for w in panel.weight_decay]) if rows else None
         result = collapse.collapse_fit(
-            panel, sigma, cfg.confidence, cfg.k_bounds, rows=use, test=False
+            panel, sigma, cfg.confidence, cfg.k_bounds, rows=use, test=False, smoothing=smoothing,
+            centre=out[-1].k.value if out else None,  # k moves little from one point to the next
         )
         if result is None:
             continue

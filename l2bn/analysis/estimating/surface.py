@@ -23,9 +23,10 @@ from l2bn.analysis.estimating.panel import (
 from l2bn.analysis.estimating.template import (
     Lattice,
     evaluate,
+    dense,
     normal_bands,
+    penalized_fit,
     penalty_bands,
-    solve_bands,
 )
 
 # The template's flexibility (stated in the README's method and tested by the calibration):
@@ -111,12 +112,10 @@ def _fit(
     m = np.broadcast_to(m, shape)
     mean_weight = m.sum(axis=-1) / np.maximum((m > 0).sum(axis=-1), 1)
     alpha = SMOOTHING if smoothing is None else smoothing
-    penalty = alpha * mean_weight[..., None, None] * penalty_bands(s.lattice.size)
     weights = m
     scale = sigma if math.isfinite(sigma) and sigma > 0 else 1.0
     for step in range(IRLS_STEPS + 1):
-        bands, rhs = normal_bands(first, values, weights, y, s.lattice.size)
-        coef = solve_bands(bands + penalty, rhs)
+        coef = penalized_fit(first, values, weights, y, alpha * mean_weight, s.lattice.size)
         fitted = evaluate(first, values, coef)
         z = np.abs(y - fitted) * np.sqrt(m) / scale
         if step < IRLS_STEPS:
@@ -143,6 +142,7 @@ def profile_k(
     k_bounds: tuple[float, float],
     rows: BoolArray | None = None,
     smoothing: float | None = None,
+    centre: float | None = None,
 ) -> tuple[FloatArray, BoolArray]:
     """k of every replicate of ``weights`` (B, L, M or 1, S), over the cells of ``rows``:
     (k (B,), on a bound (B,)); NaN where fewer than 2 rows hold cells or on a bound.
@@ -150,27 +150,59 @@ def profile_k(
     Two passes: the whole range in steps of COARSE·K_STEP, then each replicate's own
     neighbourhood of its minimum, ±COARSE·K_STEP in steps of K_STEP, refined by a parabola
     (a third of the fits of one fine pass over the range, the same k to ±0.002 on the
-    calibration's studies).
+    calibration's studies). With ``centre`` (a k the replicates lie near: their fit's own, or
+    the previous epoch's) the first pass is skipped: each replicate scans the second pass's
+    window around the first pass's point nearest to it, and only a replicate whose minimum lies on that window's edge
+    gets both passes.
     """
     y, m = s.data(weights, rows)
+    enough = np.array([np.unique(s.row[mm > 0]).size >= 2 for mm in m])
+    if centre is not None and math.isfinite(centre):
+        offsets = K_STEP * np.arange(-COARSE, COARSE + 1)
+        # From the first pass's point nearest the centre: the second pass's own grid, so that
+        # a replicate whose minimum the first pass would have put there gets the same k.
+        coarse = scan(k_bounds, COARSE * K_STEP)
+        start = coarse[np.argmin(np.abs(coarse - centre))]
+        grid = np.clip(start + offsets, k_bounds[0], k_bounds[1])
+        k, j, bound = _refine(s, grid[None, :].repeat(y.shape[0], 0), y, m, sigma, k_bounds,
+                              smoothing)  # fmt: skip
+        redo = ((j == 0) | (j == offsets.size - 1)) & ~bound
+        if redo.any():
+            k[redo], bound[redo] = profile_k(s, weights[redo], sigma, k_bounds, rows, smoothing)
+        return np.where(enough & ~bound, k, np.nan), bound & enough
     coarse = scan(k_bounds, COARSE * K_STEP)
     _, _, loss = _fit(s, s.x(coarse)[None], y[:, None, :], m[:, None, :], sigma, smoothing)
     i = np.argmin(np.where(np.isfinite(loss), loss, np.inf), axis=-1)
-    bound = (i == 0) | (i == coarse.size - 1)
+    on_bound = (i == 0) | (i == coarse.size - 1)
     offsets = K_STEP * np.arange(-COARSE, COARSE + 1)
     fine = np.clip(coarse[i][:, None] + offsets[None, :], k_bounds[0], k_bounds[1])  # (B, F)
-    _, _, loss = _fit(s, s.x(fine), y[:, None, :], m[:, None, :], sigma, smoothing)
+    k, _, bound = _refine(s, fine, y, m, sigma, k_bounds, smoothing)
+    bound |= on_bound
+    return np.where(enough & ~bound, k, np.nan), bound & enough
+
+
+def _refine(
+    s: Surface,
+    grid: FloatArray,
+    y: FloatArray,
+    m: FloatArray,
+    sigma: float,
+    k_bounds: tuple[float, float],
+    smoothing: float | None,
+) -> tuple[FloatArray, IntArray, BoolArray]:
+    """Each replicate's minimum over its own ``grid`` (B, F) of k, refined by a parabola
+    through the three losses around it: (k, the grid index of the minimum, on a bound)."""
+    _, _, loss = _fit(s, s.x(grid), y[:, None, :], m[:, None, :], sigma, smoothing)
     j = np.argmin(np.where(np.isfinite(loss), loss, np.inf), axis=-1)
-    inner = np.clip(j, 1, offsets.size - 2)
+    inner = np.clip(j, 1, grid.shape[1] - 2)
     r0, r1, r2 = (np.take_along_axis(loss, (inner + d)[:, None], axis=-1)[:, 0] for d in (-1, 0, 1))
     with np.errstate(invalid="ignore", divide="ignore"):
         den = r0 - 2 * r1 + r2
         shift = np.where(den > 0, 0.5 * (r0 - r2) / den, 0.0)
-    k = np.take_along_axis(fine, inner[:, None], axis=-1)[:, 0] + np.clip(shift, -1, 1) * K_STEP
-    at_edge = np.take_along_axis(fine, j[:, None], axis=-1)[:, 0]
-    bound |= (at_edge <= k_bounds[0]) | (at_edge >= k_bounds[1]) | ~np.isfinite(loss).all(-1)
-    enough = np.array([np.unique(s.row[mm > 0]).size >= 2 for mm in m])
-    return np.where(enough & ~bound, k, np.nan), bound & enough
+    k = np.take_along_axis(grid, inner[:, None], axis=-1)[:, 0] + np.clip(shift, -1, 1) * K_STEP
+    at = np.take_along_axis(grid, j[:, None], axis=-1)[:, 0]
+    bound = (at <= k_bounds[0]) | (at >= k_bounds[1]) | ~np.isfinite(loss).all(-1)
+    return k, j, bound
 
 
 def template(
@@ -192,13 +224,16 @@ def leverage(
     s: Surface, first: IntArray, values: FloatArray, w: FloatArray, smoothing: float | None
 ) -> FloatArray:
     """The least-squares fit's leverages h_i (the hat matrix's diagonal) at the given cells."""
-    bands, _ = normal_bands(first, values, w, np.zeros_like(w), s.lattice.size)
+    # On the window of coefficients the cells touch (see penalized_fit: the rest meet no data).
+    lo = int(first.min())
+    width = int(first.max()) - lo + 4
+    bands, _ = normal_bands(first - lo, values, w, np.zeros_like(w), width)
     mean_weight = w.sum() / max(w.size, 1)
     alpha = SMOOTHING if smoothing is None else smoothing
-    bands = bands + alpha * mean_weight * penalty_bands(s.lattice.size)
-    unit = np.zeros((first.size, s.lattice.size))
-    np.put_along_axis(unit, first[:, None] + np.arange(4), values, axis=1)
-    solved = solve_bands(np.broadcast_to(bands, (first.size, *bands.shape)), unit)
+    bands = bands + alpha * mean_weight * penalty_bands(width)
+    unit = np.zeros((first.size, width))
+    np.put_along_axis(unit, first[:, None] - lo + np.arange(4), values, axis=1)
+    solved = np.linalg.solve(dense(bands), unit.T).T  # one matrix, every cell's basis row
     return np.asarray(np.clip(w * np.sum(unit * solved, axis=1), 0.0, 0.99), dtype=np.float64)
 
 
@@ -215,9 +250,7 @@ def row_curve(
     if sigma is not None:
         return _fit(s, s.u[cells], y, w, sigma, alpha)[1]
     first, values = s.lattice.basis(s.u[cells])
-    bands, rhs = normal_bands(first, values, w, y, s.lattice.size)
-    mean_weight = w.sum() / w.size
-    coef = solve_bands(bands + alpha * mean_weight * penalty_bands(s.lattice.size), rhs)
+    coef = penalized_fit(first, values, w, y, alpha * w.sum() / w.size, s.lattice.size)
     return evaluate(first, values, coef)
 
 

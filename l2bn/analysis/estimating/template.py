@@ -16,6 +16,7 @@ functions a scan over k ∈ [−1, 2.5] needs. Only NumPy.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,7 @@ class Lattice:
         return seg.astype(np.int64), values
 
 
+@functools.lru_cache(maxsize=64)
 def penalty_bands(size: int) -> FloatArray:
     """The second-difference penalty DᵀD (D: (size−2) × size) as lower bands (size, BAND+1):
     ``bands[j, d]`` = (DᵀD)[j, j − d]."""
@@ -65,6 +67,7 @@ def penalty_bands(size: int) -> FloatArray:
     bands = np.zeros((size, BAND + 1))
     for off in range(BAND + 1):
         bands[off:, off] = np.diagonal(full, -off)
+    bands.flags.writeable = False  # cached: shared by every caller
     return bands
 
 
@@ -95,36 +98,86 @@ def normal_bands(
     return bands.reshape((*batch, size, BAND + 1)), rhs.reshape((*batch, size))
 
 
-def solve_bands(bands: FloatArray, rhs: FloatArray) -> FloatArray:
-    """Solve A c = r for symmetric positive definite banded A given by its lower ``bands``
-    (..., n, BAND+1), batched over the leading axes: Cholesky A = L Lᵀ, then two sweeps."""
+def dense(bands: FloatArray) -> FloatArray:
+    """The full symmetric matrices (..., n, n) of lower ``bands`` (..., n, BAND+1)."""
     n = bands.shape[-2]
-    chol = np.zeros_like(bands)  # chol[..., j, d] = L[j, j − d]
-    for j in range(n):
-        for d in range(min(BAND, j), 0, -1):
-            i = j - d
-            acc = bands[..., j, d].copy()
-            # Σ_m L[j, m]·L[i, m] over m < i within both bands: m = i − e, e ≥ 1
-            for e in range(1, BAND - d + 1):
-                if i - e < 0:
-                    break
-                acc -= chol[..., j, d + e] * chol[..., i, e]
-            chol[..., j, d] = acc / chol[..., i, 0]
-        diag = bands[..., j, 0] - np.sum(chol[..., j, 1 : min(BAND, j) + 1] ** 2, axis=-1)
-        chol[..., j, 0] = np.sqrt(np.maximum(diag, 1e-300))
-    z = np.zeros_like(rhs)
-    for j in range(n):
-        acc = rhs[..., j].copy()
-        for d in range(1, min(BAND, j) + 1):
-            acc -= chol[..., j, d] * z[..., j - d]
-        z[..., j] = acc / chol[..., j, 0]
-    c = np.zeros_like(rhs)
-    for j in range(n - 1, -1, -1):
-        acc = z[..., j].copy()
-        for d in range(1, min(BAND, n - 1 - j) + 1):
-            acc -= chol[..., j + d, d] * c[..., j + d]
-        c[..., j] = acc / chol[..., j, 0]
-    return c
+    full = np.zeros((*bands.shape[:-2], n, n))
+    j = np.arange(n)
+    for d in range(BAND + 1):
+        full[..., j[d:], j[d:] - d] = bands[..., d:, d]
+        full[..., j[d:] - d, j[d:]] = bands[..., d:, d]
+    return full
+
+
+def penalized_fit(
+    first: IntArray,
+    values: FloatArray,
+    weights: FloatArray,
+    y: FloatArray,
+    penalty: FloatArray | float,
+    size: int,
+) -> FloatArray:
+    """The coefficients (..., size) minimizing Σ w·(y − T)² + penalty·Σ(Δ²c)², batched.
+
+    Only the coefficients whose basis functions touch a cell (a window of the lattice) are
+    solved for: the others meet no data, and continuing the window's ends linearly makes every
+    second difference that involves them 0, so the window's problem has the same minimum. At
+    the ~25 cells of a row the window is a third of the lattice, and dense batched LAPACK on it
+    beats a banded Cholesky swept in Python (``benchmarks/bench_analyze.py``).
+    """
+    batch = first.shape[:-1]
+    n = first.shape[-1]
+    w = np.broadcast_to(weights, first.shape).reshape(-1, n)
+    first = first.reshape(-1, n)
+    values = values.reshape(-1, n, 4)
+    y = np.broadcast_to(y, (*batch, n)).reshape(-1, n)
+    penalty = np.broadcast_to(np.asarray(penalty, dtype=np.float64), batch).reshape(-1)
+    hi = np.where(w > 0, first, -1).max(axis=-1)
+    lo = np.where(w > 0, first, size).min(axis=-1)
+    need = np.clip(hi - lo + 4, 4, size)
+    # Entries of like window widths are solved together (widths rounded up to 8 knots): the
+    # scan over k mixes narrow windows (k near 0) with ones as wide as the lattice.
+    widths = np.minimum(-(-need // 8) * 8, size)
+    coef = np.full((first.shape[0], size), np.nan)  # NaN: an entry without a cell of weight
+    for width in np.unique(widths[hi >= 0]):
+        sel = (widths == width) & (hi >= 0)
+        coef[sel] = _window_fit(first[sel], values[sel], w[sel], y[sel], penalty[sel],
+                                lo[sel], int(width), size)  # fmt: skip
+    return coef.reshape((*batch, size))
+
+
+def _window_fit(
+    first: IntArray,
+    values: FloatArray,
+    w: FloatArray,
+    y: FloatArray,
+    penalty: FloatArray,
+    lo: IntArray,
+    width: int,
+    size: int,
+) -> FloatArray:
+    """:func:`penalized_fit` for (B, N) entries whose cells' basis functions all start within
+    ``width`` − 3 knots of ``lo``."""
+    lo = np.clip(np.minimum(lo, size - width), 0, None)  # (B,) window starts
+    # Cells of weight 0 may lie outside the window: parked at its edge, they add nothing.
+    local_first = np.clip(first - lo[..., None], 0, width - 4)
+    bands, rhs = normal_bands(local_first, values, w, y, width)
+    # A row with fewer than 2 cells leaves T's slope free: a trace of ridge (1e-14 of the
+    # data's weight) keeps the solve defined there and moves nothing else.
+    ridge = 1e-14 * bands[..., :, 0].mean(axis=-1) + 1e-300
+    bands = bands + penalty[:, None, None] * penalty_bands(width)
+    a = dense(bands) + ridge[..., None, None] * np.eye(width)
+    local = np.linalg.solve(a, rhs[..., None])[..., 0]  # (..., width)
+    # Back onto the lattice: the window, then its two ends continued linearly.
+    idx = np.arange(size) - lo[..., None]  # position of each lattice coefficient in the window
+    inner = np.clip(idx, 0, width - 1)
+    coef = np.take_along_axis(local, inner, axis=-1)
+    left = local[..., 1:2] - local[..., :1]
+    right = local[..., -1:] - local[..., -2:-1]
+    coef = coef + np.where(idx < 0, idx * left, 0.0) + np.where(
+        idx > width - 1, (idx - (width - 1)) * right, 0.0
+    )
+    return np.asarray(coef)
 
 
 def evaluate(first: IntArray, values: FloatArray, coef: FloatArray) -> FloatArray:
@@ -134,4 +187,4 @@ def evaluate(first: IntArray, values: FloatArray, coef: FloatArray) -> FloatArra
     return np.asarray(np.sum(picked * values, axis=-1), dtype=np.float64)
 
 
-__all__ = ["BAND", "Lattice", "evaluate", "normal_bands", "penalty_bands", "solve_bands"]
+__all__ = ["BAND", "Lattice", "dense", "evaluate", "normal_bands", "penalized_fit", "penalty_bands"]
