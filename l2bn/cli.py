@@ -335,11 +335,13 @@ def sweep_status(
 
 @app.command()
 def analyze(
+    ctx: typer.Context,
     storage: Annotated[
         str,
         typer.Option(
             envvar="L2BN_STORAGE",  # as for sweep and status
-            help="SQLAlchemy URL of the Optuna storage holding the sweep's studies.",
+            help="SQLAlchemy URL of the Optuna storage holding the sweep's studies (with "
+            "--from-csv, read beside the exports only when given on the command line).",
         ),
     ] = "sqlite:///l2bn.db",
     study: Annotated[
@@ -431,6 +433,10 @@ def analyze(
     from l2bn.analysis.pipeline import AnalyzeConfig, run_analysis
     from l2bn.render import render_report
 
+    # A storage from L2BN_STORAGE or the default is not read beside exports: only one the
+    # command line names (the Docker image sets L2BN_STORAGE for every command).
+    source = ctx.get_parameter_source("storage")  # click's ParameterSource (typer vendors it)
+    storage_too = bool(from_csv) and getattr(source, "name", None) == "COMMANDLINE"
     for path in (json_path, csv_path, report_path):
         if path is not None:
             check_writable(path)
@@ -446,6 +452,7 @@ def analyze(
         metric=None if metric is None else metric.value,
         from_csv=from_csv[0] if from_csv else None,
         more_csv=tuple(from_csv[1:]) if from_csv else (),
+        storage_too=storage_too,
         registration_path=registration,
         json_path=json_path,
         csv_path=csv_path,

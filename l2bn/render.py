@@ -107,6 +107,10 @@ class LiveProgress:
         tb: TracebackType | None,
     ) -> None:
         self._live.__exit__(exc_type, exc, tb)
+        if not self._live.console.is_terminal:
+            # Off a terminal, Live prints its last frame without a line end: the next study's
+            # line (or a shell prompt) would run on from it.
+            self._live.console.line()
 
     def __call__(self, status: GridStatus) -> None:
         if self._first_finished is None:
@@ -252,9 +256,39 @@ def render_report(report: AnalysisReport) -> Group:
             parts.append(Text(_k_by_epoch_line(g)))
         if g.warnings:
             parts.append(Text("\n".join(f"• {w}" for w in g.warnings), style="yellow"))
+    if len(report.groups) > 1:
+        parts.append(render_answer(report))
     if report.written:
         parts.append(Text("wrote: " + ", ".join(str(p) for p in report.written)))
     return Group(*parts)
+
+
+def render_answer(report: AnalysisReport) -> Table:
+    """The answer, one row per group, last on screen: the primary k with its interval, the
+    theory, the verdict, whether the surface collapses, equilibrium at the optima and (when
+    the groups were read from several places) where each was read."""
+    sources = {s for g in report.groups for s in g.sources}
+    table = Table(title="The answer: η* ∝ λ^-k", title_justify="left", title_style="bold")
+    for col in ("group", f"k [{report.settings.confidence:.0%} CI]", "theory", "verdict",
+                "surface", "optima in eq."):  # fmt: skip
+        table.add_column(col, justify="right" if col.startswith(("k", "theory")) else "left")
+    if len(sources) > 1:
+        table.add_column("read from")
+    for g in report.groups:
+        k = g.scaling
+        eq = g.optima_equilibrium
+        row = [
+            Text(g.label),
+            _est(k.k),
+            "–" if k.theory is None else f"{k.theory:g}",
+            Text(k.verdict, style=_VERDICT_STYLE.get(k.verdict, "")),
+            "–" if g.collapse is None else g.collapse.status,
+            f"{eq.get('in', 0)} of {eq.get('total', 0)}" if eq else "–",
+        ]
+        if len(sources) > 1:
+            row.append(Text("; ".join(g.sources)))
+        table.add_row(*row)
+    return table
 
 
 _RULE_STYLE = {"met": "green", "missed": "red", "undetermined": "yellow",

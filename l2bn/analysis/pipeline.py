@@ -340,6 +340,7 @@ def analyze_group(data: GroupData, settings: AnalyzeConfig | None = None) -> Gro
         norm=data.norm,
         dataset=data.dataset,
         studies=data.studies,
+        sources=data.sources,
         n_trials=len(trials),
         max_seeds=max(c.n_seeds for c in cells),
         n_diverged=n_diverged,
@@ -388,10 +389,16 @@ def analyze(config: AnalyzeConfig | None = None) -> AnalysisReport:
         read: list[StudyData] = []
         said: list[str] = []
         for path in (cfg.from_csv, *cfg.more_csv):
-            found, their_notes = load_csv_export(path, cfg.studies if not cfg.more_csv else ())
+            alone = not cfg.more_csv and not cfg.storage_too  # then it must hold --study's
+            found, their_notes = load_csv_export(path, cfg.studies if alone else ())
             read.extend(found)
             said.extend(their_notes)
+        if cfg.storage_too:  # its studies beside the exports' (--study selects among all)
+            live, live_notes = load_studies(cfg.storage)
+            read.extend(live)
+            said.extend(live_notes)
         studies: tuple[StudyData, ...] = _select(tuple(read), cfg.studies)
+        _once(studies)
         warnings: tuple[str, ...] = tuple(said)
     else:
         studies, warnings = load_studies(cfg.storage, cfg.studies)
@@ -414,14 +421,27 @@ def analyze(config: AnalyzeConfig | None = None) -> AnalysisReport:
     if not reports:
         raise AnalysisError("nothing to analyze: " + "; ".join(reasons))
     notes.extend(f"skipped {r}" for r in reasons)
-    source = (
-        redact(cfg.storage)
-        if cfg.from_csv is None
-        else "csv:" + ",".join(str(p) for p in (cfg.from_csv, *cfg.more_csv))
-    )
+    exports = "csv:" + ",".join(str(p) for p in (cfg.from_csv, *cfg.more_csv))
+    if cfg.from_csv is None:
+        source = redact(cfg.storage)
+    else:
+        source = exports + (f" + {redact(cfg.storage)}" if cfg.storage_too else "")
     registration, where = _registration(cfg, studies, notes)
     rule = None if registration is None else evaluate(registration, reports, where)
     return AnalysisReport(source, cfg, tuple(reports), tuple(notes), rule=rule)
+
+
+def _once(studies: Sequence[StudyData]) -> None:
+    """Refuse a study read from two sources (an export and the storage, or two exports): its
+    trials would count twice."""
+    seen: dict[str, str] = {}
+    for s in studies:
+        if s.name in seen:
+            raise AnalysisError(
+                f"study {s.name!r} is read twice: from {seen[s.name]} and from {s.source}; "
+                "pass one of them, or --study to pick the others"
+            )
+        seen[s.name] = s.source
 
 
 def _select(studies: tuple[StudyData, ...], names: Sequence[str]) -> tuple[StudyData, ...]:

@@ -114,6 +114,7 @@ Theory: :data:`l2bn.theory.THEORY`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -172,6 +173,9 @@ def _json_value(value: Any) -> Any:
     return [_json_value(v) for v in value] if isinstance(value, tuple | list) else value
 
 
+SLUG_MAX = 120  # characters of a figure's file-name stem (figure names add ~25; limit 255)
+
+
 @dataclass(frozen=True)
 class GroupReport:
     optimizer: str
@@ -209,6 +213,9 @@ class GroupReport:
     equilibrium_tail: float = EQUILIBRIUM_TAIL
     # Each study's stored objective (None: not stored); feeds --csv, not part of the JSON.
     objectives: Mapping[str, str | None] = field(default_factory=dict, repr=False)
+    # Where its studies were read: "storage <url>" (read now) or "export <path>" (an
+    # ``analyze --csv`` export, re-analyzed now).
+    sources: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -218,10 +225,17 @@ class GroupReport:
     @property
     def slug(self) -> str:
         """File-name stem of this group's plots: ``<optimizer>-<norm>-<dataset>``, then
-        ``-<field>_<value>`` for each field of :attr:`distinct`."""
+        ``-<field>_<value>`` for each field of :attr:`distinct`; when those run past
+        :data:`SLUG_MAX` characters (groups apart in many settings), the first of them and a
+        hash of all, so that a file name stays within every file system's limit."""
         parts = [self.optimizer, self.norm or "any", self.dataset or "any"]
-        parts += [f"{k}_{show_value(v)}" for k, v in self.distinct.items()]
-        return "-".join("".join(c if c.isalnum() or c in "._-" else "_" for c in p) for p in parts)
+        extra = [f"{k}_{show_value(v)}" for k, v in self.distinct.items()]
+        clean = ["".join(c if c.isalnum() or c in "._-" else "_" for c in p) for p in parts + extra]
+        stem = "-".join(clean)
+        if len(stem) <= SLUG_MAX:
+            return stem
+        digest = hashlib.sha1("-".join(extra).encode()).hexdigest()[:8]
+        return "-".join([*clean[:3], clean[3][:40], digest])
 
     @property
     def n_lambda(self) -> int:
@@ -254,6 +268,7 @@ class GroupReport:
             "identity": {k: _json_value(v) for k, v in self.identity.items()},
             "distinct": {k: _json_value(v) for k, v in self.distinct.items()},
             "studies": list(self.studies),
+            "sources": list(self.sources),
             "n_trials": self.n_trials,
             "n_cells": len(self.cells),
             "n_lambda": self.n_lambda,

@@ -77,6 +77,9 @@ class AnalyzeConfig:
     metric: str | None = None
     from_csv: Path | None = None  # read a ``--csv`` export instead of the storage
     more_csv: tuple[Path, ...] = ()  # more exports read with it (the parts of one run)
+    # With from_csv: read the storage too, its studies beside the exports' (the CLI: --storage
+    # given on the command line with --from-csv), e.g. a live sweep beside committed data.
+    storage_too: bool = False
     # A sweep file whose [registration] table is the reading rule to judge (for --from-csv
     # exports, which carry no study attrs); None: the studies' own registration, if any.
     registration_path: Path | None = None
@@ -95,6 +98,8 @@ class AnalyzeConfig:
         object.__setattr__(self, "more_csv", tuple(Path(p) for p in self.more_csv))
         if self.more_csv and self.from_csv is None:
             raise ConfigError("more_csv needs from_csv: the first export")
+        if self.storage_too and self.from_csv is None:
+            raise ConfigError("storage_too needs from_csv: without exports the storage is read")
         object.__setattr__(self, "k_bounds", tuple(float(x) for x in self.k_bounds))
         object.__setattr__(self, "equilibrium_band", tuple(float(x) for x in self.equilibrium_band))
         for name in (
@@ -152,6 +157,7 @@ class AnalyzeConfig:
             "metric": self.metric,
             "from_csv": None if self.from_csv is None else str(self.from_csv),
             "more_csv": [str(p) for p in self.more_csv],
+            "storage_too": self.storage_too,
             "registration_path": (
                 None if self.registration_path is None else str(self.registration_path)
             ),

@@ -32,7 +32,7 @@ GROUP_KEYS = {
     # equilibrium by measurement
     "optima_equilibrium",
     # analyze v3
-    "primary",
+    "primary", "sources",
 }  # fmt: skip
 EQUILIBRIUM_KEYS = {
     "verdict", "test", "ratio", "layer", "ratios", "n_in", "n_seeds", "memory", "balance",
@@ -59,6 +59,7 @@ def test_json_has_the_documented_shape(planted: str, tmp_path: Path) -> None:
     assert len(d["groups"]) == 2
     for g in d["groups"]:
         assert set(g) == GROUP_KEYS
+        assert g["sources"] == [f"storage {planted}"]  # read now, from this storage
         assert set(g["k"]) == {
             "estimate",
             "intercept",

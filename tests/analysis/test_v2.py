@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +126,53 @@ def test_k_by_epoch_figure_is_written(tmp_path: Path) -> None:
     report = AnalysisReport("mem", AnalyzeConfig(), (g,), ())
     paths = write_plots(report, tmp_path)
     assert tmp_path / f"{g.slug}_k_by_epoch.png" in paths
+
+
+def test_a_storage_named_beside_exports_is_read_with_them(
+    planted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.cli_run import run_cli
+
+    from .planting import fast_sqlite, plant_study, surface
+
+    out = tmp_path / "trials.csv"  # an export of p/sgd, as a committed run would be
+    run_analysis(AnalyzeConfig(storage=planted, studies=("p/sgd",), csv_path=out))
+    live = f"sqlite:///{tmp_path / 'live.db'}"  # a live sweep beside it
+    plant_study(fast_sqlite(live), "live/adam", "adam", centred_grid(0.5), [1e-4, 1e-3, 1e-2],
+                surface(0.5), rng_seed=7)  # fmt: skip
+    both = analyze(AnalyzeConfig(storage=live, from_csv=out, storage_too=True))
+    assert {g.studies: g.sources for g in both.groups} == {
+        ("p/sgd",): (f"export {out}",),
+        ("live/adam",): (f"storage {live}",),
+    }
+    assert both.storage == f"csv:{out} + {live}"
+    with pytest.raises(ConfigError, match="storage_too needs from_csv"):
+        AnalyzeConfig(storage=live, storage_too=True)
+    # One study in two sources would count its trials twice: refused, with both named.
+    with pytest.raises(AnalysisError, match=r"study 'p/sgd' is read twice: from export .*"
+                       r"trials.csv and from storage sqlite"):  # fmt: skip
+        analyze(AnalyzeConfig(storage=planted, from_csv=out, storage_too=True))
+    # The CLI reads the storage beside exports only when its command line names it: the
+    # Docker image sets L2BN_STORAGE for every command.
+    monkeypatch.setenv("L2BN_STORAGE", live)
+    code, _, err = run_cli(["analyze", "--from-csv", str(out), "--json", str(tmp_path / "a.json")],
+                           capsys)  # fmt: skip
+    assert code == 0, err
+    groups = json.loads((tmp_path / "a.json").read_text())["groups"]
+    assert [g["sources"] for g in groups] == [[f"export {out}"]]
+    code, _, err = run_cli(["analyze", "--from-csv", str(out), "--storage", live,
+                            "--json", str(tmp_path / "b.json")], capsys)  # fmt: skip
+    assert code == 0, err
+    groups = json.loads((tmp_path / "b.json").read_text())["groups"]
+    assert [g["sources"] for g in groups] == [[f"export {out}"], [f"storage {live}"]]
+
+
+def test_a_group_apart_in_many_settings_gets_a_short_file_name() -> None:
+    from l2bn.analysis.results import SLUG_MAX
+
+    g = analyze_group(_group(_trials()))
+    many = {f"field_{i}": "a-long-value" * 3 for i in range(12)}
+    long, other = replace(g, distinct=many), replace(g, distinct={**many, "field_11": "b"})
+    assert len(long.slug) <= SLUG_MAX + 50 and long.slug.startswith("sgd-bn-v2-field_0_")
+    assert long.slug != other.slug  # the hash tells them apart
+    assert replace(g, distinct={"epochs": 5}).slug == "sgd-bn-v2-epochs_5"  # short: as it was

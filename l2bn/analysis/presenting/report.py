@@ -209,7 +209,7 @@ def _answer(groups: Sequence[Mapping[str, Any]], rule: Any) -> str:
         status = collapse.get("status") or "–"
         collapse_text = f"{status}, {n_used} of {len(rows_used)} λ" if rows_used else status
         rows.append(
-            f"<tr><td><a href='#group-{i}'>{_e(_label(g))}</a></td>"
+            f"<tr><td><a href='#group-{i}'>{_e(_label(g))}</a>{_sources(g)}</td>"
             f"<td class='num k'>{_estimate_html(fit.get('estimate'))}</td>"
             f"<td class='num'>{_e(_text(fit.get('theory')))}</td>"
             f"<td>{_verdict(fit.get('verdict'))}</td>"
@@ -227,6 +227,19 @@ def _answer(groups: Sequence[Mapping[str, Any]], rule: Any) -> str:
         f"{table}{_rule(rule)}<p class='note'>{VERDICT_WORDS} k is read from the whole error "
         "surface (its collapse along η·λ^k; docs/method.md).</p></section>"
     )
+
+
+def _sources(g: Mapping[str, Any]) -> str:
+    """Where the group's trials were read, in words: a storage read now (a live sweep), or an
+    export re-analyzed now (committed data)."""
+    said = []
+    for src in g.get("sources") or ():
+        kind, _, where = str(src).partition(" ")
+        if kind == "storage":
+            said.append(f"read now from the storage {where}")
+        elif kind == "export":
+            said.append(f"an export re-analyzed now: {where}")
+    return f"<br><span class='source'>{_e('; '.join(said))}</span>" if said else ""
 
 
 def _rule(rule: Any) -> str:
@@ -399,7 +412,7 @@ _STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.5em auto;
 max-width:1280px;padding:0 1em;color:#222;background:#fff}
 h1{margin:0 0 .2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-.meta{color:#555}.note{color:#777;font-size:12px}code{font-size:13px}
+.meta{color:#555}.note{color:#777;font-size:12px}code{font-size:13px}.source{color:#777;font-size:12px}
 table{border-collapse:collapse;margin:.6em 0}th,td{padding:3px 9px;border-bottom:1px solid #e4e4e4;
 text-align:left;vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;
 font-variant-numeric:tabular-nums}table.kv th{text-align:right;font-weight:normal;color:#555}
@@ -425,7 +438,7 @@ border-radius:6px}section.answer h2{margin-top:.4em}table.answer td.k{font-weigh
 .v-met,.v-holds,.v-fits,.v-collapses{background:#d6f2d6;color:#145214}
 .v-missed,.v-does-not-hold,.v-fails,.v-does-not-collapse{background:#f8d4d4;color:#7a1010}
 .v-untested,.v-collapses-without-some-rows{background:#fbeec8;color:#6b4e00}
-img{max-width:100%}.meta,.warnings,.note,.rule,figcaption,code,h1,h2,h3,summary{
+img{max-width:100%}.meta,.warnings,.note,.rule,.source,figcaption,code,h1,h2,h3,summary{
 overflow-wrap:anywhere}@media (max-width:600px){body{padding:0 .4em;margin:.6em auto}
 th,td{padding:2px 5px}}
 """

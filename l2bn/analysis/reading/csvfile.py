@@ -136,6 +136,7 @@ def load_csv_export(
                 identity=identity,
                 has_config=False,
                 objective=_objective(study_rows),
+                source=f"export {path}",
             )
         )
     if not out:

@@ -31,6 +31,7 @@ class GroupData:
     distinct: Mapping[str, Any] = field(default_factory=dict)  # see results.GroupReport.distinct
     # Each study's stored objective (StudyData.objective; None: not stored), study order.
     objectives: tuple[str | None, ...] = ()
+    sources: tuple[str, ...] = ()  # where its studies were read (StudyData.source), in order
 
 
 # --- grouping -----------------------------------------------------------------------------
@@ -58,6 +59,7 @@ def group_studies(studies: Iterable[StudyData]) -> tuple[GroupData, ...]:
             identity=identity,
             distinct=d,
             objectives=tuple(s.objective for s in members),
+            sources=tuple(dict.fromkeys(s.source for s in members if s.source)),
         )
         for members, identity, d in zip(pools.values(), identities, distinct, strict=True)
     )
@@ -67,13 +69,14 @@ def _distinct(
     identities: Sequence[Mapping[str, Any]], exclude: Sequence[str]
 ) -> list[dict[str, Any]]:
     """Per identity: its fields (not in ``exclude``) that differ among identities of the same
-    optimizer."""
-    by_optimizer: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
+    label (the ``exclude`` fields' values: e.g. one optimizer, norm and data set; groups whose
+    labels differ are told apart by them)."""
+    by_label: dict[Any, list[Mapping[str, Any]]] = defaultdict(list)
     for ident in identities:
-        by_optimizer[ident.get("optimizer")].append(ident)
+        by_label[tuple(ident.get(k) for k in exclude)].append(ident)
     out = []
     for ident in identities:
-        peers = by_optimizer[ident.get("optimizer")]
+        peers = by_label[tuple(ident.get(k) for k in exclude)]
         keys = dict.fromkeys(k for p in peers for k in p)  # first-seen field order
         varying = [k for k in keys if k not in exclude and len({p.get(k) for p in peers}) > 1]
         out.append({k: ident.get(k) for k in varying})

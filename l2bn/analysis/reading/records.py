@@ -110,6 +110,9 @@ class StudyData:
     # The run's registered reading rule (user attr ``registration``; l2bn.registration),
     # None where the study registered none.
     registration: Registration | None = None
+    # Where it was read: "storage <url, password redacted>" or "export <path>" (the report
+    # labels each group by it: read live, or an export re-analyzed now).
+    source: str = ""
 
 
 METRICS = ("val_error", "val_loss")  # the per-epoch validation metrics a history may hold

@@ -253,6 +253,7 @@ def load_studies(
                 has_config=has_config,
                 objective=objectives[name],
                 registration=stored_registration(attrs.get("registration")),
+                source=f"storage {url}",
             )
         )
     return tuple(out), tuple(warnings)
