@@ -271,13 +271,14 @@ def render_answer(report: AnalysisReport) -> Table:
     table = Table(title="The answer: η* ∝ λ^-k", title_justify="left", title_style="bold")
     for col in ("group", f"k [{report.settings.confidence:.0%} CI]", "theory", "verdict",
                 "surface", "optima in eq."):  # fmt: skip
-        table.add_column(col, justify="right" if col.startswith(("k", "theory")) else "left")
+        table.add_column(col, justify="right" if col.startswith(("k", "theory")) else "left",
+                         no_wrap=col == "group")  # fmt: skip
     if len(sources) > 1:
         table.add_column("read from")
     for g in report.groups:
         k = g.scaling
         eq = g.optima_equilibrium
-        row = [
+        row: list[str | Text] = [
             Text(g.label),
             _est(k.k),
             "–" if k.theory is None else f"{k.theory:g}",

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up (see setup.sh) and run the test suite. Extra arguments go to pytest,
-# e.g. scripts/test.sh -m "not slow".
+# Set up (see setup.sh) and run the tests. With no arguments: the fast tests (about 5 min on 2
+# cores), then a line saying how to run the slow ones; arguments go to pytest instead, e.g.
+#   scripts/test.sh -m slow            # the slow tests alone (about 20 min)
+#   scripts/test.sh tests/analysis     # one folder, fast and slow
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -9,4 +11,10 @@ scripts/setup.sh
 if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 2>/dev/null; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start 2>/dev/null || true
 fi
-exec python -m pytest "$@"
+if [ "$#" -eq 0 ]; then
+  python -m pytest -m "not slow"
+  echo "Fast tests passed. The slow ones (sweeps under kill -9, the tracking toy end to end,"
+  echo "the calibration subset): scripts/test.sh -m slow"
+else
+  exec python -m pytest "$@"
+fi

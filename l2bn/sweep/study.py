@@ -1,6 +1,6 @@
 """The Optuna study of one (sweep, optimizer): its layout and its queue.
 
-Layout (README, "Study layout"; any Optuna client can read it):
+Layout (docs/study-layout.md; any Optuna client can read it):
 
 * study ``<sweep>/<optimizer>``, direction minimize; user attrs ``optimizer``, ``norm``,
   ``dataset``, ``epochs``, ``width``, ``config`` (the resolved sweep as JSON, without the
@@ -257,7 +257,7 @@ def objective_value(objective: Objective, result: TrainResult | EpochRecord) -> 
 
 
 def result_attrs(result: TrainResult) -> dict[str, Any]:
-    """A finished run's trial user attrs, as the README's "Study layout" documents them."""
+    """A finished run's trial user attrs, as docs/study-layout.md documents them."""
     return {
         # Both validation metrics, whichever the objective (the trial's value): analyze may
         # read either.

@@ -98,7 +98,7 @@ class WorkerReport:
 
 def auto_fuse(sweep: OptimizerSweep) -> int:
     """K when ``--fuse`` is not given: 1 on a CPU, where training K models side by side was
-    measured slower per model than one after another (README, "Speed"); CUDA_FUSE = 16 on
+    measured slower per model than one after another (docs/performance.md); CUDA_FUSE = 16 on
     CUDA, a guess sized after HFTA's results, not measured here (no GPU has been lent to this
     project yet): tune it with benchmarks/bench_grid.py. Every option trains at any K, so
     nothing else is looked at. Imports torch: call it in a worker only."""

@@ -1,7 +1,7 @@
 """What a training run produces: per-epoch, per-layer records and the final result.
 
 The JSON shape (``TrainResult.to_dict``) is the one ``l2bn train --json`` writes and the one
-``l2bn sweep`` stores in each Optuna trial's user attr ``history`` (README, "Study layout")::
+``l2bn sweep`` stores in each Optuna trial's user attr ``history`` (docs/study-layout.md)::
 
     {"epoch": 1,                # 1-based
      "lr": 0.1,                 # η during this epoch (the mean over its steps)

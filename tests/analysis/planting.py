@@ -1,7 +1,7 @@
 """Studies with planted scaling laws, written with plain Optuna, for the analysis tests.
 
 The studies are written the way any Optuna client following the study layout would
-(README, "Study layout"), so the analysis is tested against that contract, not against
+(docs/study-layout.md), so the analysis is tested against that contract, not against
 l2bn's own sweep code; :func:`sweep_attrs` alone borrows the sweep's own study attrs, for the
 tests of grouping by training identity.
 """

@@ -9,7 +9,6 @@ import pytest
 from l2bn.analysis.estimating.template import (
     Lattice,
     evaluate,
-    normal_bands,
     penalized_fit,
 )
 

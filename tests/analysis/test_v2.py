@@ -129,9 +129,12 @@ def test_k_by_epoch_figure_is_written(tmp_path: Path) -> None:
 
 
 def test_a_storage_named_beside_exports_is_read_with_them(
-    planted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    planted: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from tests.cli_run import run_cli
+    from cli_run import run_cli
 
     from .planting import fast_sqlite, plant_study, surface
 

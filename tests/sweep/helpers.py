@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from l2bn.sweep.study import point_of
 
 REPO = Path(__file__).resolve().parents[2]
-# The user attrs a completed point carries (README, "Study layout").
+# The user attrs a completed point carries (docs/study-layout.md).
 ATTRS = {
     "val_error",
     "val_loss",

@@ -26,7 +26,7 @@ from scipy import stats
 from l2bn.analysis.estimating.equilibrium import cell_equilibrium
 from l2bn.analysis.estimating.floor import KResult
 from l2bn.analysis.estimating.panel import Panel, build_panel
-from l2bn.analysis.estimating.relaxation import relaxation_index
+from l2bn.analysis.estimating.relaxation import relaxation_indices
 from l2bn.analysis.fitted import NO_TEST, Cell, Optimum
 from l2bn.analysis.reading.records import TrialRecord
 from l2bn.analysis.settings import EQUILIBRIUM_BAND, EQUILIBRIUM_TAIL
@@ -141,7 +141,7 @@ def make_cell(
     for layer in layer_order(healthy):
         logs = [math.log(x) for t in healthy if (x := t.phase1_norm(layer)) > 0]
         norms[layer] = math.exp(statistics.fmean(logs)) if logs else math.nan
-        measured = [x for t in healthy if math.isfinite(x := trial_relaxation(t, layer))]
+        measured = [float(x) for x in seeds_relaxation(healthy, layer) if math.isfinite(x)]
         relaxation[layer] = statistics.median(measured) if measured else math.nan
     eq = [x for t in trials if math.isfinite(x := t.eta_lambda_t)]
     eta_lambda_t = statistics.fmean(eq) if eq else math.nan
@@ -166,9 +166,22 @@ def make_cell(
 
 def trial_relaxation(t: TrialRecord, layer: str) -> float:
     """Measured time constants of ``layer``'s norm over phase 1 (:func:`relaxation_index`)."""
-    n = t.phase1_epochs
-    values = t.norms.get(layer, ())
-    return relaxation_index(values[:n]) if 0 < n <= len(values) else math.nan
+    return float(seeds_relaxation([t], layer)[0])
+
+
+def seeds_relaxation(trials: Sequence[TrialRecord], layer: str) -> list[float]:
+    """:func:`trial_relaxation` of each trial, the histories of equal length at once."""
+    out = [math.nan] * len(trials)
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(trials):
+        n = t.phase1_epochs
+        if 0 < n <= len(t.norms.get(layer, ())):
+            by_length[n].append(i)
+    for n, idx in by_length.items():
+        rows = np.array([trials[i].norms[layer][:n] for i in idx], dtype=np.float64)
+        for i, x in zip(idx, relaxation_indices(rows), strict=True):
+            out[i] = float(x)
+    return out
 
 
 def relaxation_summary(cells: Sequence[Cell], layer: str, threshold: float) -> str:

@@ -10,9 +10,9 @@ cell's deviation adds:
 A cell counts only by how far it lies beyond 5 % of the valley's depth (:data:`RELEVANCE`; the
 range of the cells' means), so that nearly noise-free runs do not fail a row for a trace of w₀
 or for the curve's own error between the other rows' cells, and beyond what the row's own
-curve misses it by (past 2 noise sds: a valley sharper than the grid's step); t-tests on Welch's degrees of
-freedom, Bonferroni over every cell tested in the group (:data:`LACK_LEVEL`). The rule that
-acts on the outcome is :func:`l2bn.analysis.estimating.collapse.collapse_fit`'s;
+curve misses it by (past 2 noise sds: a valley sharper than the grid's step); t-tests on
+Welch's degrees of freedom, Bonferroni over every cell tested in the group (:data:`LACK_LEVEL`).
+The rule that acts on the outcome is :func:`l2bn.analysis.estimating.collapse.collapse_fit`'s;
 docs/method.md says why.
 """
 
@@ -84,7 +84,9 @@ def _predict(
     weights = np.concatenate([full_weights(panel) * np.ones_like(jack[:1]), jack[use]])
     k = np.full(weights.shape[0], k_all)
     if others.sum() >= 2:  # else one other row: no k without this one, the group's k
-        k0, _ = profile_k(s, weights[:1], sigma, k_bounds, others, smoothing)
+        # Near the group's k: leaving one row out moves it little (a minimum on the scan's
+        # window edge gets the whole range).
+        k0, _ = profile_k(s, weights[:1], sigma, k_bounds, others, smoothing, k_all)
         if math.isfinite(k0[0]):  # else (on a bound) the group's k
             reps, _ = profile_k(s, weights[1:], sigma, k_bounds, others, smoothing, float(k0[0]))
             k_without = np.concatenate([k0, reps])
@@ -107,9 +109,10 @@ def _predict(
     else:
         v_t, dof_t = np.zeros(mine.size), 1.0
     ok = inside & (m[0, mine] > 0) & np.isfinite(pred[0])
-    # The row's own curve, fitted as the collapse is (Huber, same penalty): where even it misses a cell beyond the noise
-    # (a valley sharper than the grid's step), the other rows' curve cannot be asked to do
-    # better there. Realistic noise leaves this 0; it spares the approximation error only.
+    # The row's own curve, fitted as the collapse is (Huber, same penalty): where even it misses
+    # a cell beyond the noise (a valley sharper than the grid's step), the other rows' curve
+    # cannot be asked to do better there. Realistic noise leaves this 0; it spares the
+    # approximation error only.
     cells = (s.row == row) & (m[0] > 0)
     own = np.full(mine.size, np.nan)
     if cells.sum() >= 3:

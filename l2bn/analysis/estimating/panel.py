@@ -68,10 +68,10 @@ class Panel:
 
 
 def build_panel(
-    weight_decay: Sequence[float],
-    lr: Sequence[float],
-    seed: Sequence[int],
-    value: Sequence[float],
+    weight_decay: Sequence[float] | FloatArray,
+    lr: Sequence[float] | FloatArray,
+    seed: Sequence[int] | IntArray,
+    value: Sequence[float] | FloatArray,
 ) -> Panel:
     """A :class:`Panel` from one record per trial (λ > 0 only; the caller filters).
 

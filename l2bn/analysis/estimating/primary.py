@@ -36,7 +36,7 @@ from l2bn.analysis.settings import DEFAULT_METRIC, AnalyzeConfig
 from l2bn.theory import Theory
 
 # k over training: the primary at most this many epochs (evenly spaced, the last always in).
-K_BY_EPOCH_POINTS = 25
+K_BY_EPOCH_POINTS = 12
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,13 @@ def k_by_epoch(
         sigma, _ = noise_sd(panel)
         use = np.array([float(w) in rows for w in panel.weight_decay]) if rows else None
         result = collapse.collapse_fit(
-            panel, sigma, cfg.confidence, cfg.k_bounds, rows=use, test=False, smoothing=smoothing,
+            panel,
+            sigma,
+            cfg.confidence,
+            cfg.k_bounds,
+            rows=use,
+            test=False,
+            smoothing=smoothing,
             centre=out[-1].k.value if out else None,  # k moves little from one point to the next
         )
         if result is None:

@@ -22,14 +22,14 @@ from l2bn.analysis.estimating.panel import (
 )
 from l2bn.analysis.estimating.template import (
     Lattice,
-    evaluate,
     dense,
+    evaluate,
     normal_bands,
     penalized_fit,
     penalty_bands,
 )
 
-# The template's flexibility (stated in the README's method and tested by the calibration):
+# The template's flexibility (stated in docs/method.md and tested by the calibration):
 KNOTS_PER_STEP = 1.0  # knots per η step of the grid (the median step between a row's η)
 SMOOTHING = 1.0  # α of the penalty α·m̄·Σ(Δ²c)², m̄ the mean cell weight (seed count)
 SMOOTHINGS = (1.0, 0.1, 0.01)  # the penalties choose_smoothing tries, smoothest first
@@ -152,8 +152,8 @@ def profile_k(
     (a third of the fits of one fine pass over the range, the same k to ±0.002 on the
     calibration's studies). With ``centre`` (a k the replicates lie near: their fit's own, or
     the previous epoch's) the first pass is skipped: each replicate scans the second pass's
-    window around the first pass's point nearest to it, and only a replicate whose minimum lies on that window's edge
-    gets both passes.
+    window around the first pass's point nearest to it, and only a replicate whose minimum lies
+    on that window's edge gets both passes.
     """
     y, m = s.data(weights, rows)
     enough = np.array([np.unique(s.row[mm > 0]).size >= 2 for mm in m])
@@ -289,8 +289,8 @@ __all__ = [
     "Surface",
     "choose_smoothing",
     "leverage",
-    "row_curve",
     "profile_k",
+    "row_curve",
     "scan",
     "surface",
     "template",

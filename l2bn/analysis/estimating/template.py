@@ -174,8 +174,10 @@ def _window_fit(
     coef = np.take_along_axis(local, inner, axis=-1)
     left = local[..., 1:2] - local[..., :1]
     right = local[..., -1:] - local[..., -2:-1]
-    coef = coef + np.where(idx < 0, idx * left, 0.0) + np.where(
-        idx > width - 1, (idx - (width - 1)) * right, 0.0
+    coef = (
+        coef
+        + np.where(idx < 0, idx * left, 0.0)
+        + np.where(idx > width - 1, (idx - (width - 1)) * right, 0.0)
     )
     return np.asarray(coef)
 

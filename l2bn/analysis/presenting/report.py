@@ -236,9 +236,9 @@ def _sources(g: Mapping[str, Any]) -> str:
     for src in g.get("sources") or ():
         kind, _, where = str(src).partition(" ")
         if kind == "storage":
-            said.append(f"read now from the storage {where}")
+            said.append(f"a sweep's storage (live), read now: {where}")
         elif kind == "export":
-            said.append(f"an export re-analyzed now: {where}")
+            said.append(f"an export (committed data), re-analyzed now: {where}")
     return f"<br><span class='source'>{_e('; '.join(said))}</span>" if said else ""
 
 
@@ -412,7 +412,7 @@ _STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.5em auto;
 max-width:1280px;padding:0 1em;color:#222;background:#fff}
 h1{margin:0 0 .2em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-.meta{color:#555}.note{color:#777;font-size:12px}code{font-size:13px}.source{color:#777;font-size:12px}
+.meta{color:#555}.note{color:#777;font-size:12px}code{font-size:13px}.source{color:#777;font-size:12px}td.k{white-space:nowrap}
 table{border-collapse:collapse;margin:.6em 0}th,td{padding:3px 9px;border-bottom:1px solid #e4e4e4;
 text-align:left;vertical-align:top}th{background:#f4f4f4}td.num{text-align:right;
 font-variant-numeric:tabular-nums}table.kv th{text-align:right;font-weight:normal;color:#555}

@@ -79,6 +79,10 @@ def _distinct(
         peers = by_label[tuple(ident.get(k) for k in exclude)]
         keys = dict.fromkeys(k for p in peers for k in p)  # first-seen field order
         varying = [k for k in keys if k not in exclude and len({p.get(k) for p in peers}) > 1]
+        # A field one peer does not know (None: an export records few) does not tell the
+        # groups apart; the known values that differ do, unless there are none.
+        known = [k for k in varying if len({p.get(k) for p in peers} - {None}) > 1]
+        varying = known or varying
         out.append({k: ident.get(k) for k in varying})
     return out
 

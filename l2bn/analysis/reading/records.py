@@ -24,7 +24,7 @@ from l2bn.train.config import TrainConfig  # torch-free: the defaults of fields 
 # (η, λ), the seed, and where the data sits or what ran it.
 NOT_IDENTITY = ("lr", "weight_decay", "seed", "data_dir", "device")
 IDENTITY_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in NOT_IDENTITY)
-# What a study without a ``config`` attr tells of its training (README, "Study layout").
+# What a study without a ``config`` attr tells of its training (docs/study-layout.md).
 ATTR_FIELDS = ("optimizer", "norm", "dataset", "epochs", "width")
 
 
