@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (see setup.sh) and run the tests. With no arguments: the fast tests (about 5 min on 2
+# Set up (see setup.sh) and run the tests. With no arguments: the fast tests (about 3 min on 2
 # cores), then a line saying how to run the slow ones; arguments go to pytest instead, e.g.
 #   scripts/test.sh -m slow            # the slow tests alone (about 20 min)
 #   scripts/test.sh tests/analysis     # one folder, fast and slow

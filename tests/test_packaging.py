@@ -38,6 +38,7 @@ NEEDS = [
     ("numpy", "1.26.0", "1.25.2", None, "the oldest release run"),
     ("scipy", "1.11.1", "1.10.1", None, "the oldest release run (1.11.0 is not on PyPI)"),
     ("matplotlib", "3.8.0", "3.7.5", None, "the oldest release run"),
+    ("orjson", "3.13.0", "3.12.0", None, "the release run (analyze's JSON decoding)"),
     ("psycopg", "3.1.4", "3.1.3", None, "psycopg-binary's first CPython 3.11 wheels"),
     ("pytest", "8.0.0", "7.4.4", None, "the oldest release run"),
     ("packaging", "20.0", "19.2", None, "the oldest release run (optuna's own floor)"),

@@ -24,7 +24,8 @@ from l2bn.analysis.estimating.floor import JOINT, estimate_k
 
 from .simulation import Planted, planted_panel
 
-CLEAN, NESTEROV, ADAM, SHARED, DENSE, DEFORMED, ADAM_DEFORMED, MILD = SCENARIOS
+CLEAN, NESTEROV, ADAM, SHARED, DENSE, DEFORMED, ADAM_DEFORMED, MILD = SCENARIOS[:8]
+NESTEROV_5, ADAM_5, DEFORMED_5, ADAM_DEFORMED_5 = SCENARIOS[8:]
 
 
 def test_the_planted_shapes_are_the_ones_measured_on_the_committed_headline() -> None:
@@ -81,6 +82,16 @@ def test_realistic_valleys_in_the_headline_design_are_covered_and_told_apart() -
 def test_a_deformed_row_is_left_out_by_the_lack_of_collapse_rule() -> None:
     s = run(ADAM_DEFORMED, 20, seed=3)
     assert s.row0_left_out >= 0.6 and s.coverage >= 0.85, s
+
+
+@pytest.mark.slow
+def test_five_seeds_per_row_narrow_nesterovs_interval_and_name_its_deformed_row() -> None:
+    # What the next registered run's design rests on: 3 seeds miss the width (0.24) and the
+    # deformed row (named in 62 %) on nesterov's shallow valley; 5 seeds meet both in the table.
+    s = run(NESTEROV_5, 40, seed=13)
+    assert s.median_width <= 0.2 and s.coverage >= 0.86 and s.disjoint >= 0.95, s
+    d = run(DEFORMED_5, 40, seed=17)
+    assert d.row0_left_out >= 0.8 and d.coverage >= 0.85, d
 
 
 def test_one_seed_gives_no_interval_rather_than_one_of_independent_cells() -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -126,11 +126,14 @@ def make_cell(
     band: tuple[float, float] = EQUILIBRIUM_BAND,
     tail: float = EQUILIBRIUM_TAIL,
     optimizer: str | None = None,
+    measured: Mapping[str, Mapping[int, float]] | None = None,
 ) -> Cell:
     """One grid point from its (trial, metric value) pairs; ``test``, ``invariant``, ``band``,
     ``tail`` and ``optimizer`` (its stationarity verdict; None: the θ test's) judge its
     equilibrium
-    (:func:`~l2bn.analysis.estimating.equilibrium.cell_equilibrium`)."""
+    (:func:`~l2bn.analysis.estimating.equilibrium.cell_equilibrium`). ``measured``: each
+    trial's :func:`trial_relaxation` per layer, by ``id(trial)``, when the caller computed
+    them for many cells at once (else computed here)."""
     trials = [t for t, _ in pairs]
     metric = np.array([v for _, v in pairs])
     vals = np.array([t.val_error for t in trials])
@@ -141,8 +144,12 @@ def make_cell(
     for layer in layer_order(healthy):
         logs = [math.log(x) for t in healthy if (x := t.phase1_norm(layer)) > 0]
         norms[layer] = math.exp(statistics.fmean(logs)) if logs else math.nan
-        measured = [float(x) for x in seeds_relaxation(healthy, layer) if math.isfinite(x)]
-        relaxation[layer] = statistics.median(measured) if measured else math.nan
+        if measured is not None and layer in measured:
+            ours = [measured[layer].get(id(t), math.nan) for t in healthy]
+        else:
+            ours = seeds_relaxation(healthy, layer)
+        finite = [float(x) for x in ours if math.isfinite(x)]
+        relaxation[layer] = statistics.median(finite) if finite else math.nan
     eq = [x for t in trials if math.isfinite(x := t.eta_lambda_t)]
     eta_lambda_t = statistics.fmean(eq) if eq else math.nan
     return Cell(
@@ -208,5 +215,6 @@ __all__ = [
     "locate_optima",
     "make_cell",
     "relaxation_summary",
+    "seeds_relaxation",
     "trial_panel",
 ]

@@ -43,6 +43,7 @@ from l2bn.analysis.reading.records import (
     StudyData,
     TrialRecord,
     as_float,
+    decode,
     read_history,
 )
 from l2bn.errors import AnalysisError, StorageError
@@ -354,9 +355,8 @@ def _read_rdb(
             dist = dists[dist_json] = json_to_distribution(dist_json)
         params[trial_id][pname] = dist.to_external_repr(internal)
     user_attrs: dict[int, dict[str, Any]] = defaultdict(dict)
-    loads = json.loads
     for trial_id, key, value_json in attr_rows:
-        user_attrs[trial_id][key] = loads(value_json)
+        user_attrs[trial_id][key] = decode(value_json)
 
     out: dict[str, tuple[list[TrialRecord], int]] = {name: ([], 0) for name in study_ids}
     counts: dict[str, int] = defaultdict(int)
