@@ -26,6 +26,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 # The optimizers' own constants that enter the predictions (l2bn.train.optim uses the same;
 # tests/test_theory.py checks that they agree).
 MOMENTUM = 0.9  # α of momentum and Nesterov (the paper's 0.9)
@@ -42,6 +45,91 @@ def nesterov_rate(alpha: float) -> float:
     consecutive steps' correlation differs from heavy ball's, ≈ 1.41 at α = 0.9 (16 % above
     heavy ball in θ)."""
     return 2 * ((1 - alpha) * (1 + alpha) ** 2 + alpha**4 / (1 + alpha))
+
+
+# --- correlated successive gradients (momentum) ---------------------------------------------
+# The rates above assume successive minibatch gradients uncorrelated. With momentum α the step
+# is a filter of past gradients, u_t = Σ_m h_m·g_{t−m} (PyTorch: buffer b = α·b + g; heavy ball
+# steps by b, h_m = α^m; Nesterov by g + α·b, h_0 = 1 + α, h_m = α^(m+1)). On the sphere a
+# gradient is orthogonal to the w it was taken at, not to the w it is applied to m steps later:
+# w_t·g_{t−m} = −η·Σ_{i<m} u_{t−m+i}·g_{t−m}. So ‖w‖² grows per step by
+#     η²·E‖g‖²·Γ,  Γ = γ_u(0) + 2·Σ_{m≥1} h_m·Σ_{i<m} F(i),  F(i) = E[u_{j+i}·g_j]/E‖g‖²,
+# with γ_u(0) = E‖u‖²/E‖g‖², and shrinks by 2ηλ/(1−α)·‖w‖² (the decay passes through the
+# buffer's gain 1/(1−α)). At the balance θ² = η²‖u‖²/‖w‖² = c·η·λ with
+#     c = 2·γ_u(0) / ((1 − α)·Γ),
+# which is heavy_ball_rate and nesterov_rate for uncorrelated gradients. For gradients whose
+# successive cosine is ρ (lag 1 only), c does not depend on ρ for heavy ball, but does for
+# Nesterov: ρ = −0.44 raises Nesterov's θ²/θ_eq² to 1.45 (tests/test_theory.py checks all of
+# it against PyTorch's optimizers on the sphere). What l2bn.train.meter records instead of ρ is
+# the successive *updates'* correlation (``update_corr``), which :func:`gradient_correlation`
+# inverts.
+
+_RESPONSE_TERMS = 4000  # α^4000 < 1e-17 for α ≤ 0.99: the sums below are exact to rounding
+
+
+def _response(alpha: float, nesterov: bool) -> npt.NDArray[np.float64]:
+    h = alpha ** np.arange(_RESPONSE_TERMS, dtype=np.float64)
+    if nesterov:
+        h = alpha * h
+        h[0] += 1.0
+    return h
+
+
+def _lagged(h: npt.NDArray[np.float64], s: int) -> float:
+    """Σ_i h_i·h_{i+s} (s may be negative)."""
+    s = abs(s)
+    return float(np.dot(h[: h.size - s], h[s:]))
+
+
+def _update_autocov(h: npt.NDArray[np.float64], rho: float, s: int) -> float:
+    """E[u_t·u_{t+s}] / E‖g‖² for gradients of lag-1 correlation ρ."""
+    return _lagged(h, s) + rho * (_lagged(h, s + 1) + _lagged(h, s - 1))
+
+
+def momentum_rate(alpha: float, nesterov: bool, rho: float = 0.0) -> float:
+    """c in θ_eq = √(c·η·λ) for momentum α (PyTorch's SGD; ``nesterov`` its Nesterov form) when
+    successive minibatch gradients have correlation ``rho`` (lag 1 only, |ρ| ≤ ½)."""
+    if not -0.5 <= rho <= 0.5:
+        raise ValueError(f"a lag-1-only correlation must lie in [-0.5, 0.5], not {rho}")
+    h = _response(alpha, nesterov)
+    f = h.copy()  # F(i) = h_i + ρ·(h_{i−1} + h_{i+1})
+    f[1:] += rho * h[:-1]
+    f[:-1] += rho * h[1:]
+    reach = np.concatenate([[0.0], np.cumsum(f)[:-1]])  # Σ_{i<m} F(i)
+    gamma0 = _update_autocov(h, rho, 0)
+    growth = gamma0 + 2 * float(np.dot(h[1:], reach[1:]))
+    return 2 * gamma0 / ((1 - alpha) * growth)
+
+
+def update_correlation(alpha: float, nesterov: bool, rho: float = 0.0) -> float:
+    """The correlation of successive updates (Δw_t·Δw_{t−1} ÷ ‖Δw‖², what l2bn.train.meter
+    records as ``update_corr``) for gradients of lag-1 correlation ρ: α for heavy ball with
+    uncorrelated gradients, 0.66 for Nesterov at α = 0.9."""
+    h = _response(alpha, nesterov)
+    return _update_autocov(h, rho, 1) / _update_autocov(h, rho, 0)
+
+
+def gradient_correlation(alpha: float, nesterov: bool, update_corr: float) -> float:
+    """The lag-1 gradient correlation ρ ∈ [−½, ½] that gives ``update_corr`` (the inverse of
+    :func:`update_correlation`, increasing in ρ); NaN outside what ρ ∈ [−½, ½] can give."""
+    from scipy import optimize  # here: importing l2bn.theory stays cheap
+
+    lo, hi = (update_correlation(alpha, nesterov, r) for r in (-0.5, 0.5))
+    if not lo <= update_corr <= hi:
+        return math.nan
+    return float(
+        optimize.brentq(lambda r: update_correlation(alpha, nesterov, r) - update_corr, -0.5, 0.5)
+    )
+
+
+def momentum_ratio(alpha: float, nesterov: bool, update_corr: float) -> float:
+    """The ⟨θ²⟩/θ_eq² a stationary run would show, θ_eq being the uncorrelated formula's, when
+    its successive updates correlate by ``update_corr``: 1 for heavy ball whatever ρ; NaN
+    where no lag-1 gradient correlation gives that update correlation."""
+    rho = gradient_correlation(alpha, nesterov, update_corr)
+    if not math.isfinite(rho):
+        return math.nan
+    return momentum_rate(alpha, nesterov, rho) / momentum_rate(alpha, nesterov)
 
 
 def adamw_rate(beta1: float) -> float:

@@ -65,6 +65,7 @@ def test_one_epoch_end_to_end_writes_the_whole_record(tmp_path: Path) -> None:
         "tangential",
         "grad_norm",
         "balance",
+        "update_corr",
     }
     assert 0 <= record["test_error"] <= 1 and record["diverged"] is False
 

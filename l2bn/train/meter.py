@@ -12,6 +12,8 @@ normalized SGD, the projection) and g the loss gradient of the step::
     θ    = atan2(‖Δw_⊥‖, ‖w‖ + (w·Δw)/‖w‖)   the exact angle between w and w + Δw
     G̃²   = ‖g‖²·‖w‖²                        the gradient at unit weight scale
     q    = ‖Δw‖²/‖w‖² = r² + t²              growth, for the balance
+    ℓ    = (Δw·Δw_prev)/‖w‖²                 the successive updates' product, with q beside
+                                             it over the same steps (q_ℓ)
 
 :class:`UpdateMeter` sums θ², r, t², G̃² and q over the steps of an epoch per unit, only over
 steps where the model was alive (a frozen model does not move), and at the end of the epoch
@@ -21,7 +23,7 @@ means (``angle`` = RMS θ, ``radial`` = mean r, ``tangential`` = RMS t, ``grad_n
 undefined, NaN, when mean r ≥ 0: then nothing shrinks).
 
 Cost: per step one copy of the K × P buffer (the snapshot), one subtraction, four products
-into a 4 × K × P buffer, one segment sum per recorded layer (a reshape: a layer's columns are
+into a 5 × K × P buffer, one segment sum per recorded layer (a reshape: a layer's columns are
 contiguous and unit-major) and a dozen kernels on the K × units sums. No host sync: the
 epoch's sums join the engine's one transfer (benchmarks/bench_records.py measures the cost).
 """
@@ -33,7 +35,9 @@ import torch
 from l2bn.train.models import Net
 
 # The sums kept per (layer, model), in this order, then the count of (unit, step) pairs.
-SUMS = ("theta_sq", "radial", "tangential_sq", "grad_sq", "growth")
+# "lag" and "lag_growth" count only steps whose model was alive at the step before too:
+# lag ÷ lag_growth is the successive updates' correlation (l2bn.theory.momentum_ratio).
+SUMS = ("theta_sq", "radial", "tangential_sq", "grad_sq", "growth", "lag", "lag_growth")
 WIDTH = len(SUMS) + 1  # numbers per (layer, model) in the host transfer
 
 
@@ -57,7 +61,11 @@ class UpdateMeter:
         total = sum(u for _, _, u in self.layers)
         self.before = torch.empty_like(flat)
         self.delta = torch.empty_like(flat)
-        self.products = torch.empty(4, k, p, dtype=flat.dtype, device=flat.device)
+        # The previous step's Δw (swapped with delta each step, not copied) and whether each
+        # model was alive for it: a run's first step has no predecessor.
+        self.previous = torch.zeros_like(flat)
+        self.previous_alive = torch.zeros(k, dtype=torch.bool, device=flat.device)
+        self.products = torch.empty(5, k, p, dtype=flat.dtype, device=flat.device)
         # Per unit, summed over the epoch's steps (double: thousands of small terms).
         self.sums = torch.zeros(len(SUMS), k, total, dtype=torch.float64, device=flat.device)
         self.steps = torch.zeros(k, dtype=torch.float64, device=flat.device)  # alive steps
@@ -69,33 +77,41 @@ class UpdateMeter:
 
     @torch.no_grad()
     def measure(self, alive: torch.Tensor) -> None:
-        """After the step: add this step's θ², r, t², G̃², q of every unit of every alive model."""
+        """After the step: add this step's θ², r, t², G̃², q, ℓ, q_ℓ of every unit of every alive
+        model."""
         w, dw, x = self.before, self.delta, self.products
         torch.sub(self.params.flat, w, out=dw)
         torch.mul(w, dw, out=x[0])
         torch.mul(w, w, out=x[1])
         torch.mul(dw, dw, out=x[2])
         torch.mul(self.params.grad, self.params.grad, out=x[3])
+        torch.mul(dw, self.previous, out=x[4])
         # Per unit: a layer's columns are contiguous and unit-major, so a reshape and a sum.
         k = dw.shape[0]
         per_unit = torch.cat(
-            [x[:, :, s : s + n].view(4, k, u, n // u).sum(3) for s, n, u in self.layers], dim=2
+            [x[:, :, s : s + n].view(5, k, u, n // u).sum(3) for s, n, u in self.layers], dim=2
         ).double()
-        wdw, ww, dwdw, gg = per_unit.unbind(0)
+        wdw, ww, dwdw, gg, lag = per_unit.unbind(0)
         inv = ww.reciprocal()
         r = wdw * inv
         perp = (dwdw - wdw * r).clamp_min_(0.0)  # ‖Δw_⊥‖², ≥ 0 up to rounding
         theta = torch.atan2(perp.sqrt(), ww.sqrt() * (1.0 + r))  # ‖w‖ + (w·Δw)/‖w‖ = ‖w‖(1 + r)
-        step = torch.stack([theta.square_(), r, perp * inv, gg * ww, dwdw * inv])  # as SUMS
+        q = dwdw * inv
+        paired = self.previous_alive.view(-1, 1)
+        lagged = torch.where(paired, torch.stack([lag * inv, q]), 0.0)
+        step = torch.cat([torch.stack([theta.square_(), r, perp * inv, gg * ww, q]), lagged])
         live = alive.view(1, -1, 1)
         # where, not a product: a frozen model's NaN weights must not poison the sums.
         self.sums += torch.where(live, step, 0.0)
         self.steps += alive
+        self.previous, self.delta = self.delta, self.previous  # this Δw is the next one's
+        self.previous_alive.copy_(alive)
 
     @torch.no_grad()
     def take(self) -> torch.Tensor:
-        """The epoch's sums per layer, layers × K × (θ², r, t², G̃², q, unit-steps), flattened
-        (double, on the device, to join the engine's one transfer); then start a new epoch."""
+        """The epoch's sums per layer, layers × K × (θ², r, t², G̃², q, ℓ, q_ℓ, unit-steps),
+        flattened (double, on the device, to join the engine's one transfer); then start a new
+        epoch."""
         per_layer = []
         first = 0
         for _, _, u in self.layers:

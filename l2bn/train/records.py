@@ -11,7 +11,8 @@ The JSON shape (``TrainResult.to_dict``) is the one ``l2bn train --json`` writes
      "seconds": 3.2,
      "layers": {"conv1": {"norm": 4.1, "unit_norm": 0.73, "eff_lr": 0.19,
                           "angle": 0.031, "angle_eq": 0.032, "radial": -0.00047,
-                          "tangential": 0.031, "grad_norm": 2.6, "balance": 0.98}, ...}}
+                          "tangential": 0.031, "grad_norm": 2.6, "balance": 0.98,
+                          "update_corr": 0.64}, ...}}
 
 ``norm`` is the Frobenius norm of the layer's weight (for weight normalization: of the
 direction parameter v), ``unit_norm`` the mean norm of one output unit's weights, and
@@ -32,7 +33,11 @@ tensor), with w the weights before the step, Δw the step's change and g the los
   layer's ‖g‖ would be at ‖w‖ = 1);
 * ``balance``: growth ÷ shrink = mean(‖Δw‖²/‖w‖²) ÷ mean(−2r), exactly 1 when ‖w‖ is
   stationary (‖w + Δw‖² = ‖w‖²(1 + 2r + ‖Δw‖²/‖w‖²)); > 1: ‖w‖ grows, < 1: it shrinks;
-  null when nothing shrinks (mean r ≥ 0).
+  null when nothing shrinks (mean r ≥ 0);
+* ``update_corr``: the successive updates' correlation, Σ Δw_t·Δw_{t−1}/‖w‖² ÷ Σ ‖Δw_t‖²/‖w‖²
+  over the steps that have a predecessor: 0.9 for heavy ball and 0.66 for Nesterov (α = 0.9)
+  with uncorrelated gradients; l2bn.theory.momentum_ratio turns it into the θ²/θ_eq² that
+  correlated successive gradients would give.
 
 Only steps where the model was alive count. Non-finite numbers are written as ``null``;
 records written before a key existed read back with NaN for it. The result around the
@@ -57,7 +62,7 @@ from l2bn.files import finite_or_none
 from l2bn.train.config import TrainConfig
 
 NAN = float("nan")
-UPDATE_SUMS = 6  # per layer and model from l2bn.train.meter: θ², r, t², G̃², q, unit-steps
+UPDATE_SUMS = 8  # per layer and model from l2bn.train.meter: θ², r, t², G̃², q, ℓ, q_ℓ, unit-steps
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class LayerRecord:
     tangential: float = NAN  # RMS ‖Δw_⊥‖/‖w‖
     grad_norm: float = NAN  # RMS ‖g‖·‖w‖
     balance: float = NAN  # mean ‖Δw‖²/‖w‖² ÷ mean(−2r): 1 when ‖w‖ is stationary
+    update_corr: float = NAN  # successive updates: Σ Δw_t·Δw_{t−1} ÷ Σ ‖Δw_t‖² (per unit, /‖w‖²)
 
     def to_dict(self) -> dict[str, float | None]:
         return {f.name: finite_or_none(getattr(self, f.name)) for f in fields(self)}
@@ -92,9 +98,10 @@ def layer_record(norm: float, unit_norm: float, lr: float, eff_lr_power: int) ->
 
 
 def update_fields(sums: Sequence[float]) -> dict[str, float]:
-    """The update fields from one layer's epoch sums (θ², r, t², G̃², q, count of unit-steps;
-    l2bn.train.meter): the single place where they are defined. All NaN when nothing counted."""
-    theta_sq, radial, tangential_sq, grad_sq, growth, n = sums
+    """The update fields from one layer's epoch sums (θ², r, t², G̃², q, ℓ, q_ℓ, count of
+    unit-steps; l2bn.train.meter): the single place where they are defined. All NaN when
+    nothing counted."""
+    theta_sq, radial, tangential_sq, grad_sq, growth, lag, lag_growth, n = sums
     if not n > 0:
         return {}
     shrink = -2 * radial / n
@@ -104,6 +111,7 @@ def update_fields(sums: Sequence[float]) -> dict[str, float]:
         "tangential": math.sqrt(tangential_sq / n),
         "grad_norm": math.sqrt(grad_sq / n),
         "balance": growth / n / shrink if shrink > 0 else NAN,
+        "update_corr": lag / lag_growth if lag_growth > 0 else NAN,
     }
 
 

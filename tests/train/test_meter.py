@@ -27,7 +27,7 @@ STEP = TrainConfig(
     precision="fp32",
 )  # fmt: skip
 TRACKING = TrainConfig(dataset="tracking", optimizer="sgd", lr=0.34, weight_decay=0.01, lr_drops=())
-FIELDS = ("angle", "radial", "tangential", "grad_norm", "balance")
+FIELDS = ("angle", "radial", "tangential", "grad_norm", "balance", "lag", "lag_growth")
 
 
 def _param_of(engine: Engine) -> dict[str, str]:
@@ -49,6 +49,7 @@ class Direct:
         self.engine = engine
         self.params = _param_of(engine)
         self.values: dict[tuple[str, int], dict[str, list[torch.Tensor]]] = {}
+        self.previous: dict[tuple[str, int], torch.Tensor] = {}  # the model's last Δw, per unit
 
     def step(self, batch: Any, alive: list[bool] | None = None) -> None:
         net = self.engine.net
@@ -76,9 +77,14 @@ class Direct:
                 v["tangential"].append(perp.norm(dim=1) / norm)
                 v["grad_norm"].append(g.norm(dim=1) * norm)
                 v["balance"].append(dw.norm(dim=1) ** 2 / norm**2)
+                before_dw = self.previous.get((layer, m))
+                if before_dw is not None:  # the successive updates' product, and q beside it
+                    v["lag"].append((dw * before_dw).sum(1) / norm**2)
+                    v["lag_growth"].append(dw.norm(dim=1) ** 2 / norm**2)
+                self.previous[(layer, m)] = dw
 
     def fields(self, layer: str, m: int) -> dict[str, float]:
-        v = {f: torch.cat(x) for f, x in self.values[(layer, m)].items()}
+        v = {f: torch.cat(x) if x else torch.zeros(0) for f, x in self.values[(layer, m)].items()}
 
         def rms(x: torch.Tensor) -> float:
             return float(x.square().mean().sqrt())
@@ -90,6 +96,9 @@ class Direct:
             "tangential": rms(v["tangential"]),
             "grad_norm": rms(v["grad_norm"]),
             "balance": float(v["balance"].mean()) / shrink if shrink > 0 else math.nan,
+            "update_corr": float(v["lag"].sum() / v["lag_growth"].sum())
+            if len(v["lag"])
+            else math.nan,
             "count": float(len(v["angle"])),
         }
 
@@ -112,6 +121,10 @@ def _assert_fields_match(got: dict[str, float], want: dict[str, float], where: A
         assert got[f] == pytest.approx(want[f], rel=2e-4, abs=1e-9), (where, f)
     # r is a difference of nearly equal norms' worth of terms: judged against the step size.
     assert abs(got["radial"] - want["radial"]) <= 2e-4 * scale + 1e-10, where
+    if math.isnan(want["update_corr"]):  # one step: no successive pair
+        assert math.isnan(got["update_corr"]), where
+    else:
+        assert got["update_corr"] == pytest.approx(want["update_corr"], rel=1e-3, abs=1e-6), where
     if want["radial"] < -1e-3 * scale:  # a shrink clearly above rounding: the ratio is defined
         assert got["balance"] == pytest.approx(want["balance"], rel=2e-3), where
     elif want["radial"] > 1e-3 * scale:
@@ -310,7 +323,7 @@ def test_the_train_command_takes_the_new_options_and_writes_the_fields(
     assert first["lr"] == pytest.approx(0.1) and second["lr"] < 0.1  # decays in epoch 2
     assert list(first["layers"]["w"]) == [
         "norm", "unit_norm", "eff_lr",
-        "angle", "angle_eq", "radial", "tangential", "grad_norm", "balance",
+        "angle", "angle_eq", "radial", "tangential", "grad_norm", "balance", "update_corr",
     ]  # fmt: skip
     theta_eq = THEORY["nesterov"].angular_update(first["lr"], 0.01)
     assert first["layers"]["w"]["angle_eq"] == pytest.approx(theta_eq)

@@ -46,7 +46,7 @@ def test_records_match_torch_norms_and_eff_lr_follows(power: int) -> None:
 
 LAYER_KEYS = [
     "norm", "unit_norm", "eff_lr",
-    "angle", "angle_eq", "radial", "tangential", "grad_norm", "balance",
+    "angle", "angle_eq", "radial", "tangential", "grad_norm", "balance", "update_corr",
 ]  # fmt: skip
 EPOCH_KEYS = [
     "epoch", "lr", "train_loss", "train_error", "val_error", "val_loss", "seconds", "layers"
@@ -62,6 +62,7 @@ def test_the_json_shape_is_the_documented_one() -> None:
     assert d["layers"]["conv1"] == {
         "norm": 4.1, "unit_norm": 0.73, "eff_lr": None, "angle": 0.03, "angle_eq": None,
         "radial": None, "tangential": None, "grad_norm": None, "balance": 0.98,
+        "update_corr": None,
     }  # fmt: skip
     back = EpochRecord.from_dict(json.loads(json.dumps(d, allow_nan=False)))
     assert back.layers["conv1"].norm == 4.1 and back.epoch == 1 and back.val_loss == 2.1
@@ -97,22 +98,25 @@ def test_records_without_the_newer_keys_still_load() -> None:
     assert e.epoch == 3 and math.isnan(e.val_loss)
     rec = e.layers["conv1"]
     assert rec.norm == 2.0 and math.isnan(rec.eff_lr)
-    for f in ("angle", "angle_eq", "radial", "tangential", "grad_norm", "balance"):
+    for f in ("angle", "angle_eq", "radial", "tangential", "grad_norm", "balance", "update_corr"):
         assert math.isnan(getattr(rec, f))
     d = e.to_dict()
     assert d["val_loss"] is None and d["layers"]["conv1"]["angle"] is None
 
 
 def test_update_fields_from_the_sums() -> None:
-    # Two units over three steps, by hand: θ² sums, r, t², G̃², q, and the unit-step count.
-    sums = [6 * 0.01**2, 6 * -0.002, 6 * 0.0001, 6 * 4.0, 6 * 0.002, 6]
+    # Two units over three steps, by hand: θ² sums, r, t², G̃², q, the successive products ℓ
+    # and q over the 2 steps with a predecessor, and the unit-step count.
+    sums = [6 * 0.01**2, 6 * -0.002, 6 * 0.0001, 6 * 4.0, 6 * 0.002, 4 * 0.0013, 4 * 0.002, 6]
     f = update_fields(sums)
     assert f["angle"] == pytest.approx(0.01) and f["tangential"] == pytest.approx(0.01)
     assert f["radial"] == pytest.approx(-0.002) and f["grad_norm"] == pytest.approx(2.0)
     assert f["balance"] == pytest.approx(0.002 / 0.004)
-    growing = update_fields([1.0, 0.5, 1.0, 1.0, 1.0, 2])  # r > 0: nothing shrinks
+    assert f["update_corr"] == pytest.approx(0.65)
+    growing = update_fields([1.0, 0.5, 1.0, 1.0, 1.0, 0.0, 0.0, 2])  # r > 0: nothing shrinks
     assert math.isnan(growing["balance"]) and growing["radial"] == 0.25
-    assert update_fields([0.0] * 6) == {}  # nothing counted
+    assert math.isnan(growing["update_corr"])  # one step each: no successive pair
+    assert update_fields([0.0] * 8) == {}  # nothing counted
 
 
 def test_layer_records_read_each_models_update_sums_and_theta_eq() -> None:
@@ -123,7 +127,7 @@ def test_layer_records_read_each_models_update_sums_and_theta_eq() -> None:
     for i in range(2):
         for m in range(2):
             x = 10 * i + m + 1  # layer i, model m
-            updates += [x**2, -x / 100, x**2, x**2, x / 100, 1]
+            updates += [x**2, -x / 100, x**2, x**2, x / 100, x / 200, x / 100, 1]
     assert len(updates) == 2 * 2 * UPDATE_SUMS
     for m in range(2):
         recs = layer_records(layers, norms, 2, m, 0.1, 2, updates, 0.05, invariant={"b"})

@@ -307,6 +307,7 @@ SUMMARIES: tuple[tuple[str, str], ...] = (
     ("radial", "mean"),
     ("tangential", "rms"),
     ("balance", "mean"),
+    ("update_corr", "mean"),
 )
 
 
@@ -315,7 +316,8 @@ def tail_summary(t: TrialRecord, tail: float = EQUILIBRIUM_TAIL) -> dict[str, di
     summary over the last ``tail`` of phase 1 (:func:`tail_window`), over the window's epochs
     that recorded a value: √mean θ² (``angle``), √mean θ_eq² (``angle_eq``), RMS G̃
     (``grad_norm``), mean radial change, RMS tangential change, mean ``balance`` (an epoch
-    without one because nothing shrank counts as ∞, as in the balance test). A layer whose
+    without one because nothing shrank counts as ∞, as in the balance test), mean
+    ``update_corr`` (l2bn.theory.momentum_ratio reads it). A layer whose
     window holds no value of a quantity is left out of it. A record read from a CSV export
     (:attr:`~l2bn.analysis.reading.records.TrialRecord.tail_summary`) gives back what it wrote."""
     if t.tail_summary is not None:

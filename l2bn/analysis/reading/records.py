@@ -121,7 +121,7 @@ METRICS = ("val_error", "val_loss")  # the per-epoch validation metrics a histor
 # Per-layer update statistics of a history's epochs beside ``norm`` (l2bn.train.records):
 # θ (RMS angular update per step), θ_eq, the mean radial and RMS tangential change, the RMS
 # gradient at unit scale and growth ÷ shrink. Older histories have none of them.
-DYNAMICS = ("angle", "angle_eq", "radial", "tangential", "grad_norm", "balance")
+DYNAMICS = ("angle", "angle_eq", "radial", "tangential", "grad_norm", "balance", "update_corr")
 _OLD_LAYER_KEYS = 3  # norm, unit_norm, eff_lr: a layer record with more may hold DYNAMICS
 
 
