@@ -429,6 +429,9 @@ def equilibrium_cell(e: Equilibrium) -> Text:
     if layer is not None:
         what = _EQUILIBRIUM_RATIO.get(e.test, e.test)
         text.append(f"; {what} {_ratio(e.ratio)} ({layer})", style="dim")
+        predicted = e.predicted.get(layer, math.nan)
+        if not math.isnan(predicted):  # what correlated successive gradients account for
+            text.append(f", {_ratio(predicted)} by update correlation", style="dim")
     return text
 
 

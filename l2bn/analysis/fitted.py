@@ -120,6 +120,10 @@ class Equilibrium:
     n_seeds: int = 0  # non-diverged seeds
     memory: Mapping[str, float] = field(default_factory=dict)
     balance: Mapping[str, float] = field(default_factory=dict)
+    # Momentum and Nesterov: per layer, the ⟨θ²⟩/θ_eq² that the successive updates' measured
+    # correlation (``update_corr`` over the window, mean over seeds) predicts through
+    # l2bn.theory.momentum_ratio: how much of a ratio above 1 correlated gradients explain.
+    predicted: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def worst_layer(self) -> str | None:
@@ -158,6 +162,7 @@ class Equilibrium:
             "ratios": {k: finite_or_none(v) for k, v in self.ratios.items()},
             "memory": {k: finite_or_none(v) for k, v in self.memory.items()},
             "balance": {k: finite_or_none(v) for k, v in self.balance.items()},
+            "predicted": {k: finite_or_none(v) for k, v in self.predicted.items()},
             "moving_layer": self.moving_layer,
             "n_in": self.n_in,
             "n_seeds": self.n_seeds,

@@ -72,6 +72,8 @@ JSON shape, schema 3 (:meth:`AnalysisReport.to_dict`; NaN and infinities are wri
                    "moving_layer": "conv1",          # farthest from stationary
                    "test": "angle" | "balance" | "none",   # the θ test beside the verdict
                    "ratio": 1.48, "layer": "conv1", "ratios": {"conv1": 1.48, ...},
+                   "predicted": {"conv1": 1.28, ...},  # momentum, nesterov: the ratio the
+                   # successive updates' correlation predicts (l2bn.theory.momentum_ratio)
                    "n_in": 2, "n_seeds": 2}
 
 The primary (v3) is the **whole-surface collapse** (:mod:`l2bn.analysis.estimating.collapse`):

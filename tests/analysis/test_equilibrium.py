@@ -38,7 +38,7 @@ from l2bn.analysis.presenting.export import write_csv
 from l2bn.analysis.reading.records import TrialRecord, read_history
 from l2bn.analysis.reading.studies import load_studies
 from l2bn.errors import ConfigError
-from l2bn.theory import THEORY
+from l2bn.theory import MOMENTUM, THEORY, gradient_correlation, momentum_rate
 
 from .planting import (
     EPOCHS,
@@ -229,6 +229,32 @@ def test_without_decay_theta_eq_is_zero_and_nothing_is_in_equilibrium() -> None:
         epoch["layers"]["conv1"]["angle"] = 0.01
     verdict, ratios = trial_verdict(record(h, wd=0.0), ANGLE_TEST, ())
     assert verdict == OUT_OF_EQUILIBRIUM and ratios["conv1"] == math.inf
+
+
+def test_the_update_correlation_predicts_nesterovs_ratio_and_nothing_for_other_optimizers() -> None:
+    # Three seeds whose conv1 updates correlate by 0.10, 0.12, 0.14 over the window (conv2:
+    # 0.658, what uncorrelated gradients give Nesterov): the prediction is the theory's for the
+    # mean, 0.12, independently computed from ρ, the lag-1 gradient correlation it implies.
+    trials = []
+    for seed, c in enumerate((0.10, 0.12, 0.14)):
+        h = history([0.1] * 10, 1e-3, lambda e: 1.5)
+        for epoch in h:
+            epoch["layers"]["conv1"]["update_corr"] = c
+            epoch["layers"]["conv2"]["update_corr"] = 0.658
+        trials.append(record(h, seed=seed))
+    cell = cell_equilibrium(trials, ANGLE_TEST, ("conv1", "conv2"), optimizer="nesterov")
+    rho = gradient_correlation(MOMENTUM, True, 0.12)
+    assert cell.predicted["conv1"] == pytest.approx(
+        momentum_rate(MOMENTUM, True, rho) / momentum_rate(MOMENTUM, True)
+    )
+    assert 1.25 < cell.predicted["conv1"] < 1.35 and cell.predicted["conv2"] == pytest.approx(
+        1.0, abs=0.01
+    )
+    assert cell.to_dict()["predicted"]["conv1"] == pytest.approx(cell.predicted["conv1"])
+    # Heavy ball: correlated gradients leave its θ_eq alone; AdamW has no such formula.
+    heavy = cell_equilibrium(trials, ANGLE_TEST, ("conv1", "conv2"), optimizer="momentum")
+    assert heavy.predicted["conv1"] == pytest.approx(1.0)
+    assert cell_equilibrium(trials, ANGLE_TEST, ("conv1",), optimizer="adamw").predicted == {}
 
 
 def test_a_cell_is_in_equilibrium_when_every_healthy_seed_is() -> None:

@@ -36,7 +36,7 @@ GROUP_KEYS = {
 }  # fmt: skip
 EQUILIBRIUM_KEYS = {
     "verdict", "test", "ratio", "layer", "ratios", "n_in", "n_seeds", "memory", "balance",
-    "moving_layer",
+    "moving_layer", "predicted",
 }  # fmt: skip
 
 

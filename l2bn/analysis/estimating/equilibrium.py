@@ -58,7 +58,7 @@ from l2bn.analysis.fitted import (
     Equilibrium,
 )
 from l2bn.analysis.settings import EQUILIBRIUM_BAND, EQUILIBRIUM_TAIL
-from l2bn.theory import theory_of
+from l2bn.theory import MOMENTUM, momentum_ratio, theory_of
 from l2bn.train.config import Head, Norm
 from l2bn.train.config import scale_invariant_layers as config_rule
 
@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 # Adam and RMSProp with coupled L2: θ_eq depends on the gradient scale, so the balance of
 # growth and shrink is the test (l2bn.theory: angular_rate None).
 BALANCE_OPTIMIZERS = frozenset({"adam", "rmsprop"})
+MOMENTUM_OPTIMIZERS = frozenset({"momentum", "nesterov"})  # θ_eq moved by correlated gradients
 TRACKING_LAYERS = ("w",)  # the tracking toy's one layer of unit vectors
 E = TypeVar("E", bound=Enum)
 
@@ -252,13 +253,31 @@ def cell_equilibrium(
             if math.isnan(old) or (not math.isnan(r) and _distance(r) > _distance(old)):
                 worst[layer] = r
     n_in = sum(v == IN_EQUILIBRIUM for v in verdicts)
+    predicted = _predicted_ratios(healthy, optimizer, tail)
     if OUT_OF_EQUILIBRIUM in verdicts:
         verdict = OUT_OF_EQUILIBRIUM
     elif verdicts and n_in == len(verdicts):
         verdict = IN_EQUILIBRIUM
     else:
         verdict = UNKNOWN
-    return Equilibrium(verdict, test, worst, n_in, len(healthy), memory, balance)
+    return Equilibrium(verdict, test, worst, n_in, len(healthy), memory, balance, predicted)
+
+
+def _predicted_ratios(
+    trials: Sequence[TrialRecord], optimizer: str | None, tail: float
+) -> dict[str, float]:
+    """Momentum, Nesterov: per layer, l2bn.theory.momentum_ratio of the seeds' mean
+    ``update_corr`` over the window (empty for other optimizers and older records)."""
+    if optimizer not in MOMENTUM_OPTIMIZERS:
+        return {}
+    corr: dict[str, list[float]] = {}
+    for t in trials:
+        for layer, c in tail_summary(t, tail).get("update_corr", {}).items():
+            corr.setdefault(layer, []).append(c)
+    nesterov = optimizer == "nesterov"
+    return {
+        layer: momentum_ratio(MOMENTUM, nesterov, sum(cs) / len(cs)) for layer, cs in corr.items()
+    }
 
 
 # --- the cells the norm fit takes as in equilibrium -----------------------------------------

@@ -257,6 +257,9 @@ def _record_cell(key: str, value: Any) -> str:
         what = _EQUILIBRIUM_RATIO.get(str(value.get("test")), "θ test")
         if isinstance(ratio, int | float) and layer is not None:
             detail += f" · {_e(what)} {ratio:.3g} ({_e(layer)})"
+            predicted = _sub(value, "predicted").get(layer)
+            if isinstance(predicted, int | float):  # what correlated gradients account for
+                detail += f", {predicted:.3g} by update correlation"
         elif layer is not None:
             detail += f" · {_e(what)} ∞ ({_e(layer)}: θ_eq = 0 or nothing shrank)"
         return f"<td>{_verdict(value['verdict'])}<span class='detail'>{detail}</span></td>"
