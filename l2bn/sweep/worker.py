@@ -97,8 +97,9 @@ class WorkerReport:
 
 
 def auto_fuse(sweep: OptimizerSweep) -> int:
-    """K when ``--fuse`` is not given: 1 on a CPU, where training K models side by side was
-    measured slower per model than one after another (docs/performance.md); CUDA_FUSE = 16 on
+    """K when ``--fuse`` is not given: 1 on a CPU, where the K models run one at a time (so
+    that a point's numbers do not depend on its partners) and fusing gains ~2 %
+    (docs/performance.md); CUDA_FUSE = 16 on
     CUDA, a guess sized after HFTA's results, not measured here (no GPU has been lent to this
     project yet): tune it with benchmarks/bench_grid.py. Every option trains at any K, so
     nothing else is looked at. Imports torch: call it in a worker only."""

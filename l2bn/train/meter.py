@@ -86,10 +86,30 @@ class UpdateMeter:
         torch.mul(dw, dw, out=x[2])
         torch.mul(self.params.grad, self.params.grad, out=x[3])
         torch.mul(dw, self.previous, out=x[4])
-        # Per unit: a layer's columns are contiguous and unit-major, so a reshape and a sum.
+        # On the CPU model by model: a reduction's order, and whether an element falls in a
+        # vector or in the scalar tail of an elementwise kernel (atan2 rounds differently),
+        # follow the tensor's shape, and a model's numbers must not depend on its partners
+        # (l2bn.train.models.ConvNets).
         k = dw.shape[0]
+        if dw.device.type == "cpu" and k > 1:
+            step = torch.cat([self._step(x[:, m : m + 1], m) for m in range(k)], dim=1)
+        else:
+            step = self._step(x, slice(0, k))
+        live = alive.view(1, -1, 1)
+        # where, not a product: a frozen model's NaN weights must not poison the sums.
+        self.sums += torch.where(live, step, 0.0)
+        self.steps += alive
+        self.previous, self.delta = self.delta, self.previous  # this Δw is the next one's
+        self.previous_alive.copy_(alive)
+
+    def _step(self, x: torch.Tensor, models: int | slice) -> torch.Tensor:
+        """SUMS × n × units: this step's terms per unit of the n models in ``x`` (the products,
+        5 × n × P)."""
+        # Per unit: a layer's columns are contiguous and unit-major, so a reshape and a sum.
+        n_models = x.shape[1]
         per_unit = torch.cat(
-            [x[:, :, s : s + n].view(5, k, u, n // u).sum(3) for s, n, u in self.layers], dim=2
+            [x[:, :, s : s + n].view(5, n_models, u, n // u).sum(3) for s, n, u in self.layers],
+            dim=2,
         ).double()
         wdw, ww, dwdw, gg, lag = per_unit.unbind(0)
         inv = ww.reciprocal()
@@ -97,15 +117,9 @@ class UpdateMeter:
         perp = (dwdw - wdw * r).clamp_min_(0.0)  # ‖Δw_⊥‖², ≥ 0 up to rounding
         theta = torch.atan2(perp.sqrt(), ww.sqrt() * (1.0 + r))  # ‖w‖ + (w·Δw)/‖w‖ = ‖w‖(1 + r)
         q = dwdw * inv
-        paired = self.previous_alive.view(-1, 1)
+        paired = self.previous_alive[models].view(-1, 1)
         lagged = torch.where(paired, torch.stack([lag * inv, q]), 0.0)
-        step = torch.cat([torch.stack([theta.square_(), r, perp * inv, gg * ww, q]), lagged])
-        live = alive.view(1, -1, 1)
-        # where, not a product: a frozen model's NaN weights must not poison the sums.
-        self.sums += torch.where(live, step, 0.0)
-        self.steps += alive
-        self.previous, self.delta = self.delta, self.previous  # this Δw is the next one's
-        self.previous_alive.copy_(alive)
+        return torch.cat([torch.stack([theta.square_(), r, perp * inv, gg * ww, q]), lagged])
 
     @torch.no_grad()
     def take(self) -> torch.Tensor:
@@ -114,8 +128,15 @@ class UpdateMeter:
         epoch."""
         per_layer = []
         first = 0
+        cpu = self.sums.device.type == "cpu"
         for _, _, u in self.layers:
-            per_layer.append(self.sums[:, :, first : first + u].sum(2))  # SUMS × K
+            part = self.sums[:, :, first : first + u]
+            if cpu:  # model by model, as in measure
+                per_layer.append(
+                    torch.cat([part[:, m : m + 1].sum(2) for m in range(part.shape[1])], 1)
+                )
+            else:
+                per_layer.append(part.sum(2))  # SUMS × K
             first += u
         sums = torch.stack(per_layer)  # layers × SUMS × K
         count = self.units.view(-1, 1) * self.steps.view(1, -1)  # layers × K

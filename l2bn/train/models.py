@@ -14,7 +14,9 @@ convolutions with ``groups=K`` (model k's channels are the k-th block of K·C), 
 K·C channels (every model keeps its own batch statistics and running averages), layer norm as a
 group norm with K groups, and the classifier as one batched matmul. Nothing mixes models. With
 K = 1 every one of these is the ordinary layer (``groups=1`` is a plain convolution), so a
-single run is the same code, not a special case.
+single run is the same code, not a special case. On the CPU the forward pass takes the models
+one at a time (:meth:`ConvNets.__call__` says why): a point's numbers never depend on its
+partners there.
 
 All trained parameters of the K models live in one flat buffer (:class:`FlatParams`); frozen
 ones (``affine=False``: BN/LN γ = 1, β = 0, WN gains at their initial value) and BN's running
@@ -201,66 +203,94 @@ class ConvNets:
             else torch.tensor([1.0 / x for x in eps_scales], dtype=dtype, device=device)
         )
 
-    def _unscale(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B × K·C × …) with model m's channels ÷ S_m: the normalization's ε·S_m²."""
+    def _unscale(self, x: torch.Tensor, models: slice) -> torch.Tensor:
+        """x (B × n·C × …) with model m's channels ÷ S_m: the normalization's ε·S_m²."""
         if self.inv_scale is None:
             return x
-        per_channel = self.inv_scale.repeat_interleave(x.shape[1] // self.k)
+        scales = self.inv_scale[models]
+        per_channel = scales.repeat_interleave(x.shape[1] // scales.numel())
         return x * per_channel.view(1, -1, *[1] * (x.dim() - 2))
 
-    def _get(self, name: str) -> torch.Tensor | None:
-        """A trained or frozen tensor, K values side by side (None: the layer has none)."""
+    def _get(self, name: str, models: slice) -> torch.Tensor | None:
+        """A trained or frozen tensor of ``models``, their values side by side (None: the layer
+        has none). Rows of the stacked tensors: in-place updates (running statistics) land in
+        the buffers."""
         t = self.params.views.get(name, self.buffers.get(name))
-        return None if t is None else t.reshape(-1, *t.shape[2:])
+        return None if t is None else t[models].reshape(-1, *t.shape[2:])
 
-    def _conv_weight(self, i: int) -> torch.Tensor:
-        """K·C_out × C_in × 3 × 3, model-major."""
+    def _conv_weight(self, i: int, models: slice) -> torch.Tensor:
+        """n·C_out × C_in × 3 × 3, model-major."""
         if self.norm is Norm.wn:
-            v = self._get(f"conv{i}.parametrizations.weight.original1")
-            gain = self._get(f"conv{i}.parametrizations.weight.original0")
+            v = self._get(f"conv{i}.parametrizations.weight.original1", models)
+            gain = self._get(f"conv{i}.parametrizations.weight.original0", models)
             assert v is not None and gain is not None
             return torch._weight_norm(v, gain, 0)  # what the WN parametrization computes
-        w = self._get(f"conv{i}.weight")
+        w = self._get(f"conv{i}.weight", models)
         assert w is not None
         return w
 
-    def _bn(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
-        mean, var = self._get(f"{prefix}.running_mean"), self._get(f"{prefix}.running_var")
+    def _bn(self, x: torch.Tensor, prefix: str, models: slice) -> torch.Tensor:
+        mean = self._get(f"{prefix}.running_mean", models)
+        var = self._get(f"{prefix}.running_var", models)
         return F.batch_norm(
-            self._unscale(x),
+            self._unscale(x, models),
             mean,  # views of self.buffers: updated in place
             var,
-            self._get(f"{prefix}.weight"),  # None without affine: γ = 1, β = 0
-            self._get(f"{prefix}.bias"),
+            self._get(f"{prefix}.weight", models),  # None without affine: γ = 1, β = 0
+            self._get(f"{prefix}.bias", models),
             self.training,
             BN_MOMENTUM,
             NORM_EPS,
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """B × K·3 × H × W (model k's images in channels 3k…3k+2) → logits K × B × 10."""
+        """B × K·3 × H × W (model k's images in channels 3k…3k+2) → logits K × B × 10.
+
+        On CUDA the K models run as one grouped network. On the CPU each model runs on its
+        own, the very computation of K = 1, so that a point trains bit for bit alike whatever
+        its partners: over the K models at once, oneDNN's grouped convolutions round unlike
+        its plain ones, and batch norm's kernels vectorize across channels, so a model's
+        rounding would depend on where its channels fall among its partners'. On the CPU
+        fusing gained nothing measurable this way (benchmarks/bench_grid.py: ×1.02-1.03 at
+        width 8), and K = 1 is its default."""
+        if x.device.type == "cpu" and self.k > 1:
+            return torch.cat([self._forward(x, slice(m, m + 1)) for m in range(self.k)])
+        return self._forward(x, slice(0, self.k))
+
+    def _forward(self, x: torch.Tensor, models: slice) -> torch.Tensor:
+        """The models ``models`` (a contiguous range of n) on their images → n × B × 10."""
+        n = models.stop - models.start
+        if n != self.k:
+            x = x[:, 3 * models.start : 3 * models.stop]
         for i in range(1, 5):
             x = F.conv2d(
-                x, self._conv_weight(i), self._get(f"conv{i}.bias"), padding=1, groups=self.k
+                x,
+                self._conv_weight(i, models),
+                self._get(f"conv{i}.bias", models),
+                padding=1,
+                groups=n,
             )
             if self.norm is Norm.bn:
-                x = self._bn(x, f"norm{i}")
+                x = self._bn(x, f"norm{i}", models)
             elif self.norm is Norm.ln:  # over (C, H, W) of each sample and model
-                gamma, beta = self._get(f"norm{i}.weight"), self._get(f"norm{i}.bias")
-                x = F.group_norm(self._unscale(x), self.k, gamma, beta, NORM_EPS)
+                gamma = self._get(f"norm{i}.weight", models)
+                beta = self._get(f"norm{i}.bias", models)
+                x = F.group_norm(self._unscale(x, models), n, gamma, beta, NORM_EPS)
             # Max-pooling commutes with ReLU (both monotone), so pooling first gives the same
             # numbers and gradients while ReLU touches a quarter of the values (CPU: ~10 %).
             if i < 4:
                 x = F.max_pool2d(x, 2)
             x = torch.relu(x)
         b = x.shape[0]
-        feats = x.mean(dim=(2, 3)).view(b, self.k, -1).transpose(0, 1)  # K × B × 8c
-        w = self.params.views["fc.weight"].transpose(1, 2)  # K × 8c × 10
+        feats = x.mean(dim=(2, 3)).view(b, n, -1).transpose(0, 1)  # n × B × 8c
+        w = self.params.views["fc.weight"][models].transpose(1, 2)  # n × 8c × 10
         bias = self.params.views.get("fc.bias")
+        if bias is not None:
+            bias = bias[models]
         logits = torch.bmm(feats, w) if bias is None else torch.baddbmm(bias[:, None], feats, w)
         if self.head is Head.bn:
-            flat = logits.transpose(0, 1).reshape(b, self.k * NUM_CLASSES)
-            logits = self._bn(flat, "fc_norm").view(b, self.k, -1).transpose(0, 1)
+            flat = logits.transpose(0, 1).reshape(b, n * NUM_CLASSES)
+            logits = self._bn(flat, "fc_norm", models).view(b, n, -1).transpose(0, 1)
         return logits
 
 
@@ -292,17 +322,25 @@ class TrackingNets:
 
 @torch.no_grad()
 def layer_norms(weights: dict[str, torch.Tensor]) -> torch.Tensor:
-    """layers × K × (‖w‖, mean unit norm) of K-stacked weights, on their device."""
+    """layers × K × (‖w‖, mean unit norm) of K-stacked weights, on their device (on the CPU
+    model by model: a reduction's order may follow the tensor's shape, and a model's numbers
+    must not depend on its partners)."""
     rows = []
     for w in weights.values():
         wf = w.float()
+        models = [wf[m : m + 1] for m in range(wf.shape[0])] if wf.device.type == "cpu" else [wf]
         rows.append(
-            torch.stack(
+            torch.cat(
                 [
-                    torch.linalg.vector_norm(wf.flatten(1), dim=1),
-                    torch.linalg.vector_norm(wf.flatten(2), dim=2).mean(dim=1),
-                ],
-                dim=1,
+                    torch.stack(
+                        [
+                            torch.linalg.vector_norm(x.flatten(1), dim=1),
+                            torch.linalg.vector_norm(x.flatten(2), dim=2).mean(dim=1),
+                        ],
+                        dim=1,
+                    )
+                    for x in models
+                ]
             )
         )
     return torch.stack(rows)

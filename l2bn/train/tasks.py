@@ -20,7 +20,10 @@ from l2bn.train import data as D
 from l2bn.train.config import DatasetName, TrainConfig
 from l2bn.train.models import ConvNets, Net, TrackingNets
 
-EVAL_IMAGES = 1024  # images × models per evaluation chunk (bounds activation memory)
+EVAL_IMAGES = 1024  # images × models per evaluation chunk on CUDA (bounds activation memory)
+# On the CPU the chunk is a fixed number of images whatever K: the losses are summed chunk by
+# chunk, and a chunk that shrank with K would sum a point's losses in another order.
+CPU_EVAL_CHUNK = 128
 
 
 class Task(Protocol):
@@ -124,7 +127,7 @@ class ImageTask:
         self.model.training = False  # BN: the running statistics
         wrong = torch.zeros(self.k, dtype=torch.long, device=s.y.device)
         nll = torch.zeros(self.k, device=s.y.device)
-        chunk = max(64, EVAL_IMAGES // self.k)
+        chunk = max(64, EVAL_IMAGES // self.k) if s.y.is_cuda else CPU_EVAL_CHUNK
         for i in range(0, len(s), chunk):
             xs, ys = s.x[i : i + chunk], s.y[i : i + chunk]
             logits = self.model(self._prepare(xs.expand(self.k, *xs.shape)))  # K × B × 10
