@@ -24,15 +24,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from l2bn.errors import ConfigError, L2bnError
+from l2bn.sweep.edges import extend
 from l2bn.sweep.spec import parse_settings, sweep_from_cli
 from l2bn.sweep.status import GridStatus, grid_status
 from l2bn.sweep.storage import is_connection_error, open_storage, scrub, wait_for_storage
 from l2bn.sweep.study import prepare_study
 from l2bn.sweep.worker import POLL_S, WorkerSpec, run_worker
 from l2bn.train.config import DeviceName, check_batchable
+
+if TYPE_CHECKING:
+    import optuna
 
 GPU_ENV = "CUDA_VISIBLE_DEVICES"
 EXIT_INTERRUPTED = 3  # a worker stopped by SIGINT/SIGTERM (its points queued again)
@@ -272,6 +276,32 @@ def run_sweep(
     result = SweepResult(grid_status(study, spec.sweep))
     if on_status is not None:
         on_status(result.status)
+    while True:
+        _run_workers(spec, workers, study, storage, result, on_status, poll_s)
+        if result.interrupted or result.errors or any(result.exit_codes):
+            break
+        # A row whose best η lies on its grid's edge gains points beyond it, once
+        # (l2bn.sweep.edges; never without the sweep file's extend_edges).
+        if not extend(study, spec.sweep):
+            break
+    result.seconds = time.perf_counter() - start
+    if on_status is not None:
+        on_status(result.status)
+    return result
+
+
+def _run_workers(
+    spec: WorkerSpec,
+    workers: int,
+    study: optuna.Study,
+    storage: optuna.storages.RDBStorage,
+    result: SweepResult,
+    on_status: Callable[[GridStatus], None] | None,
+    poll_s: float,
+) -> None:
+    """Run the workers until the queue is empty or they stop; ``result`` gets their errors,
+    exit codes and the final status."""
+    result.status = grid_status(study, spec.sweep)
     pool = _Workers(spec)
     forward = _Forwarder()
     old_term = signal.signal(signal.SIGTERM, forward)
@@ -308,10 +338,6 @@ def run_sweep(
             raise
         wait_for_storage(storage)
         result.status = grid_status(study, spec.sweep)
-    result.seconds = time.perf_counter() - start
-    if on_status is not None:
-        on_status(result.status)
-    return result
 
 
 @dataclass

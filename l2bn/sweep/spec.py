@@ -61,6 +61,7 @@ GRID_KEYS = (
     "reference_weight_decay",
     "seeds",
     "independent_seeds",
+    "extend_edges",
 )
 SETTING_KEYS = ("objective",)  # sweep settings that are neither grid nor TrainConfig keys
 SWEEP_ONLY_KEYS = ("name", "optimizers", "registration")
@@ -130,6 +131,9 @@ class OptimizerSweep:
     # The run's registered reading rule (the file's [registration] table), stored with the
     # study when it is made and never changed once a trial has run (l2bn.registration).
     registration: Registration | None = None
+    # Points added beyond a λ row's grid edge, once, when the row's best η lies on that edge
+    # (0: none): the row's own η step continued, with its seeds (l2bn.sweep.edges).
+    extend_edges: int = 0
 
     @property
     def study_name(self) -> str:
@@ -198,6 +202,7 @@ class OptimizerSweep:
             "seeds": list(self.seeds),
             # Written only when set: studies stored before the key existed stay the same.
             **({"independent_seeds": True} if self.independent_seeds else {}),
+            **({"extend_edges": self.extend_edges} if self.extend_edges else {}),
             # The per-point fields (lr, weight_decay, seed) are the trial's params, not here.
             "train": {
                 k: v
@@ -354,10 +359,17 @@ def _resolve(name: str, opt: OptimizerName, d: dict[str, Any], where: str) -> Op
             f"{where}independent_seeds: two weight_decay values share a seed block; "
             f"change one of {list(wd.values)} slightly"
         )
+    extend = d.get("extend_edges", 0)
+    if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
+        raise ConfigError(
+            f"{where}extend_edges must be a whole number ≥ 0 (points added beyond a λ row's "
+            f"grid edge when its best η lies there), got {extend!r}"
+        )
     train = {key: d[key] for key in TRAIN_KEYS if key in d}
     sweep = OptimizerSweep(
-        name, opt, lr, wd, k, seeds, train, independent, e, float(ref), Objective(objective)
-    )
+        name, opt, lr, wd, k, seeds, train, independent, e, float(ref), Objective(objective),
+        extend_edges=extend,
+    )  # fmt: skip
     try:
         sweep.base_config()
         for p in sweep.points():  # every η·(λ/λ_ref)^-k and S must make a valid TrainConfig
@@ -380,7 +392,7 @@ def _axis(spec: Any, key: str, where: str) -> Axis:
     if isinstance(spec, list):
         if not spec or not all(_is_number(v) and v > 0 and math.isfinite(v) for v in spec):
             raise ConfigError(f"{where}{key} must list numbers > 0, got {spec!r}")
-        values = tuple(sorted({_canonical(float(v)) for v in spec}))
+        values = tuple(sorted({canonical(float(v)) for v in spec}))
         return Axis(values, [float(v) for v in spec])
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}{key} must be {{min=…, max=…, num=…}} or a list of numbers")
@@ -398,7 +410,7 @@ def _axis(spec: Any, key: str, where: str) -> Axis:
     if isinstance(num, bool) or not isinstance(num, int) or num < 2:
         raise ConfigError(f"{where}{key}: num must be an integer ≥ 2, got {num!r}")
     step = (math.log(hi) - math.log(lo)) / (num - 1)
-    values = tuple(_canonical(math.exp(math.log(lo) + i * step)) for i in range(num))
+    values = tuple(canonical(math.exp(math.log(lo) + i * step)) for i in range(num))
     return Axis(values, {"min": float(lo), "max": float(hi), "num": num})
 
 
@@ -433,10 +445,10 @@ ROW_KEYS = 1 << 16
 
 def row_key(weight_decay: float) -> int:
     """A λ row's seed block, 1 … 2^16, from λ's value alone (crc32 of its canonical text)."""
-    return 1 + zlib.crc32(f"{_canonical(weight_decay):.10g}".encode()) % ROW_KEYS
+    return 1 + zlib.crc32(f"{canonical(weight_decay):.10g}".encode()) % ROW_KEYS
 
 
-def _canonical(x: float) -> float:
+def canonical(x: float) -> float:
     """Round to SIGNIFICANT_DIGITS: the same float on every node, and readable in tables."""
     return float(f"{x:.{SIGNIFICANT_DIGITS}g}")
 
@@ -463,4 +475,4 @@ def tied(value: float, ratio: float, exponent: float) -> float:
         factor = ratio ** (-exponent)
     except OverflowError:
         factor = math.inf  # refused by TrainConfig's check of the point, naming the setting
-    return _canonical(value * factor)
+    return canonical(value * factor)

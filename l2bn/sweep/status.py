@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from l2bn.errors import ConfigError
+from l2bn.sweep.edges import extension_points, recorded
 from l2bn.sweep.spec import OptimizerSweep, Point
 from l2bn.sweep.storage import open_storage
 from l2bn.sweep.study import point_of
@@ -76,7 +77,7 @@ def grid_status(study: optuna.Study, sweep: OptimizerSweep) -> GridStatus:
             continue
         by_point.setdefault(p, []).append(t)
     out = []
-    for p in sweep.points():
+    for p in [*sweep.points(), *extension_points(sweep, recorded(study))]:
         trials = by_point.pop(p, [])
         attempts = sum(1 for t in trials if t.state in (TrialState.FAIL, TrialState.COMPLETE))
         complete = [t for t in trials if t.state == TrialState.COMPLETE]

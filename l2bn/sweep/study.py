@@ -7,6 +7,9 @@ Layout (docs/study-layout.md; any Optuna client can read it):
   node-local ``data_dir`` and ``device``), ``l2bn_version``, and ``registration`` where the
   sweep file registers a reading rule (:mod:`l2bn.registration`: written when the study is
   made, never changed once a trial has run).
+* ``edge_extensions``, where the sweep extends a row's grid beyond an edge that holds its best
+  η (``extend_edges``; :mod:`l2bn.sweep.edges`): the η added per λ row, recorded before they
+  were queued; their trials are grid points like the others.
 * one COMPLETE trial per grid point: params ``lr``, ``weight_decay`` (log float) and ``seed``
   (int); value = the sweep's objective (``config``'s ``objective``: final validation error by
   default, or final validation loss, +inf for a diverged run); intermediate values = that
@@ -38,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 from l2bn import __version__
 from l2bn.errors import ConfigError, StorageError
 from l2bn.files import finite_or_none
+from l2bn.sweep.edges import extension_points, recorded
 from l2bn.sweep.spec import LOCATION_FIELDS, STORED_DEFAULTS, TRAIN_KEYS, OptimizerSweep, Point
 from l2bn.sweep.storage import describe, enqueue_lock
 from l2bn.train.config import Objective, TrainConfig
@@ -104,7 +108,9 @@ def prepare_study(
         )
         _adopt_config(study, sweep, attrs)
         _adopt_registration(study, attrs.get("registration"))
-        enqueue_missing(study, sweep.points())
+        # With the points of recorded edge extensions (l2bn.sweep.edges): a run killed after
+        # recording one trains it on resume.
+        enqueue_missing(study, [*sweep.points(), *extension_points(sweep, recorded(study))])
     except optuna.exceptions.StorageInternalError as e:
         # What the database said (read-only, disk full), not Optuna's generic wrapper text.
         raise StorageError(f"cannot create study {name!r}: {describe(e)}") from None
@@ -166,7 +172,7 @@ def _adopt_config(study: optuna.Study, sweep: OptimizerSweep, attrs: dict[str, A
     if old == new:
         return
     same_training = _without_grid(old) == _without_grid(new)
-    grid = set(sweep.points())
+    grid = set(sweep.points()) | set(extension_points(sweep, recorded(study)))
     orphans = {point_of(t) for t in study.get_trials(deepcopy=False)} - grid - {None}
     if not same_training or orphans:
         why = (
@@ -206,7 +212,7 @@ def _adopt_registration(study: optuna.Study, registration: str | None) -> None:
 
 def enqueue_missing(study: optuna.Study, points: Iterable[Point]) -> int:
     """Queue every point without a live trial; returns how many were queued."""
-    with enqueue_lock(_rdb(study), study.study_name):
+    with enqueue_lock(rdb_of(study), study.study_name):
         live = {point_of(t) for t in study.get_trials(deepcopy=False, states=LIVE)}
         missing = [p for p in points if p not in live]
         for p in missing:
@@ -230,13 +236,13 @@ class RequeueCallback:
         point = point_of(trial)
         if point is None:
             return  # an empty slot: nothing to retry
-        with enqueue_lock(_rdb(study), study.study_name):
+        with enqueue_lock(rdb_of(study), study.study_name):
             live = {point_of(t) for t in study.get_trials(deepcopy=False, states=LIVE)}
             if point not in live:
                 self._retry(study, trial)
 
 
-def _rdb(study: optuna.Study) -> optuna.storages.RDBStorage:
+def rdb_of(study: optuna.Study) -> optuna.storages.RDBStorage:
     storage = study._storage
     # load_study wraps an RDBStorage in a cache; the lock needs the database behind it.
     backend = getattr(storage, "_backend", storage)

@@ -38,3 +38,33 @@ def broken_engine(spec: Any, conn: Connection) -> None:
 
     engine.train_many = broken
     _worker_main(spec, conn)
+
+
+def planted_value(lr: float, weight_decay: float) -> float:
+    """The value the planted engine gives a point: the λ = 1e-4 row is best at its lowest η
+    (an edge), every other row at η = 0.1 (inside a grid of 0.01, 0.1, 1)."""
+    import math
+
+    if math.isclose(weight_decay, 1e-4):
+        return lr
+    return 0.1 + (math.log10(lr) + 1) ** 2
+
+
+def planted_engine(spec: Any, conn: Connection) -> None:
+    """The real worker, training for real, whose results' validation error is planted."""
+    import dataclasses
+
+    import l2bn.train.engine as engine
+    from l2bn.sweep.runner import _worker_main
+
+    real = engine.train_many
+
+    def planted(configs: Any, on_epoch: Any, on_batch: Any, **kw: Any) -> Any:
+        results = real(configs, on_epoch, on_batch, **kw)
+        return [
+            dataclasses.replace(r, val_error=planted_value(r.config.lr, r.config.weight_decay))
+            for r in results
+        ]
+
+    engine.train_many = planted
+    _worker_main(spec, conn)

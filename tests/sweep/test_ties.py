@@ -16,7 +16,7 @@ from l2bn.errors import ConfigError
 from l2bn.sweep.spec import (
     STORED_DEFAULTS,
     OptimizerSweep,
-    _canonical,
+    canonical,
     load_sweep,
     parse_settings,
     parse_sweep,
@@ -45,7 +45,7 @@ def legacy_points(sweep: OptimizerSweep) -> set[tuple[float, float, int]]:
     rounded to 10 significant digits."""
     k = sweep.lr_scale_exponent
     return {
-        (_canonical(base * wd ** (-k)), wd, seed)
+        (canonical(base * wd ** (-k)), wd, seed)
         for wd in sweep.weight_decay.values
         for base in sweep.lr.values
         for seed in sweep.seeds_for(wd)
@@ -113,7 +113,7 @@ def test_e_ties_the_initial_scale_to_lambda_as_k_ties_eta() -> None:
     assert rows(s) == {4e-2: [0.05, 0.2], 1e-2: [0.2, 0.8], 1e-3: [2.0, 8.0]}
     by_wd = {p.weight_decay: s.config_for(p).init_scale for p in s.points()}
     assert by_wd[1e-2] == 3.0 and by_wd[4e-2] == 1.5
-    assert by_wd[1e-3] == _canonical(3.0 * 0.1**-0.5) == 9.486832981
+    assert by_wd[1e-3] == canonical(3.0 * 0.1**-0.5) == 9.486832981
     # The config a worker trains carries the point's S; points of different λ train fused.
     configs = [s.config_for(p) for p in s.points()]
     check_batchable(configs)
@@ -151,7 +151,7 @@ def test_the_default_reference_keeps_every_shipped_grid_as_it_was() -> None:
         )  # fmt: skip
         points = {(p.lr, p.weight_decay, p.seed) for p in s.points()}
         assert points == legacy_points(s)
-        assert all(p.lr == _canonical(p.lr) for p in s.points())
+        assert all(p.lr == canonical(p.lr) for p in s.points())
 
 
 def test_power_of_two_ties_are_exact_and_others_rounded() -> None:
@@ -171,8 +171,8 @@ def test_power_of_two_ties_are_exact_and_others_rounded() -> None:
         (scale,) = {s.config_for(p).init_scale for p in s.points() if p.weight_decay == wd}
         assert scale == 0.3 * 2**n
     # ... which rounding would not have given: these have 11 significant digits.
-    assert got[1.25e-4][0] == 0.012649110644 != _canonical(0.012649110644)
-    assert got[3.125e-5][0] == 0.050596442576 != _canonical(0.050596442576)
+    assert got[1.25e-4][0] == 0.012649110644 != canonical(0.012649110644)
+    assert got[3.125e-5][0] == 0.050596442576 != canonical(0.050596442576)
     # A factor that is not a power of two (ratio 2, e = ½: √2) is rounded as before.
     half = one(
         {
@@ -180,7 +180,7 @@ def test_power_of_two_ties_are_exact_and_others_rounded() -> None:
             "reference_weight_decay": 5e-4,
         }
     )  # fmt: skip
-    assert rows(half)[2.5e-4] == [_canonical(0.1 * 0.5**-0.5)] == [0.1414213562]
+    assert rows(half)[2.5e-4] == [canonical(0.1 * 0.5**-0.5)] == [0.1414213562]
 
 
 def test_the_exactness_rule_reads_the_ratio_not_a_rounded_power() -> None:
@@ -191,7 +191,7 @@ def test_the_exactness_rule_reads_the_ratio_not_a_rounded_power() -> None:
     assert power_of_two(2.0, 0.5) is None  # √2
     assert power_of_two(0.1, 1.0) is None and power_of_two(1.0000000000000002, 1.0) is None
     assert tied(0.3, 0.25, 1.0) == 0.3 * 4 and tied(0.3, 0.25, 0.0) == 0.3
-    assert tied(0.3, 3.0, 1.0) == _canonical(0.1)
+    assert tied(0.3, 3.0, 1.0) == canonical(0.1)
     assert math.isinf(tied(1.0, 2.0**-1000, 2.0))  # out of range: left to TrainConfig
 
 
