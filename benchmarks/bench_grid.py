@@ -7,6 +7,9 @@ interleaved rounds in one process; reported as model-steps per second and trial-
 second (training steps only: the per-epoch evaluation is the same work on both sides and is
 left out), with the ratio fused ÷ unfused.
 
+On a CPU each K is timed twice: the exact fused path (model by model, each bit for bit a run
+alone: the default) and the grouped network (the sweep file's ``cpu_fusion = "grouped"``).
+
 Usage: ``python benchmarks/bench_grid.py [--k 4] [--width 32] [--seconds 90] [--device cpu]``
 On a GPU try ``--k 8 16 32 --precision bf16`` (every K is timed against the same unfused
 baseline).
@@ -54,7 +57,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=90)
     ap.add_argument("--steps", type=int, default=2, help="steps per variant per round")
     ap.add_argument("--data-dir", type=Path, default=data_dir())
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (a sweep worker: 1)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cifar = has_cifar(args.data_dir)
     base = TrainConfig(
         dataset="cifar10" if cifar else "synthetic",
@@ -69,13 +75,18 @@ def main() -> None:
     device = resolve_device(base.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{os.cpu_count()}-core CPU"
-    print(f"device: {name}, torch {torch.__version__}, {args.precision}, {base.dataset.value}")
+    print(
+        f"device: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.precision}, {base.dataset.value}"
+    )
     k_max = max(args.k)
     variants: dict[str, tuple[Callable[[], None], int]] = {
         "unfused": (unfused_step(configs(base, k_max)), k_max)
     }
     for k in args.k:
         variants[f"fused K={k}"] = (engine_step(Engine(configs(base, k))), k)
+        if device.type == "cpu":  # the grouped network a CPU sweep takes with cpu_fusion
+            variants[f"grouped K={k}"] = (engine_step(Engine(configs(base, k), exact=False)), k)
     times = interleaved({v: s for v, (s, _) in variants.items()}, args.seconds, args.steps, sync)
     steps_per_epoch = Engine([base]).task.steps_per_epoch
     base_rate = k_max / statistics.median(times["unfused"]) * 1e3
@@ -86,7 +97,7 @@ def main() -> None:
     for v, (_, k) in variants.items():
         rate = k / statistics.median(times[v]) * 1e3  # model-steps per second
         print(
-            f"  {v:12s} {rate:8.2f} model-steps/s  {rate / steps_per_epoch:8.4f} trial-epochs/s"
+            f"  {v:14s} {rate:8.2f} model-steps/s  {rate / steps_per_epoch:8.4f} trial-epochs/s"
             f"  x{rate / base_rate:.2f}"
         )
 

@@ -63,7 +63,8 @@ GRID_KEYS = (
     "independent_seeds",
     "extend_edges",
 )
-SETTING_KEYS = ("objective",)  # sweep settings that are neither grid nor TrainConfig keys
+SETTING_KEYS = ("objective", "cpu_fusion")  # sweep settings: neither grid nor TrainConfig keys
+CPU_FUSIONS = ("exact", "grouped")  # how a CPU worker trains fused points (ConvNets.exact)
 SWEEP_ONLY_KEYS = ("name", "optimizers", "registration")
 # The stored config's keys added after studies were first stored, with the value every study
 # stored before them ran with (l2bn.sweep.study fills them in before comparing).
@@ -71,6 +72,7 @@ STORED_DEFAULTS: dict[str, Any] = {
     "init_scale_exponent": 0.0,
     "reference_weight_decay": 1.0,
     "objective": Objective.val_error.value,
+    "cpu_fusion": "exact",
 }
 PER_RUN_FIELDS = ("optimizer", "lr", "weight_decay", "seed")  # set per trial, not per sweep
 # Where a node keeps its data and what it trains on: not part of the experiment, so two nodes
@@ -131,6 +133,11 @@ class OptimizerSweep:
     # The run's registered reading rule (the file's [registration] table), stored with the
     # study when it is made and never changed once a trial has run (l2bn.registration).
     registration: Registration | None = None
+    # How a CPU worker trains the points it fuses (``--fuse`` ≥ 2): "exact", model by model,
+    # each bit for bit a run alone; "grouped", one grouped network, ×1.65 at width 8 on a
+    # 2-core CPU (docs/performance.md) but rounding by its partners. No effect at K = 1 or
+    # on CUDA (always grouped).
+    cpu_fusion: str = "exact"
     # Points added beyond a λ row's grid edge, once, when the row's best η lies on that edge
     # (0: none): the row's own η step continued, with its seeds (l2bn.sweep.edges).
     extend_edges: int = 0
@@ -199,6 +206,7 @@ class OptimizerSweep:
             "reference_weight_decay": self.reference_weight_decay,
             # What the trials' values are: `l2bn analyze` defaults its metric to it.
             "objective": self.objective.value,
+            "cpu_fusion": self.cpu_fusion,
             "seeds": list(self.seeds),
             # Written only when set: studies stored before the key existed stay the same.
             **({"independent_seeds": True} if self.independent_seeds else {}),
@@ -359,6 +367,9 @@ def _resolve(name: str, opt: OptimizerName, d: dict[str, Any], where: str) -> Op
             f"{where}independent_seeds: two weight_decay values share a seed block; "
             f"change one of {list(wd.values)} slightly"
         )
+    fusion = d.get("cpu_fusion", STORED_DEFAULTS["cpu_fusion"])
+    if fusion not in CPU_FUSIONS:
+        raise ConfigError(f"{where}cpu_fusion {fusion!r} is not one of: {', '.join(CPU_FUSIONS)}")
     extend = d.get("extend_edges", 0)
     if isinstance(extend, bool) or not isinstance(extend, int) or extend < 0:
         raise ConfigError(
@@ -368,7 +379,7 @@ def _resolve(name: str, opt: OptimizerName, d: dict[str, Any], where: str) -> Op
     train = {key: d[key] for key in TRAIN_KEYS if key in d}
     sweep = OptimizerSweep(
         name, opt, lr, wd, k, seeds, train, independent, e, float(ref), Objective(objective),
-        extend_edges=extend,
+        extend_edges=extend, cpu_fusion=fusion,
     )  # fmt: skip
     try:
         sweep.base_config()

@@ -236,7 +236,7 @@ class _Round:
                 return f"duplicate of trial {t.number}"
         return None
 
-    def train(self, stop: _StopFlag) -> None:
+    def train(self, stop: _StopFlag, exact: bool = True) -> None:
         """Train the claimed points side by side, reporting every epoch; then write each
         one's user attrs. A non-finite result fails its trial and raises, after the others."""
         from l2bn.train.engine import train_many  # torch only in workers
@@ -261,7 +261,7 @@ class _Round:
         def on_batch(epoch: int, batch: int, batches: int) -> None:
             stop.check()
 
-        results = train_many([c for c in configs if c is not None], on_epoch, on_batch)
+        results = train_many([c for c in configs if c is not None], on_epoch, on_batch, exact=exact)
         bad = []
         for claim, result in zip(claims, results, strict=True):
             if claim.finished:
@@ -400,7 +400,7 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
             try:
                 work.claim(spec.sweep, k, stop)
                 if work.claims:
-                    work.train(stop)
+                    work.train(stop, exact=spec.sweep.cpu_fusion == "exact")
                     report.trials += work.tell()
             except Interrupted:
                 report.interrupted = True

@@ -38,7 +38,7 @@ from l2bn.theory import THEORY
 from l2bn.train.config import Precision, Schedule, TrainConfig, check_batchable
 from l2bn.train.device import resolve_device, resolve_precision
 from l2bn.train.meter import UpdateMeter
-from l2bn.train.models import layer_norms
+from l2bn.train.models import ConvNets, layer_norms
 from l2bn.train.optim import SPECS, FlatOptimizer, project_to_unit_norm
 from l2bn.train.records import EpochRecord, TrainResult, layer_records
 from l2bn.train.tasks import make_task
@@ -52,7 +52,11 @@ class Engine:
     """K runs set up to train: task (data + network), precision, optimizer; and their step."""
 
     def __init__(
-        self, configs: Sequence[TrainConfig], download: bool = False, measure_updates: bool = True
+        self,
+        configs: Sequence[TrainConfig],
+        download: bool = False,
+        measure_updates: bool = True,
+        exact: bool = True,
     ) -> None:
         check_batchable(configs)  # first: a bad batch fails before any data is loaded
         self.configs = list(configs)
@@ -61,6 +65,8 @@ class Engine:
         self.device = resolve_device(base.device)
         self.task = make_task(self.configs, self.device, download)
         self.net = self.task.model
+        if isinstance(self.net, ConvNets):  # exact: see ConvNets.exact
+            self.net.exact = exact
         # bf16 autocast around the forward pass only: fp32 weights, gradients and optimizer
         # state. The precision recorded is the one used (the tracking toy: always fp32).
         self.precision = (
@@ -147,6 +153,7 @@ def train_many(
     on_batch: BatchCallback | None = None,
     download: bool = False,
     measure_updates: bool = True,
+    exact: bool = True,
 ) -> list[TrainResult]:
     """Train K runs that differ only in η, λ and seed side by side; one result per config.
 
@@ -154,9 +161,10 @@ def train_many(
     a run that diverged is reported once (chance-level errors) and then no more. Host syncs:
     one per epoch (every record at once), none per step. ``measure_updates=False`` leaves the
     update fields of the layer records NaN (benchmarks/bench_records.py times the difference).
+    ``exact=False``: on the CPU the K models train as one grouped network (ConvNets.exact).
     """
     start = time.perf_counter()
-    engine = Engine(configs, download, measure_updates)
+    engine = Engine(configs, download, measure_updates, exact)
     k, task = engine.k, engine.task
     theory = THEORY[engine.configs[0].optimizer]
     power = theory.eff_lr_power  # η_eff = η / ‖w_unit‖^power

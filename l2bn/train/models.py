@@ -195,6 +195,10 @@ class ConvNets:
         self.weights = {layer: self.params.views[name] for layer, name in names.items()}
         self.invariant = scale_invariant_layers(norm, head)
         self.training = True
+        # On the CPU, K > 1: model by model, bit for bit a run alone (True), or one grouped
+        # network, faster at small widths but rounding by its partners (False; the sweep
+        # file's cpu_fusion = "grouped"). CUDA always runs the grouped network.
+        self.exact = True
         # norm((x − μ)/√(σ² + ε·S²)) = norm(x/S with ε): dividing the normalized layer's input
         # by S (exact for a power of two) is ε·S², per model, with one ε for the fused K.
         self.inv_scale = (
@@ -253,7 +257,7 @@ class ConvNets:
         rounding would depend on where its channels fall among its partners'. On the CPU
         fusing gained nothing measurable this way (benchmarks/bench_grid.py: ×1.02-1.03 at
         width 8), and K = 1 is its default."""
-        if x.device.type == "cpu" and self.k > 1:
+        if x.device.type == "cpu" and self.k > 1 and self.exact:
             return torch.cat([self._forward(x, slice(m, m + 1)) for m in range(self.k)])
         return self._forward(x, slice(0, self.k))
 

@@ -433,3 +433,29 @@ def test_every_point_gets_the_same_bits_however_the_sweep_grouped_it(tmp_path: P
         }
         assert len(values[k]) == 9
     assert values[1] == values[2] == values[4] == values[9]
+
+
+def test_cpu_fusion_grouped_trains_the_grouped_network_and_a_bad_value_is_one_line(
+    tmp_path: Path,
+) -> None:
+    # cpu_fusion = "grouped": the faster grouped network on a CPU, stored in the study's config;
+    # its values agree with the exact path's to training's float noise, not bit for bit.
+    values = {}
+    for fusion in ("exact", "grouped"):
+        folder = tmp_path / fusion
+        folder.mkdir()
+        path = tiny_sweep(folder, n=2, epochs=1, cpu_fusion=f'"{fusion}"')
+        url = f"sqlite:///{folder / 'x.db'}"
+        result = run_sweep(spec_for(path, url, fuse=4, torch_threads=1), workers=1)
+        assert result.exit_codes == [0] and result.status.complete, result.errors
+        study = optuna.load_study(study_name="tiny/sgd", storage=url)
+        assert json.loads(study.user_attrs["config"])["cpu_fusion"] == fusion
+        values[fusion] = {
+            (t.params["lr"], t.params["weight_decay"]): t.value for t in study.get_trials()
+        }
+    assert values["grouped"].keys() == values["exact"].keys()
+    for point, value in values["grouped"].items():
+        assert value == pytest.approx(values["exact"][point], abs=0.05), point
+    bad = tiny_sweep(tmp_path, cpu_fusion='"fast"')
+    with pytest.raises(ConfigError, match="cpu_fusion 'fast' is not one of: exact, grouped"):
+        load_sweep(bad)

@@ -122,12 +122,15 @@ def test_k_models_are_k_runs_of_their_own(name: str, affine: bool) -> None:
     assert model_state(engine.net, 0).keys() == model_state(engine.net, 3).keys()
 
 
-@pytest.mark.parametrize("name", ["momentum", "adam"])
-def test_k4_equals_four_k1_engines(name: str) -> None:
-    # The same engine at K = 4 and four times at K = 1: row k of the flat buffer is model k.
-    base = STEP.with_(optimizer=name, lr=LR.get(name, 1e-2), norm="ln", head="bn")
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "grouped"])
+@pytest.mark.parametrize(("name", "norm"), [("momentum", "ln"), ("adam", "ln"), ("nesterov", "bn")])
+def test_k4_equals_four_k1_engines(name: str, norm: str, exact: bool) -> None:
+    # The same engine at K = 4 and four times at K = 1: row k of the flat buffer is model k;
+    # to float rounding on the grouped network (cpu_fusion = "grouped"), bit for bit on the
+    # exact path (the default; test_a_point_trains_bit_for_bit_alike_whatever_its_partners).
+    base = STEP.with_(optimizer=name, lr=LR.get(name, 1e-2), norm=norm, head="bn")
     configs = [base.with_(lr=base.lr * (1 + k), weight_decay=0.01 * k, seed=k) for k in range(4)]
-    four, ones = Engine(configs), [Engine([c]) for c in configs]
+    four, ones = Engine(configs, exact=exact), [Engine([c]) for c in configs]
     for e in (four, *ones):
         e.set_lr(0, 0)
     for k, one in enumerate(ones):
@@ -140,6 +143,7 @@ def test_k4_equals_four_k1_engines(name: str) -> None:
             one.step(b)
             mine, theirs = four.net.params.flat[k], one.net.params.flat[0]
             assert float((mine - theirs).norm()) <= 1e-5 * float(theirs.norm()), k
+            assert torch.equal(mine, theirs) or not exact, k
             with torch.no_grad():
                 mine.copy_(theirs)  # the next step from the same start (see _assert_same)
 
