@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
 from typing import Any
 
 import optuna
@@ -86,13 +85,13 @@ def extend(study: optuna.Study, sweep: OptimizerSweep) -> int:
 
     with enqueue_lock(rdb_of(study), study.study_name):
         extensions = recorded(study)
-        values: dict[Point, list[float]] = defaultdict(list)
+        values: dict[Point, float] = {}
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             p = point_of(t)
             if p is not None:
                 diverged = bool(t.user_attrs.get("diverged")) or t.value is None
-                values[p].append(math.inf if diverged or t.value is None else float(t.value))
-        new = plan(sweep, {p: v[0] for p, v in values.items()}, extensions)
+                values[p] = math.inf if diverged or t.value is None else float(t.value)
+        new = plan(sweep, values, extensions)
         if new:
             extensions.update(new)
             study.set_user_attr(EXTENSIONS_ATTR, json.dumps(extensions, sort_keys=True))

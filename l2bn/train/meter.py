@@ -30,9 +30,11 @@ epoch's sums join the engine's one transfer (benchmarks/bench_records.py measure
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from l2bn.train.models import Net
+from l2bn.train.models import Net, by_model
 
 # The sums kept per (layer, model), in this order, then the count of (unit, step) pairs.
 # "lag" and "lag_growth" count only steps whose model was alive at the step before too:
@@ -86,15 +88,8 @@ class UpdateMeter:
         torch.mul(dw, dw, out=x[2])
         torch.mul(self.params.grad, self.params.grad, out=x[3])
         torch.mul(dw, self.previous, out=x[4])
-        # On the CPU model by model: a reduction's order, and whether an element falls in a
-        # vector or in the scalar tail of an elementwise kernel (atan2 rounds differently),
-        # follow the tensor's shape, and a model's numbers must not depend on its partners
-        # (l2bn.train.models.ConvNets).
-        k = dw.shape[0]
-        if dw.device.type == "cpu" and k > 1:
-            step = torch.cat([self._step(x[:, m : m + 1], m) for m in range(k)], dim=1)
-        else:
-            step = self._step(x, slice(0, k))
+        # On the CPU model by model (models.by_model): atan2 and the sums round by shape.
+        step = by_model(dw.shape[0], dw.device, lambda ms: self._step(x[:, ms], ms), dim=1)
         live = alive.view(1, -1, 1)
         # where, not a product: a frozen model's NaN weights must not poison the sums.
         self.sums += torch.where(live, step, 0.0)
@@ -102,7 +97,7 @@ class UpdateMeter:
         self.previous, self.delta = self.delta, self.previous  # this Δw is the next one's
         self.previous_alive.copy_(alive)
 
-    def _step(self, x: torch.Tensor, models: int | slice) -> torch.Tensor:
+    def _step(self, x: torch.Tensor, models: slice) -> torch.Tensor:
         """SUMS × n × units: this step's terms per unit of the n models in ``x`` (the products,
         5 × n × P)."""
         # Per unit: a layer's columns are contiguous and unit-major, so a reshape and a sum.
@@ -128,19 +123,19 @@ class UpdateMeter:
         epoch."""
         per_layer = []
         first = 0
-        cpu = self.sums.device.type == "cpu"
+        k = self.sums.shape[1]
         for _, _, u in self.layers:
             part = self.sums[:, :, first : first + u]
-            if cpu:  # model by model, as in measure
-                per_layer.append(
-                    torch.cat([part[:, m : m + 1].sum(2) for m in range(part.shape[1])], 1)
-                )
-            else:
-                per_layer.append(part.sum(2))  # SUMS × K
-            first += u
+            per_layer.append(by_model(k, part.device, functools.partial(_unit_sums, part), dim=1))
+            first += u  # SUMS × K each
         sums = torch.stack(per_layer)  # layers × SUMS × K
         count = self.units.view(-1, 1) * self.steps.view(1, -1)  # layers × K
         out = torch.cat([sums, count.unsqueeze(1)], dim=1).transpose(1, 2).flatten()
         self.sums.zero_()
         self.steps.zero_()
         return out
+
+
+def _unit_sums(part: torch.Tensor, models: slice) -> torch.Tensor:
+    """SUMS × n: the sums of ``models``' units in ``part`` (SUMS × K × units)."""
+    return part[:, models].sum(2)

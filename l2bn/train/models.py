@@ -25,8 +25,9 @@ statistics are buffers beside it, never trained.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 import torch
@@ -257,9 +258,9 @@ class ConvNets:
         rounding would depend on where its channels fall among its partners'. On the CPU
         fusing gained nothing measurable this way (benchmarks/bench_grid.py: ×1.02-1.03 at
         width 8), and K = 1 is its default."""
-        if x.device.type == "cpu" and self.k > 1 and self.exact:
-            return torch.cat([self._forward(x, slice(m, m + 1)) for m in range(self.k)])
-        return self._forward(x, slice(0, self.k))
+        if not self.exact:
+            return self._forward(x, slice(0, self.k))
+        return by_model(self.k, x.device, lambda models: self._forward(x, models))
 
     def _forward(self, x: torch.Tensor, models: slice) -> torch.Tensor:
         """The models ``models`` (a contiguous range of n) on their images → n × B × 10."""
@@ -324,27 +325,34 @@ class TrackingNets:
         return F.normalize(self.weights["w"], dim=2)
 
 
+def by_model(
+    k: int, device: torch.device, fn: Callable[[slice], torch.Tensor], dim: int = 0
+) -> torch.Tensor:
+    """``fn`` of all K models at once, or on the CPU model by model, concatenated along ``dim``:
+    a CPU kernel's rounding (reduction order, vector body or scalar tail) follows the tensor's
+    shape, and a model's numbers must not depend on its partners (ConvNets.__call__)."""
+    if device.type == "cpu" and k > 1:
+        return torch.cat([fn(slice(m, m + 1)) for m in range(k)], dim=dim)
+    return fn(slice(0, k))
+
+
 @torch.no_grad()
 def layer_norms(weights: dict[str, torch.Tensor]) -> torch.Tensor:
     """layers × K × (‖w‖, mean unit norm) of K-stacked weights, on their device (on the CPU
     model by model: a reduction's order may follow the tensor's shape, and a model's numbers
     must not depend on its partners)."""
+
+    def norms(w: torch.Tensor, models: slice) -> torch.Tensor:
+        return torch.stack(
+            [
+                torch.linalg.vector_norm(w[models].flatten(1), dim=1),
+                torch.linalg.vector_norm(w[models].flatten(2), dim=2).mean(dim=1),
+            ],
+            dim=1,
+        )
+
     rows = []
     for w in weights.values():
         wf = w.float()
-        models = [wf[m : m + 1] for m in range(wf.shape[0])] if wf.device.type == "cpu" else [wf]
-        rows.append(
-            torch.cat(
-                [
-                    torch.stack(
-                        [
-                            torch.linalg.vector_norm(x.flatten(1), dim=1),
-                            torch.linalg.vector_norm(x.flatten(2), dim=2).mean(dim=1),
-                        ],
-                        dim=1,
-                    )
-                    for x in models
-                ]
-            )
-        )
+        rows.append(by_model(wf.shape[0], wf.device, functools.partial(norms, wf)))
     return torch.stack(rows)
