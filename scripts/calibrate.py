@@ -33,7 +33,11 @@ def verdicts(s: Summary, targets: dict[str, float]) -> list[str]:
         ok = lo <= s.coverage <= hi
         out.append(f"coverage in [{lo}, {hi}]: {'met' if ok else 'missed'} ({s.coverage:.3f})")
         ok = s.median_width <= targets["width"]
-        out.append(f"median width ≤ {targets['width']}: {'met' if ok else 'missed'}")
+        out.append(
+            f"median width ≤ {targets['width']}: {'met' if ok else 'missed'} "
+            f"({s.median_width:.3f}; the design's floor, 2 × 1.96 × oracle sd: "
+            f"{2 * 1.96 * s.oracle_sd:.3f})"
+        )
         ok = s.disjoint >= targets["disjoint"]
         out.append(f"disjoint ≥ {targets['disjoint']}: {'met' if ok else 'missed'}")
     if "coverage_or_named" in targets:

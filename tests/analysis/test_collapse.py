@@ -19,7 +19,7 @@ from l2bn.analysis.estimating.collapse import (
 )
 from l2bn.analysis.estimating.panel import Panel, noise_sd
 
-CLEAN, NESTEROV, ADAM, SHARED = SCENARIOS[:4]
+CLEAN, _, NESTEROV, ADAM, SHARED = SCENARIOS[:5]
 
 
 def _exact(

@@ -133,6 +133,12 @@ def scan(k_bounds: tuple[float, float], step: float = K_STEP) -> FloatArray:
 
 
 COARSE = 4  # the first pass scans in steps of COARSE·K_STEP, the second ±COARSE·K_STEP
+# The third pass: ±2 steps of K_STEP/POLISH around the second's parabola. A parabola through
+# losses 0.025 apart is off by up to ~0.003 where the loss is not quadratic at that scale (the
+# template's knots move against the cells as k moves): harmless at real runs' noise (sd of k̂
+# ≈ 0.04), but on a clean valley with k between lattice points it tripled the spread of k̂ and
+# the interval covered 77 % (docs/calibration-table.md, planted k 0.87 and 0.63).
+POLISH = 5
 
 
 def profile_k(
@@ -147,10 +153,10 @@ def profile_k(
     """k of every replicate of ``weights`` (B, L, M or 1, S), over the cells of ``rows``:
     (k (B,), on a bound (B,)); NaN where fewer than 2 rows hold cells or on a bound.
 
-    Two passes: the whole range in steps of COARSE·K_STEP, then each replicate's own
-    neighbourhood of its minimum, ±COARSE·K_STEP in steps of K_STEP, refined by a parabola
-    (a third of the fits of one fine pass over the range, the same k to ±0.002 on the
-    calibration's studies). With ``centre`` (a k the replicates lie near: their fit's own, or
+    Three passes: the whole range in steps of COARSE·K_STEP, then each replicate's own
+    neighbourhood of its minimum, ±COARSE·K_STEP in steps of K_STEP, refined by a parabola,
+    then ±2 steps of K_STEP/POLISH around that, refined by a parabola again (:func:`_polish`).
+    With ``centre`` (a k the replicates lie near: their fit's own, or
     the previous epoch's) the first pass is skipped: each replicate scans the second pass's
     window around the first pass's point nearest to it, and only a replicate whose minimum lies
     on that window's edge gets both passes.
@@ -167,6 +173,8 @@ def profile_k(
         k, j, bound = _refine(s, grid[None, :].repeat(y.shape[0], 0), y, m, sigma, k_bounds,
                               smoothing)  # fmt: skip
         redo = ((j == 0) | (j == offsets.size - 1)) & ~bound
+        keep = ~redo & ~bound
+        k[keep] = _polish(s, k[keep], y[keep], m[keep], sigma, k_bounds, smoothing)
         if redo.any():
             k[redo], bound[redo] = profile_k(s, weights[redo], sigma, k_bounds, rows, smoothing)
         return np.where(enough & ~bound, k, np.nan), bound & enough
@@ -178,7 +186,27 @@ def profile_k(
     fine = np.clip(coarse[i][:, None] + offsets[None, :], k_bounds[0], k_bounds[1])  # (B, F)
     k, _, bound = _refine(s, fine, y, m, sigma, k_bounds, smoothing)
     bound |= on_bound
+    keep = ~bound
+    k[keep] = _polish(s, k[keep], y[keep], m[keep], sigma, k_bounds, smoothing)
     return np.where(enough & ~bound, k, np.nan), bound & enough
+
+
+def _polish(
+    s: Surface,
+    k: FloatArray,
+    y: FloatArray,
+    m: FloatArray,
+    sigma: float,
+    k_bounds: tuple[float, float],
+    smoothing: float | None,
+) -> FloatArray:
+    """The third pass: each k (B,) refined over ±2 steps of K_STEP/POLISH around it."""
+    if k.size == 0:
+        return k
+    step = K_STEP / POLISH
+    grid = np.clip(np.nan_to_num(k)[:, None] + step * np.arange(-2, 3), *k_bounds)
+    fine, _, _ = _refine(s, grid, y, m, sigma, k_bounds, smoothing, step)
+    return np.where(np.isfinite(fine), fine, k)
 
 
 def _refine(
@@ -189,9 +217,11 @@ def _refine(
     sigma: float,
     k_bounds: tuple[float, float],
     smoothing: float | None,
+    step: float = K_STEP,
 ) -> tuple[FloatArray, IntArray, BoolArray]:
-    """Each replicate's minimum over its own ``grid`` (B, F) of k, refined by a parabola
-    through the three losses around it: (k, the grid index of the minimum, on a bound)."""
+    """Each replicate's minimum over its own ``grid`` (B, F) of k, ``step`` apart, refined by
+    a parabola through the three losses around it: (k, the grid index of the minimum, on a
+    bound)."""
     _, _, loss = _fit(s, s.x(grid), y[:, None, :], m[:, None, :], sigma, smoothing)
     j = np.argmin(np.where(np.isfinite(loss), loss, np.inf), axis=-1)
     inner = np.clip(j, 1, grid.shape[1] - 2)
@@ -199,7 +229,7 @@ def _refine(
     with np.errstate(invalid="ignore", divide="ignore"):
         den = r0 - 2 * r1 + r2
         shift = np.where(den > 0, 0.5 * (r0 - r2) / den, 0.0)
-    k = np.take_along_axis(grid, inner[:, None], axis=-1)[:, 0] + np.clip(shift, -1, 1) * K_STEP
+    k = np.take_along_axis(grid, inner[:, None], axis=-1)[:, 0] + np.clip(shift, -1, 1) * step
     at = np.take_along_axis(grid, j[:, None], axis=-1)[:, 0]
     bound = (at <= k_bounds[0]) | (at >= k_bounds[1]) | ~np.isfinite(loss).all(-1)
     return k, j, bound
