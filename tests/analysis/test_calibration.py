@@ -90,8 +90,8 @@ def test_a_deformed_row_is_left_out_by_the_lack_of_collapse_rule() -> None:
 
 @pytest.mark.slow
 def test_five_seeds_per_row_narrow_nesterovs_interval_and_name_its_deformed_row() -> None:
-    # What the next registered run's design rests on: 3 seeds miss the width (0.24) and the
-    # deformed row (named in 62 %) on nesterov's shallow valley; 5 seeds meet both in the table.
+    # What the registered headline v2's design rests on: 3 seeds miss the width (0.22) and the
+    # deformed row (named in 61 %) on nesterov's shallow valley; 5 seeds meet both in the table.
     s = run(NESTEROV_5, 40, seed=13)
     assert s.median_width <= 0.2 and s.coverage >= 0.86 and s.disjoint >= 0.95, s
     d = run(DEFORMED_5, 40, seed=17)

@@ -22,8 +22,8 @@ the flat floor around η* carries little (docs/method.md).
   robust (Huber, 2 cell-noise sds, 2 reweightings): a few cells that remember w₀ weigh less.
 * **k** minimizes the fit's loss over a scan of ``k_bounds`` (coarse, then in steps of 0.025
   around the minimum, :func:`~l2bn.analysis.estimating.surface.profile_k`), refined by a
-  parabola through the best three, then by a third pass in steps of 0.005; a minimum on a bound is no estimate (NaN, and the reason says
-  so).
+  parabola through the best three, then by a third pass in steps of 0.005; a minimum on a
+  bound is no estimate (NaN, and the reason says so).
 * **Interval**: the delete-one-cluster jackknife with a Student-t quantile
   (:mod:`~l2bn.analysis.estimating.intervals`: the seed with shared seeds, the (λ, seed) pair
   with independent rows); every replicate refits k with the same rows. With one seed no cluster
