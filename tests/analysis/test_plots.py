@@ -9,9 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from l2bn.analysis.pipeline import AnalyzeConfig, analyze, run_analysis
-from l2bn.analysis.presenting.plots import FIGURES, plot_eta_star
+from l2bn.analysis.presenting.plots import (
+    FIGURES,
+    plot_eta_star,
+    plot_k_by_epoch_all,
+    plot_k_summary,
+    write_plots,
+)
 
 from .planting import NORM_LRS, NORM_WDS, fast_sqlite, log_grid, norms_law, plant_study, surface
 
@@ -67,7 +74,8 @@ def test_plots_dir_gets_every_documented_figure(storage: str, tmp_path: Path) ->
         "normalized-sgd-bn-pl_eta_star.png",
         "normalized-sgd-bn-pl_collapse.png",
     }
-    assert names == sgd | nsgd  # no norm figures without histories
+    # Two groups: the summary of k across them (no k_by_epoch across them either).
+    assert names == sgd | nsgd | {"k_summary.png"}  # no norm figures without histories
     assert {p.name for p in report.written} == names
     for p in out.iterdir():
         assert_png(p)
@@ -82,3 +90,37 @@ def test_eta_star_figure_shows_fit_and_theory(storage: str) -> None:
     assert "theory: k = 1" in labels
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     assert "λ" in ax.get_xlabel() and "η" in ax.get_ylabel()
+
+
+@pytest.mark.slow
+def test_across_groups_one_k_figure_and_one_k_over_training_figure(tmp_path: Path) -> None:
+    # Real runs: the first headline's committed exports, judged by headline v2's registration
+    # (its k ranges drawn as bands).
+    parts = [REPO / "docs" / "reproduction" / "headline" / o / "trials.csv"
+             for o in ("nesterov", "adam")]  # fmt: skip
+    if not all(p.is_file() for p in parts):
+        pytest.skip("the first headline's exports are not committed")
+    config = AnalyzeConfig(from_csv=parts[0], more_csv=(parts[1],), bootstrap=0,
+                           registration_path=REPO / "sweeps" / "headline2.toml")  # fmt: skip
+    report = analyze(config)
+    assert len(report.groups) == 2 and all(g.k_by_epoch for g in report.groups)
+    written = write_plots(report, tmp_path)
+    for name in ("k_summary.png", "k_by_epoch.png"):
+        assert tmp_path / name in written
+        assert_png(tmp_path / name)
+    # One panel per group, on one shared k axis; the summary has a row per group.
+    fig = plot_k_by_epoch_all(report)
+    assert len(fig.axes) == 2 and fig.axes[0].get_ylim() == fig.axes[1].get_ylim()
+    summary = plot_k_summary(report).axes[0]
+    assert [t.get_text() for t in summary.get_yticklabels()] == [
+        g.label for g in reversed(report.groups)
+    ]
+    # The registered ranges ([0.9, 1.1] and [0.4, 0.6]) are drawn as bands.
+    from matplotlib.collections import PolyCollection
+
+    def x_span(c: PolyCollection) -> tuple[float, float]:
+        x = c.get_paths()[0].vertices[:, 0]
+        return round(float(x.min()), 2), round(float(x.max()), 2)
+
+    spans = {x_span(c) for c in summary.collections if isinstance(c, PolyCollection)}
+    assert spans == {(0.9, 1.1), (0.4, 0.6)}, spans

@@ -15,6 +15,7 @@ def margins(
     right_in: float = 0.3,
     bottom_in: float = 0.65,
     wspace: float = 0.45,
+    left_in: float = 0.95,
 ) -> None:
     """Fixed margins in inches (room for labels, titles and a suptitle).
 
@@ -23,7 +24,7 @@ def margins(
     """
     w, h = fig.get_size_inches()
     fig.subplots_adjust(
-        left=0.95 / w, right=1 - right_in / w, bottom=bottom_in / h, top=1 - top_in / h,
+        left=left_in / w, right=1 - right_in / w, bottom=bottom_in / h, top=1 - top_in / h,
         wspace=wspace, hspace=hspace,
     )  # fmt: skip
 
