@@ -90,7 +90,8 @@ def test_figures_are_drawn_when_plots_were_not_asked_for(
         analyzed.groups,
         analyzed.warnings,
     )
-    figures = report_mod.group_figures(bare)
+    figures, overall = report_mod.report_figures(bare)
+    assert [n for n, _ in overall] == ["k_summary"]  # two groups: k over both
     names = [sorted(n for n, _ in fs) for fs in figures]
     kinds = {g.optimizer: n for g, n in zip(bare.groups, names, strict=True)}
     assert kinds["adam"] == ["collapse", "error_heatmap", "eta_star"]
@@ -101,7 +102,7 @@ def test_figures_are_drawn_when_plots_were_not_asked_for(
         "norm_heatmap",
         "norm_trajectories",
     ]
-    html = render_html(bare.to_dict(), figures)
+    html = render_html(bare.to_dict(), figures, overall=overall)
     assert len(IMG.findall(html)) == len(IMG.findall(page.read_text(encoding="utf-8")))
 
 

@@ -62,6 +62,9 @@ _FIGURE_CAPTIONS = {
     "equilibrium": "at each λ's optimum cell: ‖w‖² over its end-of-phase-1 value per epoch "
     "(stationarity, the verdict), and the θ test beside it (θ̄²/θ_eq², or Adam's per-step "
     "growth ÷ shrink); shaded: the band, and the tail of phase 1 judged",
+    "k_by_epoch": "the primary k over training with its 95 % CI, against the theory",
+    "k_summary": "every group's primary k with its 95 % CI, against its theory (◇) and, with "
+    "a registration, its registered range (band)",
 }
 Figure = tuple[str, bytes]  # (figure name, PNG bytes)
 
@@ -70,7 +73,13 @@ Figure = tuple[str, bytes]  # (figure name, PNG bytes)
 
 
 def group_figures(report: AnalysisReport) -> list[list[Figure]]:
-    """Per group (in report order): its figures as (name, PNG bytes).
+    """Per group (in report order): its figures as (name, PNG bytes)."""
+    return report_figures(report)[0]
+
+
+def report_figures(report: AnalysisReport) -> tuple[list[list[Figure]], list[Figure]]:
+    """Per group (in report order) its figures as (name, PNG bytes), and the figures over all
+    groups (``k_summary``, ``k_by_epoch`` with two groups or more).
 
     The PNG files of ``report.written`` when ``--plots`` wrote them, else every figure of
     :func:`~l2bn.analysis.presenting.plots.write_plots` rendered into a temporary folder.
@@ -86,10 +95,13 @@ def group_figures(report: AnalysisReport) -> list[list[Figure]]:
         return _assign(report, write_plots(report, Path(tmp)))
 
 
-def _assign(report: AnalysisReport, paths: Iterable[Path]) -> list[list[Figure]]:
-    """Files named ``<slug>_<figure>.png`` to their groups; longest slug first, so that no
-    group takes another's files by a shared prefix."""
+def _assign(
+    report: AnalysisReport, paths: Iterable[Path]
+) -> tuple[list[list[Figure]], list[Figure]]:
+    """Files named ``<slug>_<figure>.png`` to their groups, longest slug first, so that no
+    group takes another's files by a shared prefix; the rest are the figures over all groups."""
     out: list[list[Figure]] = [[] for _ in report.groups]
+    overall: list[Figure] = []
     order = sorted(range(len(report.groups)), key=lambda i: -len(report.groups[i].slug))
     for path in paths:
         for i in order:
@@ -97,7 +109,9 @@ def _assign(report: AnalysisReport, paths: Iterable[Path]) -> list[list[Figure]]
             if path.name.startswith(prefix):
                 out[i].append((path.stem[len(prefix) :], path.read_bytes()))
                 break
-    return out
+        else:
+            overall.append((path.stem, path.read_bytes()))
+    return out, overall
 
 
 # --- the page -----------------------------------------------------------------------------
@@ -105,7 +119,8 @@ def _assign(report: AnalysisReport, paths: Iterable[Path]) -> list[list[Figure]]
 
 def write_report(report: AnalysisReport, path: Path) -> Path:
     """The page for ``report`` at ``path`` (its folder created), written atomically."""
-    page = render_html(report.to_dict(), group_figures(report))
+    per_group, overall = report_figures(report)
+    page = render_html(report.to_dict(), per_group, overall=overall)
     path.parent.mkdir(parents=True, exist_ok=True)
     with files.atomic_open(path, "w", encoding="utf-8") as f:
         f.write(page)
@@ -116,9 +131,11 @@ def render_html(
     data: Mapping[str, Any],
     figures: Sequence[Sequence[Figure]] = (),
     generated: _dt.datetime | None = None,
+    overall: Sequence[Figure] = (),
 ) -> str:
     """The page for a report's JSON form (``AnalysisReport.to_dict()``) and its figures
-    (per group, in the order of ``data["groups"]``)."""
+    (per group, in the order of ``data["groups"]``; ``overall``: those over all groups, shown
+    under the answer)."""
     when = (generated or _dt.datetime.now(_dt.UTC)).strftime("%Y-%m-%d %H:%M UTC")
     groups = [g for g in data.get("groups") or () if isinstance(g, Mapping)]
     body: list[str] = [
@@ -127,6 +144,7 @@ def render_html(
         f"</code> · l2bn {_e(data.get('l2bn_version', '?'))} · {_e(when)}</p>",
         "</header>",
         _answer(groups, data.get("registration")),
+        _figures(overall),
         _warnings(data.get("warnings"), "Warnings"),
     ]
     for i, g in enumerate(groups):
@@ -322,16 +340,7 @@ def _group(i: int, g: Mapping[str, Any], figures: Sequence[Figure]) -> str:
         _equilibrium_summary(g.get("optima_equilibrium")),
         _warnings(g.get("warnings"), "Warnings for this group"),
     ]
-    if figures:
-        parts.append("<div class='figures'>")
-        for name, png in sorted(figures, key=lambda f: _FIGURE_ORDER.get(f[0], 99)):
-            caption = _FIGURE_CAPTIONS.get(name, name.replace("_", " "))
-            uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-            parts.append(
-                f"<figure><img src='{uri}' alt='{_e(name)}' data-figure='{_e(name)}'>"
-                f"<figcaption><b>{_e(name)}</b>: {_e(caption)}</figcaption></figure>"
-            )
-        parts.append("</div>")
+    parts.append(_figures(figures))
     other = {
         k: v for k, v in g.items() if k not in _LAID_OUT and v is not None and not _fit_rows(k, v)
     }
@@ -359,6 +368,22 @@ _FIGURE_NAMES = (
     "norm_heatmap",
 )
 _FIGURE_ORDER = {name: i for i, name in enumerate(_FIGURE_NAMES)}
+
+
+def _figures(figures: Sequence[Figure]) -> str:
+    """Figures as ``<figure>`` elements with their captions, in the documented order."""
+    if not figures:
+        return ""
+    parts = ["<div class='figures'>"]
+    for name, png in sorted(figures, key=lambda f: _FIGURE_ORDER.get(f[0], 99)):
+        caption = _FIGURE_CAPTIONS.get(name, name.replace("_", " "))
+        uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        parts.append(
+            f"<figure><img src='{uri}' alt='{_e(name)}' data-figure='{_e(name)}'>"
+            f"<figcaption><b>{_e(name)}</b>: {_e(caption)}</figcaption></figure>"
+        )
+    parts.append("</div>")
+    return "".join(parts)
 
 
 def _rows(collapse: Mapping[str, Any]) -> str:
@@ -443,4 +468,4 @@ overflow-wrap:anywhere}@media (max-width:600px){body{padding:0 .4em;margin:.6em 
 th,td{padding:2px 5px}}
 """
 
-__all__ = ["CSP", "group_figures", "render_html", "write_report"]
+__all__ = ["CSP", "group_figures", "render_html", "report_figures", "write_report"]
