@@ -10,7 +10,10 @@
 # bookworm). torch comes from PyPI at the version every test runs on: TORCH_VERSION below is
 # scripts/setup.sh's default, and tests/test_docker.py fails when the two differ. PyPI's Linux
 # x86_64 torch is a CUDA build (CUDA 13) that brings its CUDA libraries as nvidia-* wheels, so
-# the image needs only the host's NVIDIA driver (and the NVIDIA Container Toolkit for --gpus).
+# the image needs only the host's NVIDIA driver, ≥ 580 for CUDA 13 (and the NVIDIA Container
+# Toolkit for --gpus). L2BN_DEVICE=cuda makes `device = auto` mean cuda: with an older driver
+# (torch then sees no GPU) a run stops with one line naming the driver instead of training on
+# the CPU. `--device cpu` (sweeps: --set device=cpu) or -e L2BN_DEVICE=auto undo it.
 FROM python:3.11.14-slim-bookworm
 
 ARG TORCH_VERSION=2.13.0
@@ -22,7 +25,8 @@ ENV PYTHONUNBUFFERED=1 \
     MPLBACKEND=Agg \
     MPLCONFIGDIR=/tmp/matplotlib \
     L2BN_DATA=/data \
-    L2BN_STORAGE=sqlite:////results/l2bn.db
+    L2BN_STORAGE=sqlite:////results/l2bn.db \
+    L2BN_DEVICE=cuda
 
 WORKDIR /opt/l2bn
 COPY pyproject.toml README.md ./

@@ -163,9 +163,19 @@ def train(
             "freezes them, so that every trained parameter is scale-invariant."
         ),
     ] = _D.affine,
-    device: Annotated[DeviceName, typer.Option(help="auto picks cuda when visible.")] = _D.device,
+    device: Annotated[
+        DeviceName,
+        typer.Option(
+            help="auto: $L2BN_DEVICE when set (the Docker image: cuda), else cuda when visible, "
+            "else cpu. A GPU asked for that torch cannot use is an error, never the CPU."
+        ),
+    ] = _D.device,
     precision: Annotated[
-        Precision, typer.Option(help="auto: bf16 where the hardware has fast bf16, else fp32.")
+        Precision,
+        typer.Option(
+            help="auto: bf16 where the hardware has native bf16, else fp32. fp32 is IEEE fp32 "
+            "on CUDA too; tf32: fp32 with TF32 tensor-core matmuls and convolutions (CUDA)."
+        ),
     ] = _D.precision,
     seed: Annotated[
         int, typer.Option(help="Seed for initialization, data order, augmentation.")

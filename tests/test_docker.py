@@ -228,6 +228,7 @@ def test_the_base_is_an_exact_python_release_that_pyproject_allows() -> None:
     assert requires_python.contains(m.group(1)), (base, str(requires_python))
     env = " ".join(i.args for i in instructions if i.keyword == "ENV")
     assert "L2BN_DATA=/data" in env and "L2BN_STORAGE=sqlite:////results/" in env
+    assert "L2BN_DEVICE=cuda" in env  # a GPU node's image never trains on the CPU unasked
     volumes = next(json.loads(i.args) for i in instructions if i.keyword == "VOLUME")
     assert set(volumes) == {"/data", "/results"}
 

@@ -21,7 +21,7 @@ import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,7 @@ from l2bn.sweep.status import GridStatus, grid_status
 from l2bn.sweep.storage import is_connection_error, open_storage, scrub, wait_for_storage
 from l2bn.sweep.study import prepare_study
 from l2bn.sweep.worker import POLL_S, WorkerSpec, run_worker
-from l2bn.train.config import DeviceName, check_batchable
+from l2bn.train.config import DeviceName, check_batchable, node_device
 
 if TYPE_CHECKING:
     import optuna
@@ -81,6 +81,7 @@ def check_spec(spec: WorkerSpec, workers: int = 1) -> None:
     written or claimed, so that a refusal costs nothing. ``--fuse K`` needs an integer K ≥ 1
     and a sweep whose runs may be trained side by side (they differ in η, λ and seed only)."""
     _positive_int("--workers", workers)
+    node_device(spec.sweep.base_config().device)  # a bad $L2BN_DEVICE
     if spec.fuse is not None:  # None: auto_fuse, in the workers
         _positive_int("--fuse", spec.fuse)
     try:
@@ -137,7 +138,9 @@ def parse_nvidia_smi(text: str) -> list[str]:
 
 def gpu_assignment(workers: int, visible: Sequence[str]) -> list[str | None]:
     """Worker i's CUDA_VISIBLE_DEVICES: the (i mod G)-th of the G visible GPUs; None (left
-    as it is) for every worker when no GPU is visible."""
+    as it is) for every worker when no GPU is visible. A worker given a GPU trains on it or
+    stops (WorkerSpec.gpu): a driver too old for torch must not turn a GPU node's sweep into a
+    CPU sweep."""
     if not visible:
         return [None] * workers
     return [visible[i % len(visible)] for i in range(workers)]
@@ -197,7 +200,8 @@ class _Workers:
         for gpu in gpus:
             reader, writer = ctx.Pipe(duplex=False)
             with _environ(GPU_ENV, gpu):
-                p = ctx.Process(target=_worker_main, args=(self.spec, writer), daemon=False)
+                spec = replace(self.spec, gpu=gpu)
+                p = ctx.Process(target=_worker_main, args=(spec, writer), daemon=False)
                 p.start()
             writer.close()  # the child's copy alone: its exit is the pipe's end
             self.procs.append(p)
@@ -307,7 +311,7 @@ def _run_workers(
     old_term = signal.signal(signal.SIGTERM, forward)
     try:
         if not result.status.complete:
-            on_cpu = spec.sweep.base_config().device is DeviceName.cpu
+            on_cpu = node_device(spec.sweep.base_config().device) is DeviceName.cpu
             pool.start(gpu_assignment(workers, [] if on_cpu else visible_gpus()))
         while pool.alive():
             try:

@@ -84,6 +84,9 @@ class WorkerSpec:
     grace_period: int | None = None  # None: 4 heartbeats
     torch_threads: int | None = None  # None: torch's default
     fuse: int | None = None  # K, points trained side by side; None: auto_fuse
+    # The CUDA_VISIBLE_DEVICES entry the runner gave this worker (None: none given). A worker
+    # given a GPU must train on it: under device auto, no usable GPU stops it (resolve_device).
+    gpu: str | None = None
 
     @property
     def grace(self) -> int:
@@ -370,7 +373,7 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
     from l2bn.train.device import resolve_device
 
     # Before any claim: a device that is not there stops the worker, not its points.
-    resolve_device(spec.sweep.base_config().device)
+    resolve_device(spec.sweep.base_config().device, assigned_gpu=spec.gpu)
     k = spec.fuse or auto_fuse(spec.sweep)
     requeue = RequeueCallback()
     storage = open_storage(

@@ -92,12 +92,17 @@ class DeviceName(StrEnum):
 
 
 class Precision(StrEnum):
-    auto = "auto"  # bf16 autocast + channels_last where the hardware has fast bf16
-    fp32 = "fp32"
+    auto = "auto"  # bf16 autocast + channels_last where the hardware has native bf16, else fp32
+    fp32 = "fp32"  # IEEE fp32, on CUDA too: TF32 off (PyTorch's default lets cuDNN use it)
+    tf32 = "tf32"  # fp32, with TF32 tensor-core matmuls and convolutions on CUDA (Ampere+)
     bf16 = "bf16"
 
 
 DATA_ENV = "L2BN_DATA"
+# What ``device = auto`` means on this node when set (auto, cpu or cuda). The Docker image sets
+# cuda: on a GPU node whose driver torch cannot use, a run then stops at once instead of
+# training on the CPU for days.
+DEVICE_ENV = "L2BN_DEVICE"
 DEFAULT_LR_DROPS: tuple[float, ...] = (0.5, 0.8)  # the paper: ÷10 after epochs 50 and 80 of 100
 
 
@@ -290,6 +295,20 @@ _ENUM_FIELDS: dict[str, type[Enum]] = {
     "device": DeviceName,
     "precision": Precision,
 }
+
+
+def node_device(name: DeviceName) -> DeviceName:
+    """The device a run asks for on this node: ``name``, except that auto defers to
+    $L2BN_DEVICE when that is set. Torch-free: the sweep's parent calls it, to leave the GPUs
+    alone for a CPU sweep and to refuse a bad value before anything is written."""
+    if name is not DeviceName.auto:
+        return name
+    value = os.environ.get(DEVICE_ENV, "").strip()
+    try:
+        return DeviceName(value.lower()) if value else DeviceName.auto
+    except ValueError:
+        choices = ", ".join(e.value for e in DeviceName)
+        raise ConfigError(f"{DEVICE_ENV}={value!r} is not one of: {choices}") from None
 
 
 def _positive_finite(name: str, value: float) -> None:

@@ -19,8 +19,10 @@ switched on only around the loop and only unless deterministic algorithms were a
 several of its kernels (and atomics-based reductions) are nondeterministic, so two runs agree to
 float rounding, which chaotic training can amplify, not bitwise. For bitwise repeatability
 call ``torch.use_deterministic_algorithms(True)`` (and set ``CUBLAS_WORKSPACE_CONFIG=:4096:8``)
-before training: l2bn then leaves cuDNN's autotuner off. l2bn never touches the global RNG;
-every random draw comes from a generator seeded with the run's seed.
+before training: l2bn then leaves cuDNN's autotuner off. fp32 on CUDA is IEEE fp32: TF32
+(which PyTorch lets cuDNN use by default) is on only for precision tf32, around the loop
+(:func:`training_flags`). l2bn never touches the global RNG; every random draw comes from a
+generator seeded with the run's seed.
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class Engine:
         if isinstance(self.net, ConvNets):  # exact: see ConvNets.exact
             self.net.exact = exact
         # bf16 autocast around the forward pass only: fp32 weights, gradients and optimizer
-        # state. The precision recorded is the one used (the tracking toy: always fp32).
+        # state; tf32 is fp32 with TF32 on (training_flags). The precision recorded is the
+        # one used (the tracking toy: always fp32; tf32 without TF32 hardware: fp32).
         self.precision = (
             resolve_precision(base.precision, self.device) if self.task.bf16 else Precision.fp32
         )
@@ -172,7 +175,7 @@ def train_many(
     per_step_lr = engine.configs[0].schedule is Schedule.wsd  # step, constant: η per epoch
     histories: list[list[EpochRecord]] = [[] for _ in range(k)]
     diverged = [False] * k
-    with _cudnn_autotune(engine.device):
+    with training_flags(engine.device, engine.precision):
         for epoch in range(engine.configs[0].epochs):
             epoch_start = time.perf_counter()
             # η per model, in the optimizer's units (optim.py); the record keeps the epoch's mean.
@@ -264,6 +267,36 @@ def train_many(
         )
         for m, c in enumerate(engine.configs)
     ]
+
+
+@contextlib.contextmanager
+def training_flags(device: torch.device, precision: Precision) -> Iterator[None]:
+    """The global backend flags a run trains under, set around the loop only and restored
+    afterwards: cuDNN's autotuner, and TF32 exactly when the precision is tf32. On a CPU
+    nothing is touched. Whatever times the training step (benchmarks/) should run under it."""
+    with _cudnn_autotune(device), _tf32(device, precision is Precision.tf32):
+        yield
+
+
+@contextlib.contextmanager
+def _tf32(device: torch.device, allowed: bool) -> Iterator[None]:
+    """TF32 (fp32 inputs rounded to a 10-bit mantissa on tensor cores) in cuBLAS matmuls and
+    cuDNN convolutions when ``allowed``, and off otherwise, on CUDA; restored afterwards.
+    PyTorch's defaults (cuDNN on, cuBLAS off) would train a run recorded as fp32 in TF32.
+
+    The ``allow_tf32`` flags, which torch 2.13 still honours (it maps them onto its newer
+    ``fp32_precision`` settings). A CPU has no TF32: its runs stay bit for bit what they were.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    matmul.allow_tf32 = cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
 
 
 @contextlib.contextmanager

@@ -22,6 +22,12 @@ def report_gpu(spec: Any, conn: Connection) -> None:
     os._exit(0)
 
 
+def report_assigned_gpu(spec: Any, conn: Connection) -> None:
+    """A worker that says which GPUs it sees and which one its spec says it was given."""
+    conn.send(("gpu", f"{os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')} {spec.gpu}"))
+    os._exit(0)
+
+
 def broken_engine(spec: Any, conn: Connection) -> None:
     """The real worker, whose training raises after the first epoch of every run."""
     import l2bn.train.engine as engine

@@ -207,6 +207,55 @@ def test_each_spawned_worker_sees_its_assigned_gpu(
     assert result.errors == [("gpu", "4,7"), ("gpu", "4,7")]
 
 
+def test_a_worker_is_told_its_gpu_and_a_node_set_to_cpu_gives_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runner, "_worker_main", fakes.report_assigned_gpu)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,7")
+    monkeypatch.delenv("L2BN_DEVICE", raising=False)
+    auto = tiny_sweep(tmp_path, device='"auto"')
+    result = run_sweep(spec_for(auto, f"sqlite:///{tmp_path / 'x.db'}"), workers=2)
+    assert sorted(result.errors) == [("gpu", "4 4"), ("gpu", "7 7")]  # each must train on it
+    # L2BN_DEVICE=cpu makes auto the CPU: the GPUs are left as they are, and nobody is held.
+    monkeypatch.setenv("L2BN_DEVICE", "cpu")
+    result = run_sweep(spec_for(auto, f"sqlite:///{tmp_path / 'y.db'}"), workers=2)
+    assert result.errors == [("gpu", "4,7 None"), ("gpu", "4,7 None")]
+
+
+def test_a_bad_device_variable_is_refused_before_the_storage_is_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("L2BN_DEVICE", "gpu")
+    spec = spec_for(tiny_sweep(tmp_path, device='"auto"'), f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(ConfigError, match="L2BN_DEVICE='gpu' is not one of"):
+        run_sweep(spec)
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_a_worker_given_a_gpu_torch_cannot_use_stops_the_sweep_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where the driver is too old for torch's CUDA, nvidia-smi (or the scheduler) still shows
+    # the GPU while torch sees none: device auto trained on the CPU behind one warning. Here a
+    # torch without CUDA plays that torch, CUDA_VISIBLE_DEVICES the scheduler.
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.delenv("L2BN_DEVICE", raising=False)
+    sweep = tiny_sweep(tmp_path, device='"auto"')
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    proc = run_cli("sweep", str(sweep), "--storage", url, "--workers", "2")
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()  # both workers' error, said once
+    assert line.startswith("l2bn: error: the sweep gave its workers this node's GPUs, but no "
+                           "CUDA GPU is visible"), line  # fmt: skip
+    assert "Traceback" not in proc.stderr
+    study = optuna.load_study(study_name="tiny/sgd", storage=url)
+    assert Counter(t.state for t in study.trials) == {TrialState.WAITING: 4}  # none claimed
+
+
 # --- the poll loop -----------------------------------------------------------------------------
 
 

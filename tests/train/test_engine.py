@@ -24,7 +24,7 @@ from reference import (
 import l2bn.train.device as device_mod
 from l2bn.errors import ConfigError
 from l2bn.train.config import OptimizerName, Precision, TrainConfig
-from l2bn.train.engine import Engine, _cudnn_autotune, train, train_many
+from l2bn.train.engine import Engine, _cudnn_autotune, train, train_many, training_flags
 from l2bn.train.models import ConvNets
 from l2bn.train.records import EpochRecord
 
@@ -382,6 +382,41 @@ def test_cudnn_autotuning_is_scoped_and_yields_to_determinism() -> None:
     finally:
         torch.use_deterministic_algorithms(False)
         cudnn.benchmark = before
+
+
+def _tf32_flags() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize(("precision", "want"), [("fp32", False), ("bf16", False), ("tf32", True)])
+def test_tf32_is_on_exactly_for_tf32_on_cuda_and_restored(precision: str, want: bool) -> None:
+    # PyTorch lets cuDNN use TF32 by default (cuBLAS not): a run recorded as fp32 was TF32.
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    before = _tf32_flags()
+    try:
+        for start in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = start
+            with training_flags(cuda, Precision(precision)):
+                assert _tf32_flags() == (want, want)
+            assert _tf32_flags() == (start, start)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_a_cpu_run_touches_no_tf32_flag_and_tf32_there_is_fp32_bit_for_bit() -> None:
+    before = _tf32_flags()
+    seen: list[tuple[bool, bool]] = []
+    try:
+        # Flags no default has: a CPU run must leave whatever it finds.
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, False
+        fp32 = train(STEP, on_batch=lambda *_: seen.append(_tf32_flags()))
+        tf32 = train(STEP.with_(precision="tf32"), on_batch=lambda *_: seen.append(_tf32_flags()))
+        assert _tf32_flags() == (True, False)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert seen and set(seen) == {(True, False)}
+    assert (fp32.precision, tf32.precision) == ("fp32", "fp32")  # a CPU has no TF32
+    assert _numbers(tf32) == _numbers(fp32)
 
 
 def test_the_precision_recorded_is_the_one_used(monkeypatch: pytest.MonkeyPatch) -> None:
