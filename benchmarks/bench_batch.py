@@ -9,8 +9,11 @@ timed in interleaved rounds in one process (never compare numbers from different
 ms/step, images/s and the ratio of images/s against the largest batch (the baseline, measured
 in the same run) for each width and precision.
 
+``--device cuda`` times the same steps on the GPU (each timed region bracketed by
+``torch.cuda.synchronize()``, cuDNN's autotuner on as in training: common.as_training).
+
 Usage: ``python benchmarks/bench_batch.py [--batches 32 64 128] [--widths 8 16] [--seconds 20]
-[--precisions fp32 bf16]``
+[--precisions fp32 bf16] [--device cpu]``
 """
 
 from __future__ import annotations
@@ -24,7 +27,16 @@ from l2bn.train.config import Precision, TrainConfig
 from l2bn.train.device import fast_bf16
 from l2bn.train.engine import Engine
 
-from common import data_dir, engine_step, has_cifar, interleaved, median
+from common import (
+    add_device,
+    data_dir,
+    device_line,
+    device_of,
+    engine_step,
+    has_cifar,
+    interleaved,
+    median,
+)
 
 
 def main() -> None:
@@ -33,15 +45,15 @@ def main() -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--precisions", nargs="+", default=None, help="default: fp32 (+ bf16)")
     parser.add_argument("--seconds", type=float, default=20.0, help="per width and precision")
+    add_device(parser)
     args = parser.parse_args()
+    device = device_of(args.device)
     torch.set_num_threads(1)
     real = has_cifar(data_dir())
-    precisions = args.precisions or (
-        ["fp32", "bf16"] if fast_bf16(torch.device("cpu")) else ["fp32"]
-    )
+    precisions = args.precisions or (["fp32", "bf16"] if fast_bf16(device) else ["fp32"])
     print(
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, "
-        f"{'real CIFAR-10 subset' if real else 'synthetic images'}"
+        f"{'real CIFAR-10 subset' if real else 'synthetic images'}{device_line(device)}"
     )
     for width in args.widths:
         for precision in precisions:
@@ -55,7 +67,7 @@ def main() -> None:
                     affine=False,
                     head="bn",  # type: ignore[arg-type]
                     precision=Precision(precision),
-                    device="cpu",  # type: ignore[arg-type]
+                    device=device.type,  # type: ignore[arg-type]
                     lr_drops=(),
                 )
                 variants[b] = engine_step(Engine([config]))
@@ -64,7 +76,7 @@ def main() -> None:
                 {b: _repeat(step, max(1, max(args.batches) // b)) for b, step in variants.items()},
                 args.seconds,
                 1,
-                lambda: None,
+                device,
             )
             base = max(args.batches)
             rate = {b: b * max(1, base // b) / (median(times[b]) / 1e3) for b in args.batches}

@@ -19,7 +19,11 @@ ms/step and the ratio vmap ÷ grouped (> 1: grouped is faster). Before timing, b
 logits are checked to agree from the same weights. What vmap cannot do here is said in the
 output (BN running statistics, weight normalization's parametrization).
 
-Usage: ``python benchmarks/bench_engine.py [--seconds 60] [--width 32] [--batch-size 128]``
+On ``--device cuda`` each timed region is bracketed by ``torch.cuda.synchronize()`` and both
+sides run with cuDNN's autotuner, as training does (common.as_training).
+
+Usage: ``python benchmarks/bench_engine.py [--seconds 60] [--width 32] [--batch-size 128]
+[--device cpu]``
 """
 
 from __future__ import annotations
@@ -39,12 +43,21 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 from l2bn.train.config import Norm, TrainConfig
-from l2bn.train.device import resolve_device
 from l2bn.train.engine import Engine
 from l2bn.train.models import FlatParams
 from l2bn.train.optim import SPECS, FlatOptimizer
 
-from common import data_dir, endless, engine_step, has_cifar, interleaved, median
+from common import (
+    add_device,
+    data_dir,
+    device_line,
+    device_of,
+    endless,
+    engine_step,
+    has_cifar,
+    interleaved,
+    median,
+)
 
 
 class ConvNet(nn.Module):
@@ -168,8 +181,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--k", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--steps", type=int, default=2, help="steps per variant per round")
-    ap.add_argument("--device", default="auto")
+    add_device(ap)
     args = ap.parse_args()
+    device = device_of(args.device)
     folder = data_dir()
     cifar = has_cifar(folder)
     base = TrainConfig(
@@ -179,14 +193,13 @@ def main() -> None:
         batch_size=args.batch_size,
         optimizer="nesterov",
         lr=0.01,
-        device=args.device,
+        device=device.type,
     )
-    device = resolve_device(base.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
         f"data {base.dataset.value}, width {args.width}, batch {args.batch_size}"
+        f"{device_line(device)}"
     )
     print("optimizer: l2bn's flat Nesterov (FlatOptimizer) on both sides; data: l2bn's tasks")
 
@@ -213,7 +226,7 @@ def main() -> None:
             cfgs = configs(k, precision)
             variants[f"grouped K={k}"] = engine_step(Engine(cfgs))
             variants[f"vmap    K={k}"] = vmap_step(cfgs, Engine(cfgs))[0]
-        times = interleaved(variants, args.seconds, args.steps, sync)
+        times = interleaved(variants, args.seconds, args.steps, device)
         print(f"{precision}: {len(next(iter(times.values())))} rounds")
         for k in args.k:
             g, v = median(times[f"grouped K={k}"]), median(times[f"vmap    K={k}"])

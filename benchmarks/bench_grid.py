@@ -11,8 +11,9 @@ On a CPU each K is timed twice: the exact fused path (model by model, each bit f
 alone: the default) and the grouped network (the sweep file's ``cpu_fusion = "grouped"``).
 
 Usage: ``python benchmarks/bench_grid.py [--k 4] [--width 32] [--seconds 90] [--device cpu]``
-On a GPU try ``--k 8 16 32 --precision bf16`` (every K is timed against the same unfused
-baseline).
+On a GPU try ``--device cuda --k 8 16 32 --precision bf16`` (every K is timed against the same
+unfused baseline): each timed region is bracketed by ``torch.cuda.synchronize()`` and the steps
+run with cuDNN's autotuner, as training does (common.as_training).
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from pathlib import Path
 import torch
 
 from l2bn.train.config import TrainConfig
-from l2bn.train.device import resolve_device
 from l2bn.train.engine import Engine
 
-from common import data_dir, engine_step, has_cifar, interleaved
+from common import add_device, data_dir, device_of, engine_step, has_cifar, interleaved
 
 
 def configs(base: TrainConfig, k: int) -> list[TrainConfig]:
@@ -52,13 +52,14 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--optimizer", default="nesterov")
-    ap.add_argument("--device", default="auto")
+    add_device(ap)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--seconds", type=float, default=90)
     ap.add_argument("--steps", type=int, default=2, help="steps per variant per round")
     ap.add_argument("--data-dir", type=Path, default=data_dir())
     ap.add_argument("--threads", type=int, default=None, help="torch threads (a sweep worker: 1)")
     args = ap.parse_args()
+    device = device_of(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     cifar = has_cifar(args.data_dir)
@@ -69,11 +70,9 @@ def main() -> None:
         batch_size=args.batch_size,
         optimizer=args.optimizer,
         lr=0.01,
-        device=args.device,
+        device=device.type,
         precision=args.precision,
     )
-    device = resolve_device(base.device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{os.cpu_count()}-core CPU"
     print(
         f"device: {name}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -87,7 +86,7 @@ def main() -> None:
         variants[f"fused K={k}"] = (engine_step(Engine(configs(base, k))), k)
         if device.type == "cpu":  # the grouped network a CPU sweep takes with cpu_fusion
             variants[f"grouped K={k}"] = (engine_step(Engine(configs(base, k), exact=False)), k)
-    times = interleaved({v: s for v, (s, _) in variants.items()}, args.seconds, args.steps, sync)
+    times = interleaved({v: s for v, (s, _) in variants.items()}, args.seconds, args.steps, device)
     steps_per_epoch = Engine([base]).task.steps_per_epoch
     base_rate = k_max / statistics.median(times["unfused"]) * 1e3
     print(

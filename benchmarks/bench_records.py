@@ -18,8 +18,11 @@ per-epoch ``take`` (a few small kernels once per epoch) is not per step and is l
 On a CPU shared with other jobs, ``--threads 1`` makes the CPU time a clean measure of the
 work (two threads spin while they wait for each other).
 
+On ``--device cuda`` each timed region is bracketed by ``torch.cuda.synchronize()`` and the
+steps run with cuDNN's autotuner, as training does (common.as_training).
+
 Usage: ``python benchmarks/bench_records.py [--seconds 40] [--widths 32 8] [--batch-size 128]
-[--k 1] [--device auto] [--bf16] [--threads T]``
+[--k 1] [--device cpu] [--bf16] [--threads T]``
 """
 
 from __future__ import annotations
@@ -33,10 +36,18 @@ from collections.abc import Callable
 import torch
 
 from l2bn.train.config import DatasetName, DeviceName, OptimizerName, Precision, TrainConfig
-from l2bn.train.device import fast_bf16, resolve_device
+from l2bn.train.device import fast_bf16
 from l2bn.train.engine import Engine
 
-from common import engine_step, median
+from common import (
+    add_device,
+    as_training,
+    device_line,
+    device_of,
+    engine_step,
+    median,
+    synchronizer,
+)
 
 
 def rounds(
@@ -105,19 +116,20 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--k", type=int, default=1, help="models trained side by side")
     ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
-    ap.add_argument("--device", default="auto")
+    add_device(ap)
     ap.add_argument("--bf16", action="store_true", help="time bf16 even where it is emulated")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: as is)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(DeviceName(args.device))
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    device = device_of(args.device)
+    sync = synchronizer(device)
     precisions = ["fp32"] + (["bf16"] if fast_bf16(device) or args.bf16 else [])
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, "
         f"batch {args.batch_size}, K = {args.k}, data synthetic, precisions {precisions}"
+        f"{device_line(device)}"
     )
     for width in args.widths:
         for precision in precisions:
@@ -128,15 +140,16 @@ def main() -> None:
                 optimizer=OptimizerName.nesterov,
                 lr=0.01,
                 weight_decay=5e-4,
-                device=DeviceName(args.device),
+                device=DeviceName(device.type),
                 precision=Precision(precision),
             )
             configs = [base.with_(lr=0.01 * 2**i, seed=i) for i in range(args.k)]
             on, off = Engine(configs), Engine(configs, measure_updates=False)
-            times = rounds(
-                {"on": engine_step(on), "off": engine_step(off)}, args.seconds, args.steps, sync
-            )
-            alone = meter_alone(on, 20, sync)
+            with as_training(device):
+                times = rounds(
+                    {"on": engine_step(on), "off": engine_step(off)}, args.seconds, args.steps, sync
+                )
+                alone = meter_alone(on, 20, sync)
             params = on.net.params.flat.numel()
             print(f"width {width:3d} {precision}: {len(times['on'])} rounds, {params} parameters")
             for i, clock in enumerate(("wall", "CPU")):

@@ -14,11 +14,21 @@ Ablation ``l2bn-nchw``: the same step fed NCHW input, to separate layout from da
 Where the CPU has bf16 dot products (AVX512-BF16 or AMX; what ``--precision auto`` picks) or
 with ``--bf16``, also ``l2bn bf16``: channels_last under bf16 autocast, fp32 weights.
 
+With ``--k 1 16`` also ``l2bn K=16``: 16 runs (different η, λ, seed) fused into one engine
+(l2bn.train.engine at K = 16, what ``l2bn sweep --fuse 16`` trains), in fp32 and, where bf16 is
+fast, bf16; its ratio is per model-step, against the naive loop's one model per step.
+
+``--device cuda`` runs every variant on the GPU: the naive loop moves each batch from pinned
+memory, l2bn keeps the data on the GPU. Each timed region is bracketed by
+``torch.cuda.synchronize()``, and the steps run with cuDNN's autotuner as training runs them
+(common.as_training; the naive loop gets it too, a stronger baseline than the tutorial's).
+
 Variants are timed in interleaved rounds (the machine is shared: never compare numbers from
 different runs), and the medians of ms/step are compared. Before timing, one batch's
 gradients are checked to agree between NCHW and channels_last input (same weights).
 
-Usage: ``python benchmarks/bench_step.py [--seconds 90] [--width 32] [--batch-size 128]``
+Usage: ``python benchmarks/bench_step.py [--seconds 90] [--width 32] [--batch-size 128]
+[--k 1 16] [--device cpu]``
 """
 
 from __future__ import annotations
@@ -38,7 +48,17 @@ from l2bn.train.config import TrainConfig
 from l2bn.train.device import fast_bf16
 from l2bn.train.engine import Engine
 
-from common import data_dir, endless, engine_step, has_cifar, interleaved, median
+from common import (
+    add_device,
+    data_dir,
+    device_line,
+    device_of,
+    endless,
+    engine_step,
+    has_cifar,
+    interleaved,
+    median,
+)
 
 
 class NaiveCifar(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
@@ -75,8 +95,9 @@ def naive_net(width: int) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def naive_step(config: TrainConfig, workers: int) -> Callable[[], float]:
+def naive_step(config: TrainConfig, workers: int, device: torch.device) -> Callable[[], float]:
     x, y, _, _ = D.load_cifar10(config.resolved_data_dir())
+    cuda = device.type == "cuda"
     loader = torch.utils.data.DataLoader(
         NaiveCifar(x, y),
         batch_size=config.batch_size,
@@ -84,14 +105,17 @@ def naive_step(config: TrainConfig, workers: int) -> Callable[[], float]:
         drop_last=True,
         num_workers=workers,
         persistent_workers=workers > 0,
+        pin_memory=cuda,  # the usual GPU loop: page-locked batches, copied asynchronously
     )
     torch.manual_seed(config.seed)
-    model = naive_net(config.width)
+    model = naive_net(config.width).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True)
     batches = endless(lambda _epoch: loader)  # the DataLoader reshuffles on every pass
 
     def step() -> float:
         xb, yb = next(batches)
+        if cuda:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
         loss = nn.functional.cross_entropy(model(xb), yb)
         opt.zero_grad()
         loss.backward()
@@ -112,11 +136,16 @@ def check_layouts_agree(config: TrainConfig, bf16: bool = False) -> float:
     batch = next(iter(engine.task.batches(0)))
     grads = []
     for b, low in ((nchw(batch), False), (batch, bf16)):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=low):
+        with torch.autocast(engine.device.type, dtype=torch.bfloat16, enabled=low):
             losses, _ = engine.task.losses(b)
         engine.net.params.backward(losses.sum())
         grads.append({n: g.clone() for n, g in engine.net.params.grads.items()})
     return max(float((grads[0][n] - g).norm() / g.norm()) for n, g in grads[1].items())
+
+
+def fused(config: TrainConfig, k: int) -> list[TrainConfig]:
+    """K runs of a sweep's grid that one engine trains side by side (η, λ and seed differ)."""
+    return [config.with_(lr=config.lr * 2**i, weight_decay=1e-4 * 3**i, seed=i) for i in range(k)]
 
 
 def main() -> None:
@@ -128,7 +157,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="steps per variant per round")
     ap.add_argument("--data-dir", type=Path, default=data_dir())
     ap.add_argument("--bf16", action="store_true", help="time bf16 even where it is emulated")
+    ap.add_argument("--k", type=int, nargs="+", default=[1], help="models per l2bn step")
+    add_device(ap)
     args = ap.parse_args()
+    device = device_of(args.device)
     if not has_cifar(args.data_dir):
         print(f"skipped: no CIFAR-10 under {args.data_dir} (pass --data-dir or set L2BN_DATA)")
         return
@@ -139,34 +171,50 @@ def main() -> None:
         batch_size=args.batch_size,
         optimizer="nesterov",
         lr=0.05,
-        device="cpu",
+        device=device.type,
         precision="fp32",
     )
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"capability {torch.backends.cpu.get_cpu_capability()}"
+        f"capability {torch.backends.cpu.get_cpu_capability()}{device_line(device)}"
     )
     print(f"NCHW vs channels_last gradients: max relative diff {check_layouts_agree(config):.2e}")
-    bf16 = fast_bf16(torch.device("cpu"))
+    bf16 = fast_bf16(device)
     variants: dict[str, Callable[[], Any]] = {
-        "naive (DataLoader, NCHW)": naive_step(config, args.loader_workers),
-        "l2bn-nchw": engine_step(Engine([config]), layout=nchw),
-        "l2bn (channels_last)": engine_step(Engine([config])),
+        "naive (DataLoader, NCHW)": naive_step(config, args.loader_workers, device),
     }
-    if bf16 or args.bf16:  # what --precision auto picks on this CPU, or asked for
+    models = {"naive (DataLoader, NCHW)": 1}
+    if 1 in args.k:
+        variants["l2bn-nchw"] = engine_step(Engine([config]), layout=nchw)
+        variants["l2bn (channels_last)"] = engine_step(Engine([config]))
+    if bf16 or args.bf16:  # what --precision auto picks on this device, or asked for
         diff = check_layouts_agree(config, bf16=True)
         print(f"fp32 NCHW vs bf16 channels_last gradients: max relative diff {diff:.2e}")
-        variants["l2bn bf16 (channels_last)"] = engine_step(
-            Engine([config.with_(precision="bf16")])
-        )
-    print(f"CPU bf16 dot products (AVX512-BF16/AMX): {'yes' if bf16 else 'no'}")
-    times = interleaved(variants, args.seconds, args.steps, lambda: None)
+        if 1 in args.k:
+            variants["l2bn bf16 (channels_last)"] = engine_step(
+                Engine([config.with_(precision="bf16")])
+            )
+    for k in sorted(set(args.k) - {1}):
+        for precision in ["fp32"] + (["bf16"] if bf16 or args.bf16 else []):
+            name = f"l2bn K={k} {precision}"
+            variants[name] = engine_step(Engine(fused(config.with_(precision=precision), k)))
+            models[name] = k
+    if device.type == "cuda":
+        print(f"CUDA bf16: {'yes' if bf16 else 'no'}")
+    else:
+        print(f"CPU bf16 dot products (AVX512-BF16/AMX): {'yes' if bf16 else 'no'}")
+    times = interleaved(variants, args.seconds, args.steps, device)
     base = median(times["naive (DataLoader, NCHW)"])
-    print(f"width {args.width}, batch {args.batch_size}, {len(times['l2bn-nchw'])} rounds")
+    rounds = len(times["naive (DataLoader, NCHW)"])
+    print(f"width {args.width}, batch {args.batch_size}, {rounds} rounds")
     for name, ts in times.items():
-        med = median(ts)
-        print(f"  {name:26s} median {med:7.1f} ms/step  min {min(ts):7.1f}  x{base / med:.2f}")
+        med, k = median(ts), models.get(name, 1)
+        per_model = f"  ({med / k:.2f} ms per model-step)" if k > 1 else ""
+        print(
+            f"  {name:26s} median {med:7.1f} ms/step  min {min(ts):7.1f}  "
+            f"x{base / (med / k):.2f}{per_model}"
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,17 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_CIFAR = REPO.parent / "shared" / "data"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip themselves where torch sees no CUDA device (scripts/gpu_check.sh
+    runs exactly those on a GPU node: ``-m gpu``)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: no GPU visible to torch")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _few_threads() -> None:
     # Tests run on 2-core CI machines; more threads than cores only thrash.

@@ -187,3 +187,41 @@ def test_optima_shift_refines_the_grid_minimum_and_flags_the_edges() -> None:
     refined, edge = m.grid_minimum(log_lr, np.stack([inside, rising]))  # type: ignore[attr-defined]
     assert refined[0] == pytest.approx(log_lr[3] + 0.3) and edge[0] == 0.0
     assert refined[1] == log_lr[0] and edge[1] == 1.0
+
+
+def _gpu_check(tmp_path: Path, python: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    out = tmp_path / "check.md"
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), str(out)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "PYTHON": python},
+    )  # fmt: skip
+
+
+def test_gpu_check_without_a_gpu_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    before = sorted((REPO / "docs" / "reproduction").rglob("*"))
+    done = _gpu_check(tmp_path, sys.executable)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu_check.sh: no GPU is visible to torch (")
+    assert f"torch {torch.__version__}" in lines[0]
+    # Nothing written: neither the file asked for nor the default one.
+    assert list(tmp_path.iterdir()) == []
+    assert sorted((REPO / "docs" / "reproduction").rglob("*")) == before
+    # An interpreter that does not start is the same one line, naming it.
+    broken = _gpu_check(tmp_path, "false")
+    assert broken.returncode == 2 and broken.stdout == ""
+    assert broken.stderr.splitlines() == ["gpu_check.sh: no GPU is visible: false failed to start"]
+    usage = subprocess.run(
+        ["bash", str(REPO / "scripts" / "gpu_check.sh"), "a.md", "b.md"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert usage.returncode == 2 and usage.stderr.startswith("usage:")

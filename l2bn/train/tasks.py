@@ -92,9 +92,13 @@ class ImageTask:
         """(images B × K·3 × H × W, labels K × B) per step, each model's own permutation and
         augmentation drawn once per epoch (l2bn.train.data.epoch_images)."""
         bs, n = self.per_batch, self.steps_per_epoch * self.per_batch
-        epochs = [D.epoch_images(self.data.train, g, n, self.augment) for g in self.generators]
-        x = torch.stack([e[0] for e in epochs])  # K × n × 3 × H × W, uint8
-        y = torch.stack([e[1] for e in epochs])
+        # Filled model by model: one model's epoch at a time exists beside the K × n tensors,
+        # where stacking a list of K epochs would hold both through the whole epoch.
+        train = self.data.train
+        x = train.x.new_empty((self.k, n, *train.x.shape[1:]))  # K × n × 3 × H × W, uint8
+        y = train.y.new_empty((self.k, n))
+        for m, g in enumerate(self.generators):
+            x[m], y[m] = D.epoch_images(train, g, n, self.augment)
         for i in range(self.steps_per_epoch):
             yield self._prepare(x[:, i * bs : (i + 1) * bs]), y[:, i * bs : (i + 1) * bs]
 
