@@ -25,9 +25,9 @@ import torch
 
 from l2bn.errors import ConfigError
 from l2bn.train import data as D
-from l2bn.train.config import DeviceName
+from l2bn.train.config import DeviceName, Precision
 from l2bn.train.device import resolve_device
-from l2bn.train.engine import Engine, _cudnn_autotune
+from l2bn.train.engine import Engine, training_flags
 
 T = TypeVar("T")
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -71,11 +71,13 @@ def device_line(device: torch.device) -> str:
 
 
 @contextlib.contextmanager
-def as_training(device: torch.device) -> Iterator[None]:
+def as_training(device: torch.device, precision: Precision = Precision.fp32) -> Iterator[None]:
     """The backend settings l2bn.train.engine.train_many runs its loop under, around timed
-    steps: on CUDA cuDNN's autotuner (unless deterministic algorithms were asked for), which a
-    benchmark without it would time on cuDNN's heuristic choices instead."""
-    with _cudnn_autotune(device):
+    steps (:func:`l2bn.train.engine.training_flags`): on CUDA cuDNN's autotuner (unless
+    deterministic algorithms were asked for), which a benchmark without it would time on
+    cuDNN's heuristic choices instead, and TF32 only for precision tf32, so that "fp32" is
+    timed as IEEE fp32, as it trains."""
+    with training_flags(device, precision):
         yield
 
 
