@@ -12,13 +12,8 @@ import pytest
 from conftest import REPO
 
 from l2bn.analysis.pipeline import AnalyzeConfig, analyze, run_analysis
-from l2bn.analysis.presenting.plots import (
-    FIGURES,
-    plot_eta_star,
-    plot_k_by_epoch_all,
-    plot_k_summary,
-    write_plots,
-)
+from l2bn.analysis.presenting.k_figures import plot_k_by_epoch_all, plot_k_summary
+from l2bn.analysis.presenting.plots import FIGURES, plot_eta_star, write_plots
 
 from .planting import NORM_LRS, NORM_WDS, fast_sqlite, log_grid, norms_law, plant_study, surface
 

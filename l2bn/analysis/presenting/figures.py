@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 
@@ -29,4 +30,17 @@ def margins(
     )  # fmt: skip
 
 
-__all__ = ["margins"]
+def figure(
+    ncols: int = 1, width: float = 5.5, height: float = 4.5, **margin: float
+) -> tuple[Figure, list[Axes]]:
+    """A figure of ``ncols`` axes side by side, each ``width`` × ``height`` inches, with
+    :func:`margins` (``margin``: its keyword arguments)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height))
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    margins(fig, **margin)
+    return fig, list(axes)
+
+
+__all__ = ["figure", "margins"]

@@ -50,10 +50,10 @@ from l2bn.analysis.presenting.equilibrium_figure import (
     plot_equilibrium,
     stationarity_curves,
 )
+from l2bn.analysis.presenting.figures import figure as _figure
 from l2bn.analysis.presenting.figures import margins
 from l2bn.analysis.results import AnalysisReport, GroupReport
 from l2bn.files import atomic_open
-from l2bn.registration import K_IN_RANGE
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -92,6 +92,8 @@ def write_plots(report: AnalysisReport, out_dir: Path) -> list[Path]:
             written.append(_save(plot_equilibrium(g), out_dir / f"{g.slug}_equilibrium.png"))
     # Across groups (optimizers, settings): the answer in one picture each.
     if len(report.groups) >= 2:
+        from l2bn.analysis.presenting.k_figures import plot_k_by_epoch_all, plot_k_summary
+
         written.append(_save(plot_k_summary(report), out_dir / "k_summary.png"))
         if sum(bool(g.k_by_epoch) for g in report.groups) >= 2:
             written.append(_save(plot_k_by_epoch_all(report), out_dir / "k_by_epoch.png"))
@@ -102,17 +104,6 @@ def _save(fig: Figure, path: Path) -> Path:
     with atomic_open(path, "wb") as f:  # a reader never sees half a PNG
         fig.savefig(f, dpi=DPI, format="png")
     return path
-
-
-def _figure(
-    ncols: int = 1, width: float = 5.5, height: float = 4.5, **margin: float
-) -> tuple[Figure, list[Axes]]:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height))
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    margins(fig, **margin)
-    return fig, list(axes)
 
 
 # Legends go below the axes, in the figure's bottom margin: never on the data.
@@ -371,80 +362,6 @@ def plot_k_by_epoch(group: GroupReport) -> Figure:
     ax.set_title(f"{group.label}: k over training", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return fig
-
-
-def _targets(report: AnalysisReport) -> dict[str, tuple[float, float]]:
-    """The registered k ranges, by optimizer (empty without a registration)."""
-    if report.rule is None:
-        return {}
-    return {
-        c.optimizers[0]: (c.low, c.high)
-        for c in report.rule.registration.conditions
-        if c.kind == K_IN_RANGE
-    }
-
-
-def plot_k_summary(report: AnalysisReport) -> Figure:
-    """Every group's primary k with its CI, one row each, against its theory (a diamond) and
-    its registered range (a band), so the answer over all parts reads at a glance."""
-    groups = report.groups
-    fig, axes = _figure(width=7.0, height=1.9 + 0.45 * len(groups), left_in=2.4)
-    ax = axes[0]
-    targets = _targets(report)
-    legend: dict[str, Any] = {}  # one legend entry per kind of mark
-    for i, g in enumerate(groups):
-        y = len(groups) - 1 - i
-        k = g.scaling.k
-        if g.optimizer in targets:
-            lo, hi = targets[g.optimizer]
-            legend["registered range"] = ax.fill_betweenx(
-                [y - 0.3, y + 0.3], lo, hi, color="C2", alpha=0.18, lw=0
-            )
-        if g.scaling.theory is not None:
-            (legend["theory"],) = ax.plot(g.scaling.theory, y, "D", color="0.35", ms=6,
-                                          mfc="none")  # fmt: skip
-        if math.isfinite(k.value):
-            ci = math.isfinite(k.ci_low) and math.isfinite(k.ci_high)
-            xerr = [[k.value - k.ci_low], [k.ci_high - k.value]] if ci else None
-            legend["k [95 % CI]"] = ax.errorbar(k.value, y, xerr=xerr, fmt="o", color="C0",
-                                                capsize=3)  # fmt: skip
-            ax.annotate(f"{k.value:.2f}", (k.value, y), xytext=(0, 7),
-                        textcoords="offset points", ha="center", fontsize=8)  # fmt: skip
-    ax.set_yticks(range(len(groups)), [g.label for g in reversed(groups)], fontsize=8)
-    ax.set_ylim(-0.7, len(groups) - 0.3)
-    ax.set_xlabel("k (η* ∝ λ^-k), the primary: whole-surface collapse")
-    ax.set_title("k per group, against its theory", fontsize=9)
-    ax.grid(True, axis="x", alpha=0.3)
-    # Below the axes, in the figure's bottom margin: never on the data.
-    fig.legend(list(legend.values()), list(legend), fontsize=8, loc="lower center",
-               ncol=len(legend), frameon=False)  # fmt: skip
-    return fig
-
-
-def plot_k_by_epoch_all(report: AnalysisReport) -> Figure:
-    """Every group's primary k after each epoch, one panel each on one k axis, with its
-    theory: whether each optimizer's k reaches its theory, and how early."""
-    groups = [g for g in report.groups if g.k_by_epoch]
-    fig, axes = _figure(ncols=len(groups), width=3.6, height=3.6)
-    finite = [v for g in groups for r in g.k_by_epoch
-              for v in (r.k.value, r.k.ci_low, r.k.ci_high) if math.isfinite(v)]  # fmt: skip
-    lo, hi = np.percentile(finite, [5, 95]) if finite else (0.0, 1.5)
-    pad = 0.1 * (hi - lo) + 0.05
-    for ax, g in zip(axes, groups, strict=True):
-        rows = g.k_by_epoch
-        epochs = [r.epoch for r in rows]
-        ax.plot(epochs, [r.k.value for r in rows], "o-", ms=3, color="C0")
-        ax.fill_between(epochs, [r.k.ci_low for r in rows], [r.k.ci_high for r in rows],
-                        color="C0", alpha=0.2)  # fmt: skip
-        if g.scaling.theory is not None:
-            ax.axhline(g.scaling.theory, color="0.4", ls="--")
-        ax.set_ylim(lo - pad, hi + pad)
-        ax.set_title(g.label, fontsize=8)
-        ax.set_xlabel("epoch")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("k (band: 95 % CI; dashed: theory)")
-    fig.suptitle("k over training, from each epoch's validation metric", fontsize=9)
     return fig
 
 
