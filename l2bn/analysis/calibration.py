@@ -115,7 +115,7 @@ class Scenario:
     targets: dict[str, float] = field(default_factory=dict)
 
 
-def template(s: Scenario) -> Callable[[FloatArray], FloatArray]:
+def planted_shape(s: Scenario) -> Callable[[FloatArray], FloatArray]:
     """The planted valley's shape, as a function of z = ln η + k·(ln λ − mean) − x*."""
     return gaussian_dip() if s.valley is None else s.valley.shape
 
@@ -134,7 +134,7 @@ def plant(s: Scenario, k: float, rng: np.random.Generator) -> Panel:
     units = (s.n_lambda, s.seeds) if s.independent else (1, s.seeds)
     z = np.asarray(xg[None, :, None] - x_star, dtype=np.float64)  # (1, M, 1)
     if s.valley is None:
-        err = np.broadcast_to(template(s)(z), (s.n_lambda, s.n_lr, s.seeds)).copy()
+        err = np.broadcast_to(planted_shape(s)(z), (s.n_lambda, s.n_lr, s.seeds)).copy()
         noise = s.clean_noise
     else:
         a, b = rng.standard_normal(units), rng.standard_normal(units)
@@ -193,7 +193,7 @@ def simulate(
             r = collapse_fit(panel, sigma)
             assert r is not None
             iv = r.interval
-            oracle = oracle_k(panel, template(s))
+            oracle = oracle_k(panel, planted_shape(s))
             pair.append(Outcome(k, iv.value, iv.ci_low, iv.ci_high, r.status, r.left_out, oracle))
         out.append(tuple(pair))
     return out

@@ -20,8 +20,8 @@ from l2bn.analysis.calibration import (
     measure_valley,
     oracle_k,
     plant,
+    planted_shape,
     run,
-    template,
 )
 from l2bn.analysis.estimating.floor import JOINT, estimate_k
 
@@ -102,7 +102,7 @@ def test_the_oracle_recovers_k_from_a_noiseless_valley_it_knows() -> None:
     quiet = Valley(SHAPES["nesterov"], noise=0.0, shift_sd=0.0, level_sd=0.0)
     for k in (1.0, 0.5):
         p = plant(Scenario("noiseless", quiet), k, np.random.default_rng(2))
-        assert oracle_k(p, template(NESTEROV)) == pytest.approx(k, abs=1e-6)
+        assert oracle_k(p, planted_shape(NESTEROV)) == pytest.approx(k, abs=1e-6)
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ def plot_k_summary(report: AnalysisReport) -> Figure:
     fig, axes = _figure(width=7.0, height=1.9 + 0.45 * len(groups), left_in=2.4)
     ax = axes[0]
     targets = _targets(report)
+    ci_name = f"{report.settings.confidence:.0%} CI"
     legend: dict[str, Any] = {}  # one legend entry per kind of mark
     for i, g in enumerate(groups):
         y = len(groups) - 1 - i
@@ -50,7 +51,7 @@ def plot_k_summary(report: AnalysisReport) -> Figure:
         if math.isfinite(k.value):
             ci = math.isfinite(k.ci_low) and math.isfinite(k.ci_high)
             xerr = [[k.value - k.ci_low], [k.ci_high - k.value]] if ci else None
-            legend["k [95 % CI]"] = ax.errorbar(k.value, y, xerr=xerr, fmt="o", color="C0",
+            legend[f"k [{ci_name}]"] = ax.errorbar(k.value, y, xerr=xerr, fmt="o", color="C0",
                                                 capsize=3)  # fmt: skip
             ax.annotate(f"{k.value:.2f}", (k.value, y), xytext=(0, 7),
                         textcoords="offset points", ha="center", fontsize=8)  # fmt: skip
@@ -86,7 +87,7 @@ def plot_k_by_epoch_all(report: AnalysisReport) -> Figure:
         ax.set_title(g.label, fontsize=8)
         ax.set_xlabel("epoch")
         ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("k (band: 95 % CI; dashed: theory)")
+    axes[0].set_ylabel(f"k (band: {report.settings.confidence:.0%} CI; dashed: theory)")
     fig.suptitle("k over training, from each epoch's validation metric", fontsize=9)
     return fig
 
