@@ -38,6 +38,7 @@ from l2bn.analysis.fitted import (
     Equilibrium,
     Estimate,
     RuleOutcome,
+    unpulled_words,
 )
 from l2bn.analysis.results import AnalysisReport, GroupReport
 from l2bn.analysis.settings import AnalyzeConfig
@@ -418,7 +419,9 @@ def equilibrium_cell(e: Equilibrium) -> Text:
     still to go, growth ÷ shrink), seeds in equilibrium, and the θ test's worst ratio."""
     text = Text(e.verdict, style=_EQUILIBRIUM_STYLE.get(e.verdict, ""))
     moving = e.moving_layer
-    if moving is not None:
+    if moving is not None and math.isinf(e.memory[moving]):
+        text.append(f" {moving}: {unpulled_words(e.memory[moving])}")
+    elif moving is not None:
         text.append(
             f" {moving}: ‖w‖² {_memory(e.memory[moving])}, "
             f"g÷s {_ratio(e.balance.get(moving, math.nan))}"

@@ -46,6 +46,15 @@ STABLE_TEST = "stationarity"  # the verdict: the norms hold still against the de
 # --- fitted numbers -----------------------------------------------------------------------
 
 
+def unpulled_words(memory: float) -> str:
+    """A layer whose measured pull toward equilibrium was ≤ 0 over the window (stationarity's
+    memory ±∞): with Adam/RMSProp's coupled L2 the pull is measured, as the net radial change,
+    and the gradient's own radial part can outweigh the decay. No distance to an equilibrium
+    can be read from it, so none is printed (not "∞")."""
+    moved = "grew" if memory < 0 else "shrank"
+    return f"no pull toward equilibrium measured, ‖w‖ {moved} over the window"
+
+
 @dataclass(frozen=True)
 class Estimate:
     """A fitted number with its uncertainty (like scipy's linregress result)."""
@@ -150,8 +159,9 @@ class Equilibrium:
             return "unmeasured"
         m = self.memory[layer]
         b = self.balance.get(layer, math.nan)
-        shown = "∞" if math.isinf(m) else f"{math.expm1(m):+.0%}"
-        return f"{layer}: ‖w‖² {shown} from equilibrium, growth ÷ shrink {b:.3g}"
+        if math.isinf(m):  # no measured pull (see unpulled_words)
+            return f"{layer}: {unpulled_words(m)}"
+        return f"{layer}: ‖w‖² {math.expm1(m):+.0%} from equilibrium, growth ÷ shrink {b:.3g}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -519,4 +529,5 @@ __all__ = [
     "RowCheck",
     "RuleOutcome",
     "ScalingFit",
+    "unpulled_words",
 ]

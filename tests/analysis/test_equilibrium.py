@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from l2bn import render
 from l2bn.analysis.estimating.equilibrium import (
     cell_equilibrium,
     equilibrium_test,
@@ -25,6 +26,7 @@ from l2bn.analysis.estimating.equilibrium import (
     tail_window,
     trial_verdict,
 )
+from l2bn.analysis.estimating.stationarity import stationarity
 from l2bn.analysis.fitted import (
     ANGLE_TEST,
     BALANCE_TEST,
@@ -32,6 +34,7 @@ from l2bn.analysis.fitted import (
     NO_TEST,
     OUT_OF_EQUILIBRIUM,
     UNKNOWN,
+    Equilibrium,
 )
 from l2bn.analysis.pipeline import AnalyzeConfig, analyze, run_analysis
 from l2bn.analysis.presenting.export import write_csv
@@ -745,3 +748,23 @@ def test_a_growing_norm_without_shrink_is_out_not_unknown() -> None:
     for e in h:
         e["layers"]["conv1"].update(radial=None)  # nothing recorded at all: unknown
     assert trial_verdict(record(h), BALANCE_TEST, invariant)[0] == UNKNOWN
+
+
+def test_a_layer_with_no_measured_pull_is_told_in_words_not_as_infinity() -> None:
+    # Adam's conv1 in headline v2: the measured shrink (−2 × mean radial change) is ≤ 0 and
+    # the norm grew, so no distance to an equilibrium exists to print; "∞"/"inf" misled.
+    h = history([1e-3] * 10, 1e-3, lambda e: 1.0, balance=True)
+    for e in h:
+        e["layers"]["conv1"].update(balance=None, radial=0.002, norm=2.0 * 1.01 ** e["epoch"])
+    st = stationarity(record(h), "conv1", "adam")
+    assert st.balance == math.inf and st.memory == -math.inf
+    e = Equilibrium(OUT_OF_EQUILIBRIUM, BALANCE_TEST, memory={"conv1": st.memory},
+                    balance={"conv1": st.balance})  # fmt: skip
+    words = e.describe()
+    assert words == "conv1: no pull toward equilibrium measured, ‖w‖ grew over the window"
+    shown = render.equilibrium_cell(e).plain
+    assert "no pull toward equilibrium measured" in shown and "∞" not in shown
+    # A pulled layer still reads as its distance to equilibrium and its balance.
+    pulled = Equilibrium(OUT_OF_EQUILIBRIUM, BALANCE_TEST, memory={"conv1": math.log(2.61)},
+                         balance={"conv1": 0.0207})  # fmt: skip
+    assert pulled.describe() == "conv1: ‖w‖² +161% from equilibrium, growth ÷ shrink 0.0207"

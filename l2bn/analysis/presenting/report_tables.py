@@ -206,7 +206,7 @@ def _optima(optima: Any) -> str:
         "<h3>η* per λ, and its cell's equilibrium</h3><div class='scroll'><table>"
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
         "<p class='note'>Equilibrium: the verdict (stationary norms), then the layer farthest "
-        "from it: ‖w‖² still to go to its equilibrium (∞: nothing pulls it back, it only grew) "
+        "from it: ‖w‖² still to go to its equilibrium (or: no pull toward it was measured) "
         "and growth ÷ shrink; then, beside it, the θ test's worst ratio.</p>"
     )
 
@@ -246,10 +246,13 @@ def _record_cell(key: str, value: Any) -> str:
         moving = value.get("moving_layer")
         memory = _sub(value, "memory").get(moving) if moving else None
         balance = _sub(value, "balance").get(moving) if moving else None
-        if moving is not None:
-            left = f"{expm1(memory):+.0%}" if isinstance(memory, int | float) else "∞"
-            shown = f"{balance:.3g}" if isinstance(balance, int | float) else "∞"
-            detail += f" {_e(moving)}: ‖w‖² {left}, growth ÷ shrink {shown}"
+        if moving is not None and not isinstance(memory, int | float):
+            # JSON has no ∞: an unpulled layer's memory is null and its sign is lost; the
+            # balance (also null) says no more. The words, without the direction.
+            detail += f" {_e(moving)}: no pull toward equilibrium measured"
+        elif moving is not None:
+            shown = f"{balance:.3g}" if isinstance(balance, int | float) else "–"
+            detail += f" {_e(moving)}: ‖w‖² {expm1(memory):+.0%}, growth ÷ shrink {shown}"
         seeds = value.get("n_seeds")
         if isinstance(seeds, int) and seeds > 1:
             detail += f" · {_e(value.get('n_in'))}/{_e(seeds)} seeds in"
