@@ -8,19 +8,23 @@ plain run), in rounds until nothing is queued or running:
    wait: one of them may yet go stale and need a retry.
 2. Claim up to K queued points: each claim is Optuna's atomic WAITING → RUNNING compare-and-set
    (see :mod:`l2bn.sweep.storage`), and one heartbeat thread beats for every claimed trial.
-3. Train them with :func:`l2bn.train.engine.train_many`, one ``trial.report`` per epoch each.
+3. Train them with :func:`l2bn.train.engine.train_many`, one ``trial.report`` per epoch each,
+   written by a thread of the round (:class:`_Reports`) so that training never waits for the
+   database; every report is written, in order, before the round's trials are told or failed.
 4. Finish each: the user attrs of :func:`l2bn.sweep.study.result_attrs`, then COMPLETE with
    the sweep's objective (final validation error, or loss). A non-finite one is a FAIL and an
    error, never skipped.
 
 Faults, handled alike at every K. Every storage write that meets a dropped database
-connection waits for the server and is repeated (each is idempotent). SIGINT or SIGTERM
-fails every unfinished claimed trial and queues its point again. A training exception does
-the same, then stops the worker with that exception, which the runner reports. A connection
-lost anywhere else (the claim) is waited for, then the round is settled: results already
-computed are told, the other claimed trials are failed and their points queued again. Any
-other database error (a full disk, a read-only file) fails the round's trials, as far as the
-database still lets us, and stops the worker with one line.
+connection waits for the server and is repeated (each is idempotent); a report that fails
+anyway is raised on the training thread at its next batch or epoch (or when the round's
+training ends) and handled as if written there, and the reports queued after it are dropped.
+SIGINT or SIGTERM fails every unfinished claimed trial and queues its point again. A training
+exception does the same, then stops the worker with that exception, which the runner reports.
+A connection lost anywhere else (the claim) is waited for, then the round is settled: results
+already computed are told, the other claimed trials are failed and their points queued again.
+Any other database error (a full disk, a read-only file) fails the round's trials, as far as
+the database still lets us, and stops the worker with one line.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import TypeVar
@@ -165,6 +170,45 @@ class Heartbeats:
         self._thread.join()
 
 
+class _Reports:
+    """The round's per-epoch reports, written in order by one thread of their own: with K
+    models a round would otherwise leave the accelerator idle for K database writes an epoch.
+
+    A write that raises (after :meth:`_Round.write`'s own waits and repeats) is kept and raised
+    on the training thread by :meth:`check`, once; the writes queued after it are dropped, as
+    the training thread would never have made them. :meth:`close` waits for every queued write,
+    so that nothing is told, failed or requeued while a report of it may still arrive. Nothing
+    reads a report back during training (sweeps use no pruner): were one added, its
+    ``should_prune`` would have to wait for the writes queued before it.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2bn-reports")
+        self._error: BaseException | None = None
+        self._raised = False
+
+    def submit(self, write: Callable[[], object]) -> None:
+        self._pool.submit(self._run, write)
+
+    def _run(self, write: Callable[[], object]) -> None:
+        if self._error is None:
+            try:
+                write()
+            except BaseException as e:  # everything reaches the training thread
+                self._error = e
+
+    def check(self) -> None:
+        """Raise the first failed write, once."""
+        if self._error is not None and not self._raised:
+            self._raised = True
+            raise self._error
+
+    def close(self) -> None:
+        """Wait for every queued write, then :meth:`check`."""
+        self._pool.shutdown(wait=True)
+        self.check()
+
+
 @dataclass
 class _Claim:
     trial: optuna.Trial
@@ -251,20 +295,36 @@ class _Round:
         assert None not in configs  # a claim without params is finished (skipped) or settled
         stop.check()
 
+        reports = _Reports()
+
         def on_epoch(m: int, record: EpochRecord) -> None:
+            reports.check()
             claim = claims[m]
             if not claim.finished:
                 value = objective_value(self.objective, record)
-                report = functools.partial(claim.trial.report, value, record.epoch)
-                self._unless_finished_elsewhere(claim, lambda: self.write(report))
-                if all(c.finished for c in claims):
-                    raise _RoundLost
+                reports.submit(functools.partial(self._report, claim, value, record.epoch))
+            # As of the reports written so far: the last ones are seen an epoch later (or by
+            # the results loop below, which skips finished claims).
+            if all(c.finished for c in claims):
+                raise _RoundLost
             stop.check()
 
         def on_batch(epoch: int, batch: int, batches: int) -> None:
+            reports.check()
             stop.check()
 
-        results = train_many([c for c in configs if c is not None], on_epoch, on_batch, exact=exact)
+        stopped: BaseException | None = None
+        try:
+            results = train_many(
+                [c for c in configs if c is not None], on_epoch, on_batch, exact=exact
+            )
+        except BaseException as e:
+            stopped = e
+        # Outside the handler, so that a failed report keeps its own exception chain (what
+        # _storage_failed reads); it wins over `stopped`, as it would have been raised first.
+        reports.close()
+        if stopped is not None:
+            raise stopped
         bad = []
         for claim, result in zip(claims, results, strict=True):
             if claim.finished:
@@ -280,6 +340,12 @@ class _Round:
             self._unless_finished_elsewhere(claim, functools.partial(self._record, claim, result))
         if bad:
             raise RuntimeError("; ".join(bad))
+
+    def _report(self, claim: _Claim, value: float, epoch: int) -> None:
+        """One epoch's intermediate value (on the reports thread)."""
+        if not claim.finished:  # an earlier report found it failed as stale meanwhile
+            report = functools.partial(claim.trial.report, value, epoch)
+            self._unless_finished_elsewhere(claim, lambda: self.write(report))
 
     def _record(self, claim: _Claim, result: TrainResult) -> None:
         for key, value in result_attrs(result).items():

@@ -11,6 +11,8 @@ import dataclasses
 import math
 import os
 import signal
+import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from optuna.trial import TrialState
 
 import l2bn.sweep.worker as worker
 import l2bn.train.engine as engine
+from l2bn.errors import StorageError
 from l2bn.sweep.spec import OptimizerSweep, Point, parse_sweep
 from l2bn.sweep.storage import open_storage
 from l2bn.sweep.study import ERROR_ATTR, RequeueCallback, point_of, prepare_study
@@ -213,6 +216,88 @@ def test_a_non_finite_result_is_a_fail_and_an_error(
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == k - 1 and all(math.isfinite(t.value) for t in done)  # type: ignore[arg-type]
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_reports_are_written_in_order_off_the_training_thread_and_before_the_tell(
+    setup: Any, storage_faults: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, study = setup(4, grid(epochs=3))
+    real = engine.train_many
+    trained = threading.Event()
+
+    def timed(*args: Any, **kw: Any) -> Any:
+        results = real(*args, **kw)
+        trained.set()
+        return results
+
+    monkeypatch.setattr(engine, "train_many", timed)
+    log: list[tuple[str, int, Any]] = []  # (what, trial id, step or state), as written
+
+    def watch(s: Any) -> None:
+        report, set_state = s.set_trial_intermediate_value, s.set_trial_state_values
+
+        def slow_report(trial_id: int, step: int, value: float) -> None:
+            assert threading.current_thread() is not threading.main_thread(), (
+                "on the training thread"
+            )
+            # Held until the round's training ends (600 s: a hang guard): training never
+            # waits for a report.
+            assert trained.wait(timeout=600), "training waited for a report"
+            log.append(("report", trial_id, step))
+            report(trial_id, step, value)
+
+        def logged(trial_id: int, state: TrialState, values: Any = None) -> bool:
+            log.append(("state", trial_id, state))
+            return bool(set_state(trial_id, state, values))
+
+        s.set_trial_intermediate_value, s.set_trial_state_values = slow_report, logged
+
+    storage_faults.append(watch)
+    assert run_worker(spec).trials == 4
+    assert_exactly_once(study, 4)
+    for t in study.trials:
+        mine = [(what, x) for what, trial_id, x in log if trial_id == t._trial_id]
+        # Claimed, its epochs in order, then told.
+        assert mine == [
+            ("state", TrialState.RUNNING),
+            ("report", 1),
+            ("report", 2),
+            ("report", 3),
+            ("state", TrialState.COMPLETE),
+        ]
+
+
+@K
+def test_a_report_the_database_refuses_is_a_storage_error_and_fails_the_round(
+    setup: Any, storage_faults: Any, k: int
+) -> None:
+    # A full disk at the second epoch's first report, written on the reports thread: the
+    # same StorageError as when the training thread wrote it, the round's trials failed (a
+    # resume queues them again) and none of the reports queued after it written.
+    spec, study = setup(k, grid(epochs=3))
+    where: list[bool] = []
+
+    def full_disk(s: Any) -> None:
+        real = s.set_trial_intermediate_value
+
+        def refuse(trial_id: int, step: int, value: float) -> None:
+            if step == 2:
+                where.append(threading.current_thread() is threading.main_thread())
+                raise sqlalchemy.exc.OperationalError(
+                    "INSERT", {}, sqlite3.OperationalError("database or disk is full")
+                )
+            real(trial_id, step, value)
+
+        s.set_trial_intermediate_value = refuse
+
+    storage_faults.append(full_disk)
+    with pytest.raises(StorageError, match=r"^storage sqlite:///.*: database or disk is full$"):
+        run_worker(spec)
+    assert where == [False]  # refused once, off the training thread; nothing written after
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == k and all(sorted(t.intermediate_values) == [1] for t in failed)
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.COMPLETE))
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 4 - k
 
 
 # --- signals --------------------------------------------------------------------------------
