@@ -6,8 +6,9 @@ plain run), in rounds until nothing is queued or running:
 1. Fail the stale trials of dead workers (the storage's stale callback queues their points
    again). Stop when nothing is queued or running; while only other workers' trials run,
    wait: one of them may yet go stale and need a retry.
-2. Claim up to K queued points: each claim is Optuna's atomic WAITING → RUNNING compare-and-set
-   (see :mod:`l2bn.sweep.storage`), and one heartbeat thread beats for every claimed trial.
+2. Claim :func:`round_size` queued points (at most K, spread evenly over the rounds the
+   queue still needs): each claim is Optuna's atomic WAITING → RUNNING compare-and-set (see
+   :mod:`l2bn.sweep.storage`), and one heartbeat thread beats for every claimed trial.
 3. Train them with :func:`l2bn.train.engine.train_many`, one ``trial.report`` per epoch each,
    written by a thread of the round (:class:`_Reports`) so that training never waits for the
    database; every report is written, in order, before the round's trials are told or failed.
@@ -116,6 +117,17 @@ def auto_fuse(sweep: OptimizerSweep) -> int:
     if resolve_device(sweep.base_config().device).type == "cuda":
         return CUDA_FUSE
     return 1
+
+
+def round_size(waiting: int, k: int) -> int:
+    """How many of ``waiting`` queued points to claim at a cap of ``k``: the fewest rounds that
+    take them all, ceil(waiting / k), each the same size give or take one, so that the last
+    round of a fused grid is not a handful of points on an idle GPU (49 at K = 16: 13, 12, 12,
+    12, not 16, 16, 16, 1). Worked out again before every round from what is waiting then: with
+    several workers each sizes its round by what the others left (49 points, K = 16, two
+    workers claiming in turn: 13 and 12, then 12 and 12). At K = 1 every round is 1."""
+    rounds = max(1, math.ceil(waiting / k))
+    return math.ceil(waiting / rounds)
 
 
 class _StopFlag:
@@ -303,8 +315,8 @@ class _Round:
             if not claim.finished:
                 value = objective_value(self.objective, record)
                 reports.submit(functools.partial(self._report, claim, value, record.epoch))
-            # As of the reports written so far: the last ones are seen an epoch later (or by
-            # the results loop below, which skips finished claims).
+            # Claims are dropped by the reports thread, as their writes are refused: a round
+            # lost in its last epoch is seen by the results loop below (finished: skipped).
             if all(c.finished for c in claims):
                 raise _RoundLost
             stop.check()
@@ -456,7 +468,7 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
         while not stop.requested:
             try:
                 optuna.storages.fail_stale_trials(study)
-                states = {t.state for t in study.get_trials(deepcopy=False, states=LIVE)}
+                states = [t.state for t in study.get_trials(deepcopy=False, states=LIVE)]
             except Exception as e:
                 _storage_failed(e, storage, None)
                 continue
@@ -467,7 +479,7 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
                 continue
             work = _Round(study, storage, beats, requeue, spec.sweep.objective)
             try:
-                work.claim(spec.sweep, k, stop)
+                work.claim(spec.sweep, round_size(states.count(TrialState.WAITING), k), stop)
                 if work.claims:
                     work.train(stop, exact=spec.sweep.cpu_fusion == "exact")
                     report.trials += work.tell()

@@ -29,7 +29,7 @@ from l2bn.errors import StorageError
 from l2bn.sweep.spec import OptimizerSweep, Point, parse_sweep
 from l2bn.sweep.storage import open_storage
 from l2bn.sweep.study import ERROR_ATTR, RequeueCallback, point_of, prepare_study
-from l2bn.sweep.worker import CUDA_FUSE, WorkerSpec, auto_fuse, run_worker
+from l2bn.sweep.worker import CUDA_FUSE, WorkerSpec, auto_fuse, round_size, run_worker
 
 from .helpers import ATTRS, assert_exactly_once, assert_failed_ones_were_queued_again
 
@@ -160,6 +160,45 @@ def test_auto_fuse_is_one_on_a_cpu_and_cuda_fuse_on_cuda_whatever_the_options(
         assert auto_fuse(sweep) == CUDA_FUSE == 16
 
 
+@pytest.mark.parametrize(
+    ("waiting", "k", "rounds"),
+    [
+        (49, 16, [13, 12, 12, 12]),  # not 16, 16, 16, 1
+        (32, 16, [16, 16]),
+        (17, 16, [9, 8]),
+        (3, 16, [3]),
+        (5, 1, [1, 1, 1, 1, 1]),  # the CPU's K = 1: unchanged
+    ],
+)
+def test_rounds_take_the_queue_in_even_shares_of_at_most_k(
+    waiting: int, k: int, rounds: list[int]
+) -> None:
+    sizes = []
+    while waiting:
+        sizes.append(round_size(waiting, k))
+        waiting -= sizes[-1]
+    assert sizes == rounds
+
+
+def test_a_fused_grid_of_49_points_trains_in_rounds_of_13_12_12_12(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tracking toy: 49 real runs in seconds.
+    lrs, wds = [0.01 * 2**i for i in range(7)], [1e-4 * 2**i for i in range(7)]
+    spec, study = setup(CUDA_FUSE, grid(dataset="tracking", lr=lrs, weight_decay=wds))
+    real = engine.train_many
+    trained: list[int] = []
+
+    def counted(configs: Any, *args: Any, **kw: Any) -> Any:
+        trained.append(len(configs))
+        return real(configs, *args, **kw)
+
+    monkeypatch.setattr(engine, "train_many", counted)
+    assert run_worker(spec).trials == 49
+    assert trained == [13, 12, 12, 12]
+    assert_exactly_once(study, 49)
+
+
 # --- failures are never swallowed -------------------------------------------------------------
 
 
@@ -221,7 +260,7 @@ def test_a_non_finite_result_is_a_fail_and_an_error(
 def test_reports_are_written_in_order_off_the_training_thread_and_before_the_tell(
     setup: Any, storage_faults: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec, study = setup(4, grid(epochs=3))
+    spec, study = setup(4, grid(dataset="tracking", epochs=3))
     real = engine.train_many
     trained = threading.Event()
 
@@ -274,7 +313,7 @@ def test_a_report_the_database_refuses_is_a_storage_error_and_fails_the_round(
     # A full disk at the second epoch's first report, written on the reports thread: the
     # same StorageError as when the training thread wrote it, the round's trials failed (a
     # resume queues them again) and none of the reports queued after it written.
-    spec, study = setup(k, grid(epochs=3))
+    spec, study = setup(k, grid(dataset="tracking", epochs=3))
     where: list[bool] = []
 
     def full_disk(s: Any) -> None:
