@@ -288,8 +288,9 @@ def sweep_run(
         int | None,
         typer.Option(
             min=1,
-            help="Grid points each worker trains at once as one fused net, each its own trial "
-            "(default: 1 on CPU, where fusing is slower, 16 on CUDA).",
+            help="Most grid points each worker trains at once as one fused net, each its own "
+            "trial; rounds are evened out (default: 1 on CPU, where fusing is slower, 16 on "
+            "CUDA).",
         ),
     ] = None,
 ) -> None:

@@ -6,21 +6,26 @@ plain run), in rounds until nothing is queued or running:
 1. Fail the stale trials of dead workers (the storage's stale callback queues their points
    again). Stop when nothing is queued or running; while only other workers' trials run,
    wait: one of them may yet go stale and need a retry.
-2. Claim up to K queued points: each claim is Optuna's atomic WAITING → RUNNING compare-and-set
-   (see :mod:`l2bn.sweep.storage`), and one heartbeat thread beats for every claimed trial.
-3. Train them with :func:`l2bn.train.engine.train_many`, one ``trial.report`` per epoch each.
+2. Claim :func:`round_size` queued points (at most K, spread evenly over the rounds the
+   queue still needs): each claim is Optuna's atomic WAITING → RUNNING compare-and-set (see
+   :mod:`l2bn.sweep.storage`), and one heartbeat thread beats for every claimed trial.
+3. Train them with :func:`l2bn.train.engine.train_many`, one ``trial.report`` per epoch each,
+   written by a thread of the round (:class:`_Reports`) so that training never waits for the
+   database; every report is written, in order, before the round's trials are told or failed.
 4. Finish each: the user attrs of :func:`l2bn.sweep.study.result_attrs`, then COMPLETE with
    the sweep's objective (final validation error, or loss). A non-finite one is a FAIL and an
    error, never skipped.
 
 Faults, handled alike at every K. Every storage write that meets a dropped database
-connection waits for the server and is repeated (each is idempotent). SIGINT or SIGTERM
-fails every unfinished claimed trial and queues its point again. A training exception does
-the same, then stops the worker with that exception, which the runner reports. A connection
-lost anywhere else (the claim) is waited for, then the round is settled: results already
-computed are told, the other claimed trials are failed and their points queued again. Any
-other database error (a full disk, a read-only file) fails the round's trials, as far as the
-database still lets us, and stops the worker with one line.
+connection waits for the server and is repeated (each is idempotent); a report that fails
+anyway is raised on the training thread at its next batch or epoch (or when the round's
+training ends) and handled as if written there, and the reports queued after it are dropped.
+SIGINT or SIGTERM fails every unfinished claimed trial and queues its point again. A training
+exception does the same, then stops the worker with that exception, which the runner reports.
+A connection lost anywhere else (the claim) is waited for, then the round is settled: results
+already computed are told, the other claimed trials are failed and their points queued again.
+Any other database error (a full disk, a read-only file) fails the round's trials, as far as
+the database still lets us, and stops the worker with one line.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import TypeVar
@@ -113,6 +119,17 @@ def auto_fuse(sweep: OptimizerSweep) -> int:
     return 1
 
 
+def round_size(waiting: int, k: int) -> int:
+    """How many of ``waiting`` queued points to claim at a cap of ``k``: the fewest rounds that
+    take them all, ceil(waiting / k), each the same size give or take one, so that the last
+    round of a fused grid is not a handful of points on an idle GPU (49 at K = 16: 13, 12, 12,
+    12, not 16, 16, 16, 1). Worked out again before every round from what is waiting then: with
+    several workers each sizes its round by what the others left (49 points, K = 16, two
+    workers claiming in turn: 13 and 12, then 12 and 12). At K = 1 every round is 1."""
+    rounds = max(1, math.ceil(waiting / k))
+    return math.ceil(waiting / rounds)
+
+
 class _StopFlag:
     def __init__(self) -> None:
         self.requested = False
@@ -163,6 +180,45 @@ class Heartbeats:
     ) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class _Reports:
+    """The round's per-epoch reports, written in order by one thread of their own: with K
+    models a round would otherwise leave the accelerator idle for K database writes an epoch.
+
+    A write that raises (after :meth:`_Round.write`'s own waits and repeats) is kept and raised
+    on the training thread by :meth:`check`, once; the writes queued after it are dropped, as
+    the training thread would never have made them. :meth:`close` waits for every queued write,
+    so that nothing is told, failed or requeued while a report of it may still arrive. Nothing
+    reads a report back during training (sweeps use no pruner): were one added, its
+    ``should_prune`` would have to wait for the writes queued before it.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="l2bn-reports")
+        self._error: BaseException | None = None
+        self._raised = False
+
+    def submit(self, write: Callable[[], object]) -> None:
+        self._pool.submit(self._run, write)
+
+    def _run(self, write: Callable[[], object]) -> None:
+        if self._error is None:
+            try:
+                write()
+            except BaseException as e:  # everything reaches the training thread
+                self._error = e
+
+    def check(self) -> None:
+        """Raise the first failed write, once."""
+        if self._error is not None and not self._raised:
+            self._raised = True
+            raise self._error
+
+    def close(self) -> None:
+        """Wait for every queued write, then :meth:`check`."""
+        self._pool.shutdown(wait=True)
+        self.check()
 
 
 @dataclass
@@ -251,20 +307,36 @@ class _Round:
         assert None not in configs  # a claim without params is finished (skipped) or settled
         stop.check()
 
+        reports = _Reports()
+
         def on_epoch(m: int, record: EpochRecord) -> None:
+            reports.check()
             claim = claims[m]
             if not claim.finished:
                 value = objective_value(self.objective, record)
-                report = functools.partial(claim.trial.report, value, record.epoch)
-                self._unless_finished_elsewhere(claim, lambda: self.write(report))
-                if all(c.finished for c in claims):
-                    raise _RoundLost
+                reports.submit(functools.partial(self._report, claim, value, record.epoch))
+            # Claims are dropped by the reports thread, as their writes are refused: a round
+            # lost in its last epoch is seen by the results loop below (finished: skipped).
+            if all(c.finished for c in claims):
+                raise _RoundLost
             stop.check()
 
         def on_batch(epoch: int, batch: int, batches: int) -> None:
+            reports.check()
             stop.check()
 
-        results = train_many([c for c in configs if c is not None], on_epoch, on_batch, exact=exact)
+        stopped: BaseException | None = None
+        try:
+            results = train_many(
+                [c for c in configs if c is not None], on_epoch, on_batch, exact=exact
+            )
+        except BaseException as e:
+            stopped = e
+        # Outside the handler, so that a failed report keeps its own exception chain (what
+        # _storage_failed reads); it wins over `stopped`, as it would have been raised first.
+        reports.close()
+        if stopped is not None:
+            raise stopped
         bad = []
         for claim, result in zip(claims, results, strict=True):
             if claim.finished:
@@ -280,6 +352,12 @@ class _Round:
             self._unless_finished_elsewhere(claim, functools.partial(self._record, claim, result))
         if bad:
             raise RuntimeError("; ".join(bad))
+
+    def _report(self, claim: _Claim, value: float, epoch: int) -> None:
+        """One epoch's intermediate value (on the reports thread)."""
+        if not claim.finished:  # an earlier report found it failed as stale meanwhile
+            report = functools.partial(claim.trial.report, value, epoch)
+            self._unless_finished_elsewhere(claim, lambda: self.write(report))
 
     def _record(self, claim: _Claim, result: TrainResult) -> None:
         for key, value in result_attrs(result).items():
@@ -390,7 +468,7 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
         while not stop.requested:
             try:
                 optuna.storages.fail_stale_trials(study)
-                states = {t.state for t in study.get_trials(deepcopy=False, states=LIVE)}
+                states = [t.state for t in study.get_trials(deepcopy=False, states=LIVE)]
             except Exception as e:
                 _storage_failed(e, storage, None)
                 continue
@@ -401,7 +479,7 @@ def _loop(spec: WorkerSpec, stop: _StopFlag) -> WorkerReport:
                 continue
             work = _Round(study, storage, beats, requeue, spec.sweep.objective)
             try:
-                work.claim(spec.sweep, k, stop)
+                work.claim(spec.sweep, round_size(states.count(TrialState.WAITING), k), stop)
                 if work.claims:
                     work.train(stop, exact=spec.sweep.cpu_fusion == "exact")
                     report.trials += work.tell()

@@ -11,6 +11,8 @@ import dataclasses
 import math
 import os
 import signal
+import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,11 @@ from optuna.trial import TrialState
 
 import l2bn.sweep.worker as worker
 import l2bn.train.engine as engine
+from l2bn.errors import StorageError
 from l2bn.sweep.spec import OptimizerSweep, Point, parse_sweep
 from l2bn.sweep.storage import open_storage
 from l2bn.sweep.study import ERROR_ATTR, RequeueCallback, point_of, prepare_study
-from l2bn.sweep.worker import CUDA_FUSE, WorkerSpec, auto_fuse, run_worker
+from l2bn.sweep.worker import CUDA_FUSE, WorkerSpec, auto_fuse, round_size, run_worker
 
 from .helpers import ATTRS, assert_exactly_once, assert_failed_ones_were_queued_again
 
@@ -157,6 +160,45 @@ def test_auto_fuse_is_one_on_a_cpu_and_cuda_fuse_on_cuda_whatever_the_options(
         assert auto_fuse(sweep) == CUDA_FUSE == 16
 
 
+@pytest.mark.parametrize(
+    ("waiting", "k", "rounds"),
+    [
+        (49, 16, [13, 12, 12, 12]),  # not 16, 16, 16, 1
+        (32, 16, [16, 16]),
+        (17, 16, [9, 8]),
+        (3, 16, [3]),
+        (5, 1, [1, 1, 1, 1, 1]),  # the CPU's K = 1: unchanged
+    ],
+)
+def test_rounds_take_the_queue_in_even_shares_of_at_most_k(
+    waiting: int, k: int, rounds: list[int]
+) -> None:
+    sizes = []
+    while waiting:
+        sizes.append(round_size(waiting, k))
+        waiting -= sizes[-1]
+    assert sizes == rounds
+
+
+def test_a_fused_grid_of_49_points_trains_in_rounds_of_13_12_12_12(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tracking toy: 49 real runs in seconds.
+    lrs, wds = [0.01 * 2**i for i in range(7)], [1e-4 * 2**i for i in range(7)]
+    spec, study = setup(CUDA_FUSE, grid(dataset="tracking", lr=lrs, weight_decay=wds))
+    real = engine.train_many
+    trained: list[int] = []
+
+    def counted(configs: Any, *args: Any, **kw: Any) -> Any:
+        trained.append(len(configs))
+        return real(configs, *args, **kw)
+
+    monkeypatch.setattr(engine, "train_many", counted)
+    assert run_worker(spec).trials == 49
+    assert trained == [13, 12, 12, 12]
+    assert_exactly_once(study, 49)
+
+
 # --- failures are never swallowed -------------------------------------------------------------
 
 
@@ -213,6 +255,88 @@ def test_a_non_finite_result_is_a_fail_and_an_error(
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == k - 1 and all(math.isfinite(t.value) for t in done)  # type: ignore[arg-type]
     assert not study.get_trials(states=(TrialState.RUNNING,))
+
+
+def test_reports_are_written_in_order_off_the_training_thread_and_before_the_tell(
+    setup: Any, storage_faults: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec, study = setup(4, grid(dataset="tracking", epochs=3))
+    real = engine.train_many
+    trained = threading.Event()
+
+    def timed(*args: Any, **kw: Any) -> Any:
+        results = real(*args, **kw)
+        trained.set()
+        return results
+
+    monkeypatch.setattr(engine, "train_many", timed)
+    log: list[tuple[str, int, Any]] = []  # (what, trial id, step or state), as written
+
+    def watch(s: Any) -> None:
+        report, set_state = s.set_trial_intermediate_value, s.set_trial_state_values
+
+        def slow_report(trial_id: int, step: int, value: float) -> None:
+            assert threading.current_thread() is not threading.main_thread(), (
+                "on the training thread"
+            )
+            # Held until the round's training ends (600 s: a hang guard): training never
+            # waits for a report.
+            assert trained.wait(timeout=600), "training waited for a report"
+            log.append(("report", trial_id, step))
+            report(trial_id, step, value)
+
+        def logged(trial_id: int, state: TrialState, values: Any = None) -> bool:
+            log.append(("state", trial_id, state))
+            return bool(set_state(trial_id, state, values))
+
+        s.set_trial_intermediate_value, s.set_trial_state_values = slow_report, logged
+
+    storage_faults.append(watch)
+    assert run_worker(spec).trials == 4
+    assert_exactly_once(study, 4)
+    for t in study.trials:
+        mine = [(what, x) for what, trial_id, x in log if trial_id == t._trial_id]
+        # Claimed, its epochs in order, then told.
+        assert mine == [
+            ("state", TrialState.RUNNING),
+            ("report", 1),
+            ("report", 2),
+            ("report", 3),
+            ("state", TrialState.COMPLETE),
+        ]
+
+
+@K
+def test_a_report_the_database_refuses_is_a_storage_error_and_fails_the_round(
+    setup: Any, storage_faults: Any, k: int
+) -> None:
+    # A full disk at the second epoch's first report, written on the reports thread: the
+    # same StorageError as when the training thread wrote it, the round's trials failed (a
+    # resume queues them again) and none of the reports queued after it written.
+    spec, study = setup(k, grid(dataset="tracking", epochs=3))
+    where: list[bool] = []
+
+    def full_disk(s: Any) -> None:
+        real = s.set_trial_intermediate_value
+
+        def refuse(trial_id: int, step: int, value: float) -> None:
+            if step == 2:
+                where.append(threading.current_thread() is threading.main_thread())
+                raise sqlalchemy.exc.OperationalError(
+                    "INSERT", {}, sqlite3.OperationalError("database or disk is full")
+                )
+            real(trial_id, step, value)
+
+        s.set_trial_intermediate_value = refuse
+
+    storage_faults.append(full_disk)
+    with pytest.raises(StorageError, match=r"^storage sqlite:///.*: database or disk is full$"):
+        run_worker(spec)
+    assert where == [False]  # refused once, off the training thread; nothing written after
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == k and all(sorted(t.intermediate_values) == [1] for t in failed)
+    assert not study.get_trials(states=(TrialState.RUNNING, TrialState.COMPLETE))
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 4 - k
 
 
 # --- signals --------------------------------------------------------------------------------
