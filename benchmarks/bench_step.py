@@ -18,6 +18,11 @@ With ``--k 1 16`` also ``l2bn K=16``: 16 runs (different η, λ, seed) fused int
 (l2bn.train.engine at K = 16, what ``l2bn sweep --fuse 16`` trains), in fp32 and, where bf16 is
 fast, bf16; its ratio is per model-step, against the naive loop's one model per step.
 
+On CUDA the l2bn variants above run eagerly (``graph = off``: every kernel launched from
+Python), and beside each one ``… graph`` runs the same step as one CUDA graph (``graph = on``,
+what training uses there by default; l2bn.train.engine). The line ``step graph ÷ eager``
+gives, per K, the eager median over the graph's: the launch overhead the graph saves.
+
 ``--device cuda`` runs every variant on the GPU: the naive loop moves each batch from pinned
 memory, l2bn keeps the data on the GPU. Each timed region is bracketed by
 ``torch.cuda.synchronize()``, and the steps run with cuDNN's autotuner as training runs them
@@ -180,6 +185,9 @@ def main() -> None:
         f"capability {torch.backends.cpu.get_cpu_capability()}{device_line(device)}"
     )
     print(f"NCHW vs channels_last gradients: max relative diff {check_layouts_agree(config):.2e}")
+    # Eager unless named "graph": on CUDA, auto would capture the step (module docstring).
+    config = config.with_(graph="off")
+    graph = device.type == "cuda"  # a CPU has no graphs: graph on is the same step, eagerly
     bf16 = fast_bf16(device)
     variants: dict[str, Callable[[], Any]] = {
         "naive (DataLoader, NCHW)": naive_step(config, args.loader_workers, device),
@@ -188,6 +196,8 @@ def main() -> None:
     if 1 in args.k:
         variants["l2bn-nchw"] = engine_step(Engine([config]), layout=nchw)
         variants["l2bn (channels_last)"] = engine_step(Engine([config]))
+        if graph:
+            variants["l2bn (channels_last) graph"] = engine_step(Engine([config.with_(graph="on")]))
     if bf16 or args.bf16:  # what --precision auto picks on this device, or asked for
         diff = check_layouts_agree(config, bf16=True)
         print(f"fp32 NCHW vs bf16 channels_last gradients: max relative diff {diff:.2e}")
@@ -200,6 +210,10 @@ def main() -> None:
             name = f"l2bn K={k} {precision}"
             variants[name] = engine_step(Engine(fused(config.with_(precision=precision), k)))
             models[name] = k
+            if graph:
+                runs = fused(config.with_(precision=precision, graph="on"), k)
+                variants[f"{name} graph"] = engine_step(Engine(runs))
+                models[f"{name} graph"] = k
     if device.type == "cuda":
         print(f"CUDA bf16: {'yes' if bf16 else 'no'}")
     else:
@@ -215,6 +229,15 @@ def main() -> None:
             f"  {name:26s} median {med:7.1f} ms/step  min {min(ts):7.1f}  "
             f"x{base / (med / k):.2f}{per_model}"
         )
+    pairs = {f"K={k} {p}": f"l2bn K={k} {p}" for k in set(args.k) - {1} for p in ("fp32", "bf16")}
+    pairs["K=1 fp32"] = "l2bn (channels_last)"
+    ratios = [
+        f"{label} ×{median(times[eager]) / median(times[f'{eager} graph']):.2f}"
+        for label, eager in sorted(pairs.items())
+        if f"{eager} graph" in times
+    ]
+    if ratios:
+        print(f"step graph ÷ eager (eager ms ÷ graph ms): {'; '.join(ratios)}")
 
 
 if __name__ == "__main__":

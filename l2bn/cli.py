@@ -22,6 +22,7 @@ from l2bn.files import check_writable, write_json
 from l2bn.train.config import (
     DatasetName,
     DeviceName,
+    Graph,
     Head,
     Norm,
     OptimizerName,
@@ -177,6 +178,15 @@ def train(
             "on CUDA too; tf32: fp32 with TF32 tensor-core matmuls and convolutions (CUDA)."
         ),
     ] = _D.precision,
+    graph: Annotated[
+        Graph,
+        typer.Option(
+            help="auto: on for images on CUDA, else off. on: the step (forward, backward, "
+            "optimizer, meter) captured as one CUDA graph, η's factor and Adam's bias "
+            "corrections on the device (a CPU runs that step eagerly). off: every kernel "
+            "launched from Python, host scalars (the CPU's recorded numeric path)."
+        ),
+    ] = _D.graph,
     seed: Annotated[
         int, typer.Option(help="Seed for initialization, data order, augmentation.")
     ] = _D.seed,
@@ -213,6 +223,7 @@ def train(
         affine=affine,
         device=device,
         precision=precision,
+        graph=graph,
         seed=seed,
     )
     if json_path is not None:

@@ -3,7 +3,8 @@
 # node (≈ 5 min on one H100 with the 5170-image CIFAR-10 subset; each step has a time limit):
 #   1. the CUDA tests: pytest -m "gpu and not slow" over the test files that have any;
 #   2. benchmarks/bench_step.py --device cuda --k 1 16: l2bn's step at K = 1 and K = 16 against
-#      a naive PyTorch loop, interleaved on the same GPU in one process;
+#      a naive PyTorch loop, interleaved on the same GPU in one process, each eager and as one
+#      CUDA graph (the default on CUDA), and the graph's speed-up over eager per K;
 #   3. a fused smoke sweep: `l2bn sweep --fuse 16`, 32 points × 2 epochs on the real data;
 #   4. the symmetry control (sweeps/symmetry.toml, seed 0 only) with --set device=cpu:
 #      its rows are bitwise copies only on a CPU (cuDNN's kernels are not bitwise repeatable),
@@ -150,6 +151,8 @@ if [ "$have_data" = 1 ]; then
   row "bench_step K = 1 vs naive (ms/step, ×: throughput ÷ naive)" "$ok" "${one:-no result}" \
     "$secs" "$tmp/bench.log"
   rows+=("| bench_step K = 16 vs naive (× per model-step) | same run | ${many:-no result} | |")
+  graph=$(sed -n 's/^step graph ÷ eager (eager ms ÷ graph ms): //p' "$tmp/bench.log")
+  rows+=("| bench_step: step graph ÷ eager (eager ms ÷ graph ms) | same run | ${graph:-no result} | |")
 else
   row "bench_step K = 1 and 16 vs naive" 0 "$no_data" 0 /dev/null
 fi

@@ -75,9 +75,10 @@ STORED_DEFAULTS: dict[str, Any] = {
     "cpu_fusion": "exact",
 }
 PER_RUN_FIELDS = ("optimizer", "lr", "weight_decay", "seed")  # set per trial, not per sweep
-# Where a node keeps its data and what it trains on: not part of the experiment, so two nodes
-# that differ only in these join one study (they are left out of the study's ``config``).
-LOCATION_FIELDS = ("data_dir", "device")
+# Where a node keeps its data, what it trains on and how it launches a step (graph: the same
+# numbers to float rounding): not part of the experiment, so two nodes that differ only in
+# these join one study (they are left out of the study's ``config``).
+LOCATION_FIELDS = ("data_dir", "device", "graph")
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig) if f.name not in PER_RUN_FIELDS)
 SIGNIFICANT_DIGITS = 10  # grid values are rounded so that every node computes the same floats
 

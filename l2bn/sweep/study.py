@@ -279,5 +279,6 @@ def result_attrs(result: TrainResult) -> dict[str, Any]:
         # What auto resolved to on the node that ran it: a study may span CPUs and GPUs.
         "device": result.device,
         "precision": result.precision,
+        "graph": result.graph,
         "history": [e.to_dict() for e in result.history],
     }

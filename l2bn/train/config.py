@@ -98,6 +98,16 @@ class Precision(StrEnum):
     bf16 = "bf16"
 
 
+class Graph(StrEnum):
+    """How a training step is launched (l2bn.train.engine: the step graph)."""
+
+    auto = "auto"  # on for an image task on CUDA, else off
+    # The per-step scalars (η's schedule factor, Adam's bias corrections) on the device and
+    # the whole step captured as one CUDA graph; on a CPU the same step runs eagerly.
+    on = "on"
+    off = "off"  # host scalars, every kernel launched from Python: the CPU's numeric path
+
+
 DATA_ENV = "L2BN_DATA"
 # What ``device = auto`` means on this node when set (auto, cpu or cuda). The Docker image sets
 # cuda: on a GPU node whose driver torch cannot use, a run then stops at once instead of
@@ -146,6 +156,8 @@ class TrainConfig:
     affine: bool = True
     device: DeviceName = DeviceName.auto
     precision: Precision = Precision.auto
+    # How the step is launched (Graph): numbers agree with off to float rounding, not bitwise.
+    graph: Graph = Graph.auto
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -294,6 +306,7 @@ _ENUM_FIELDS: dict[str, type[Enum]] = {
     "schedule": Schedule,
     "device": DeviceName,
     "precision": Precision,
+    "graph": Graph,
 }
 
 

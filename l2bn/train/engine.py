@@ -23,6 +23,35 @@ before training: l2bn then leaves cuDNN's autotuner off. fp32 on CUDA is IEEE fp
 (which PyTorch lets cuDNN use by default) is on only for precision tf32, around the loop
 (:func:`training_flags`). l2bn never touches the global RNG; every random draw comes from a
 generator seeded with the run's seed.
+
+The step graph (``graph``: TrainConfig.graph; auto is on for an image task on CUDA, off
+elsewhere). A step is ~200 small kernels (forward, backward, optimizer, meter), and launching
+them from Python costs more host time than a small network's GPU time. With ``graph`` on, the
+whole step — the forward pass, ``autograd.grad`` into the flat gradient, the alive mask, the
+optimizer (and normalized SGD's projection) and the update meter — is captured once as one CUDA
+graph and replayed for every later step, one launch each. What makes that possible:
+
+* No host number changes between steps: η's schedule factor and Adam's bias corrections are
+  read on the device from tables indexed by a device step counter
+  (FlatOptimizer.use_device_scalars); the host still computes η for the records.
+* Fixed addresses: the batch is copied into static input tensors before each replay, the
+  losses and errors come back in the graph's static outputs (valid until the next step), and
+  the meter copies its Δw instead of swapping buffers (UpdateMeter.static). Every other
+  buffer the step touches (parameters, gradient, optimizer state, BN statistics, ``alive``,
+  the meter's sums) is persistent and updated in place.
+* No host sync, as always: a non-finite loss freezes its model through ``alive`` on the device.
+* Warm-up: the first GRAPH_WARMUP steps run eagerly (the same code) on the capture stream:
+  cuDNN autotunes, cuBLAS makes its handles and the momentum buffer is created, none of which
+  may happen during capture. The step after them is captured (capture runs nothing) and
+  replayed. bf16 autocast runs with its cast cache off, as graphs require.
+
+Evaluation, the epoch's records and the data pipeline stay eager, between replays. On a CPU,
+``graph`` on runs the device-scalar step eagerly (a CPU has no graphs): that is how the tests
+check it against the host-scalar path. Off, the default on a CPU, is the host-scalar step that
+every recorded CPU result was computed with. On CUDA the captured step agrees with the eager
+one to float rounding, not bitwise (a division by a host scalar there is a multiplication by
+its reciprocal, a division by a device scalar is not). The tracking toy always runs eagerly:
+its step draws noise and a target on the host.
 """
 
 from __future__ import annotations
@@ -36,8 +65,9 @@ from typing import Any
 import torch
 
 from l2bn import __version__
+from l2bn.errors import ConfigError
 from l2bn.theory import THEORY
-from l2bn.train.config import Precision, Schedule, TrainConfig, check_batchable
+from l2bn.train.config import Graph, Precision, Schedule, TrainConfig, check_batchable
 from l2bn.train.device import resolve_device, resolve_precision
 from l2bn.train.meter import UpdateMeter
 from l2bn.train.models import ConvNets, layer_norms
@@ -48,6 +78,10 @@ from l2bn.train.tasks import make_task
 EpochCallback = Callable[[EpochRecord], None]
 ManyEpochCallback = Callable[[int, EpochRecord], None]  # (run index, its record)
 BatchCallback = Callable[[int, int, int], None]  # (epoch, batch, batches per epoch), 1-based
+Outputs = tuple[torch.Tensor, torch.Tensor]  # a step's (losses, errors), K each
+# Eager steps before the step graph is captured (module docstring). PyTorch's own recipe and
+# make_graphed_callables use 3: autotuning and lazy set-up are done after the first.
+GRAPH_WARMUP = 3
 
 
 class Engine:
@@ -75,8 +109,13 @@ class Engine:
         self.precision = (
             resolve_precision(base.precision, self.device) if self.task.bf16 else Precision.fp32
         )
+        self.graph = use_graph(base.graph, self.device, self.task.graphable)
         self.autocast = torch.autocast(
-            self.device.type, dtype=torch.bfloat16, enabled=self.precision is Precision.bf16
+            self.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.precision is Precision.bf16,
+            # A graph must not keep autocast's cast weights across replays (CUDA graphs docs).
+            cache_enabled=False if self.graph else None,
         )
         self.spec = SPECS[base.optimizer]  # the update rule; η and λ below are per model
         self.optimizer = FlatOptimizer(
@@ -93,7 +132,17 @@ class Engine:
             self.project()  # start on the sphere, as every later step ends
         self.alive = torch.ones(self.k, dtype=torch.bool, device=self.device)
         # Per-layer angular/radial update statistics (l2bn.train.meter); off only to time it.
-        self.meter = UpdateMeter(self.net) if measure_updates else None
+        self.meter = UpdateMeter(self.net, static=self.graph) if measure_updates else None
+        if self.graph:  # η's factor for every step of the run, as set_lr computes it
+            spe, total = self.task.steps_per_epoch, base.epochs * self.task.steps_per_epoch
+            self.optimizer.use_device_scalars(
+                [base.lr_factor(t // spe, t % spe, spe) for t in range(total)]
+            )
+        self.captured: torch.cuda.CUDAGraph | None = None  # the step graph, once captured
+        self.eager_steps = 0
+        # The graph's (inputs, outputs): fixed tensors it reads and writes.
+        self.static: tuple[tuple[torch.Tensor, ...], Outputs] | None = None
+        self.stream = torch.cuda.Stream(self.device) if self.capturing else None
 
     @torch.no_grad()
     def scale_init(self, scales: Sequence[float]) -> None:
@@ -109,13 +158,50 @@ class Engine:
     def set_lr(self, epoch: int, step: int) -> list[float]:
         """Set and return each model's η at ``step`` of ``epoch`` (both 0-based) under the
         schedule (TrainConfig.lr_at). The K base rates went to the device once (__init__);
-        this multiplies them by the schedule's factor: no host sync, no host-to-device copy."""
+        this multiplies them by the schedule's factor: no host sync, no host-to-device copy.
+        With the step graph it only computes η for the records: the step reads the factor from
+        its device table (FlatOptimizer.use_device_scalars)."""
         factor = self.configs[0].lr_factor(epoch, step, self.task.steps_per_epoch)
-        self.optimizer.scale_lr(factor)
+        if not self.graph:  # with the graph η's factor is read on the device, per step
+            self.optimizer.scale_lr(factor)
         return [c.lr * factor for c in self.configs]
 
+    @property
+    def capturing(self) -> bool:
+        """Whether the step runs as a CUDA graph (``graph`` on, on CUDA)."""
+        return self.graph and self.device.type == "cuda"
+
     def step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training step of all K models: (losses K, errors K), left on the device."""
+        """One training step of all K models: (losses K, errors K), left on the device. With
+        the step graph they are its static outputs, overwritten by the next step."""
+        if not self.capturing:
+            return self._step(batch)
+        assert self.stream is not None
+        if self.captured is None and self.eager_steps < GRAPH_WARMUP:
+            self.eager_steps += 1
+            # On the capture stream, ordered both ways with the current one: its first use
+            # (cuBLAS handles, workspaces) must not happen during capture.
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.stream):
+                out = self._step(batch)
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+            return out
+        if self.static is None:
+            # A graphable task's batch is a tuple of tensors; clone keeps shape, strides, layout.
+            inputs = tuple(t.clone() for t in batch)
+            self.captured = torch.cuda.CUDAGraph()
+            # On the warm-up's stream: capture meets no first use (PyTorch's own recipe).
+            with torch.cuda.graph(self.captured, stream=self.stream):
+                outputs = self._step(inputs)
+            self.static = inputs, outputs
+        assert self.captured is not None
+        inputs, outputs = self.static
+        for static, fresh in zip(inputs, batch, strict=True):
+            static.copy_(fresh)
+        self.captured.replay()
+        return outputs
+
+    def _step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast:
             losses, wrong = self.task.losses(batch)
         self.net.params.backward(losses.sum())  # the sum: each model gets its own gradient
@@ -137,6 +223,17 @@ class Engine:
         count to divide both by)."""
         with self.autocast:
             return self.task.evaluate(split)
+
+
+def use_graph(graph: Graph, device: torch.device, graphable: bool) -> bool:
+    """Whether a run's step uses the step graph (module docstring): auto, on CUDA for a task
+    whose step can be captured; on, wherever that task can be (on a CPU it runs eagerly)."""
+    if graph is Graph.on and not graphable:
+        raise ConfigError(
+            "graph on needs an image dataset: the tracking toy's step draws its noise and "
+            "target on the host; use graph auto or off"
+        )
+    return graphable and (graph is Graph.on or (graph is Graph.auto and device.type == "cuda"))
 
 
 def train(
@@ -263,6 +360,7 @@ def train_many(
             seconds=seconds,
             device=str(engine.device),
             precision=engine.precision.value,
+            graph=Graph.on.value if engine.graph else Graph.off.value,
             version=__version__,
         )
         for m, c in enumerate(engine.configs)

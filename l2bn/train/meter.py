@@ -46,8 +46,11 @@ WIDTH = len(SUMS) + 1  # numbers per (layer, model) in the host transfer
 class UpdateMeter:
     """Per-layer update statistics of K models, accumulated over an epoch on the device."""
 
-    def __init__(self, net: Net) -> None:
+    def __init__(self, net: Net, static: bool = False) -> None:
         self.params = net.params
+        # static: every step reads and writes the same buffers (a CUDA graph replays fixed
+        # addresses), so the step's Δw is copied into ``previous`` instead of swapped with it.
+        self.static = static
         flat = self.params.flat
         k, p = flat.shape
         # Each recorded layer: its columns of the flat buffer and its number of units.
@@ -94,7 +97,10 @@ class UpdateMeter:
         # where, not a product: a frozen model's NaN weights must not poison the sums.
         self.sums += torch.where(live, step, 0.0)
         self.steps += alive
-        self.previous, self.delta = self.delta, self.previous  # this Δw is the next one's
+        if self.static:
+            self.previous.copy_(dw)
+        else:
+            self.previous, self.delta = self.delta, self.previous  # this Δw is the next one's
         self.previous_alive.copy_(alive)
 
     def _step(self, x: torch.Tensor, models: slice) -> torch.Tensor:

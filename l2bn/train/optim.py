@@ -11,6 +11,14 @@ each update against a hand computation and against ``torch.optim`` itself):
   ``decay_all`` (the paper does not decay them).
 * Every model of a batch of K keeps its own η, λ and optimizer state, and nothing is global:
   no shared grad scaler, clipping or NaN check that would couple the models.
+
+The per-step scalars, η's schedule factor and Adam's bias corrections 1 − β₁ᵗ and
+√(1 − β₂ᵗ), are host numbers by default (Python floats, the CPU's numeric path). A step
+captured as a CUDA graph (l2bn.train.engine) cannot take new host numbers on replay, so
+:meth:`FlatOptimizer.use_device_scalars` moves them onto the device: tables indexed by a step
+counter that lives on the device. The tables hold the host's own numbers, rounded to the
+parameters' dtype as a host scalar is, so only the kernels that take them can round
+differently (on CUDA a division by a host scalar is a multiplication by its reciprocal).
 """
 
 from __future__ import annotations
@@ -83,6 +91,10 @@ class FlatOptimizer:
             .to(flat.device)
         )
         self.t = 0  # steps taken; the K models step together
+        # use_device_scalars: the step count on the device, and per step t (0-based) η's
+        # schedule factor and Adam's bias corrections for step t + 1 (None: host scalars).
+        self.count: torch.Tensor | None = None
+        self.tables: dict[str, torch.Tensor] = {}
         self.buf: torch.Tensor | None = None  # momentum
         self.exp_avg = torch.zeros_like(params.flat) if spec.rule == "adam" else None
         self.sq = torch.zeros_like(params.flat) if spec.rule != "sgd" else None
@@ -99,6 +111,28 @@ class FlatOptimizer:
         per-step schedule costs no transfer on CUDA."""
         self.lr = self.base_lr * factor
 
+    def use_device_scalars(self, factors: Sequence[float]) -> None:
+        """Take η's schedule factor at step t (0-based, counted over the whole run) from
+        ``factors[t]`` and Adam's bias corrections from tables, both indexed on the device by a
+        step counter that the step itself advances: a step with no host number in it, which a
+        CUDA graph can replay. :meth:`scale_lr` is then unused. Past the tables' end (only a
+        benchmark steps that far) the last entry is used."""
+        flat = self.params.flat
+        steps = range(1, len(factors) + 1)
+        beta1, beta2 = self.spec.betas
+        host = {"factor": list(factors)}
+        if self.spec.rule == "adam":  # the very expressions step() evaluates on the host
+            host["bc1"] = [1 - beta1**t for t in steps]
+            host["bc2_sqrt"] = [math.sqrt(1 - beta2**t) for t in steps]
+        # In the parameters' dtype: what a kernel makes of a host scalar (a float64 entry
+        # would promote the K × 1 η column to float64).
+        self.tables = {
+            name: torch.tensor(values, dtype=flat.dtype, device=flat.device)
+            for name, values in host.items()
+        }
+        self.count = torch.zeros(1, dtype=torch.long, device=flat.device)
+        self.last = torch.tensor([len(factors) - 1], device=flat.device)
+
     @torch.no_grad()
     def step(self, alive: torch.Tensor) -> None:
         """One update of every model whose ``alive`` flag (K bools, on the device) is set.
@@ -112,7 +146,11 @@ class FlatOptimizer:
         p, g = self.params.flat, self.params.grad
         live = alive.view(-1, 1)
         g.masked_fill_(~live, 0.0)  # the gradient is overwritten by the next backward anyway
-        lr = self.lr * live  # K × 1
+        # This step's entries of the device tables, each of shape (1,) (index_select: a 0-d
+        # index tensor would be read back to the host).
+        at = None if self.count is None else torch.minimum(self.count, self.last)
+        lr = self.lr if at is None else self.base_lr * self.tables["factor"].index_select(0, at)
+        lr = lr * live  # K × 1
         if s.rule == "sgd":
             d = torch.addcmul(g, self.wd, p)  # coupled L2: g + λw
             if s.momentum:
@@ -133,12 +171,17 @@ class FlatOptimizer:
             d = g if s.decoupled else torch.addcmul(g, self.wd, p)
             self.exp_avg.lerp_(d, 1 - beta1)
             self.sq.mul_(beta2).addcmul_(d, d, value=1 - beta2)
-            bc1 = 1 - beta1**self.t
-            bc2_sqrt = math.sqrt(1 - beta2**self.t)
+            bc1: float | torch.Tensor = 1 - beta1**self.t
+            bc2_sqrt: float | torch.Tensor = math.sqrt(1 - beta2**self.t)
+            if at is not None:
+                bc1 = self.tables["bc1"].index_select(0, at)
+                bc2_sqrt = self.tables["bc2_sqrt"].index_select(0, at)
             denom = self.sq.sqrt().div_(bc2_sqrt).add_(self.eps)
             if s.decoupled:  # w ← w(1 − ηλ) first, as torch.optim.AdamW
                 p.mul_(1 - lr * self.wd)
             p.addcmul_(lr / bc1, torch.div(self.exp_avg, denom, out=denom), value=-1)
+        if self.count is not None:
+            self.count += 1
 
 
 @torch.no_grad()

@@ -201,6 +201,7 @@ class TrainResult:
     version: str
     val_loss: float = NAN  # last epoch's mean validation cross-entropy (NaN if diverged)
     test_loss: float = NAN  # mean test cross-entropy (NaN if diverged)
+    graph: str = "off"  # what graph auto resolved to: on (device scalars, CUDA graph) or off
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -208,6 +209,7 @@ class TrainResult:
             "config": self.config.to_dict(),
             "device": self.device,
             "precision": self.precision,
+            "graph": self.graph,
             "steps_per_epoch": self.steps_per_epoch,
             "val_error": self.val_error,
             "val_loss": finite_or_none(self.val_loss),

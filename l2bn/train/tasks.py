@@ -20,10 +20,29 @@ from l2bn.train import data as D
 from l2bn.train.config import DatasetName, TrainConfig
 from l2bn.train.models import ConvNets, Net, TrackingNets
 
-EVAL_IMAGES = 1024  # images × models per evaluation chunk on CUDA (bounds activation memory)
 # On the CPU the chunk is a fixed number of images whatever K: the losses are summed chunk by
 # chunk, and a chunk that shrank with K would sum a point's losses in another order.
 CPU_EVAL_CHUNK = 128
+# On CUDA a chunk holds as many images × models as a share of the free device memory allows
+# (eval_chunk), between a floor and a cap: fewer, larger chunks keep the GPU busy.
+EVAL_MEMORY_SHARE = 0.25  # of the free memory: other workers may share the GPU
+EVAL_MAX_IMAGES = 8192  # images × models: 8× the old fixed chunk; launch costs are gone by then
+EVAL_MIN_CHUNK = 64  # images
+
+
+def eval_chunk(free_bytes: int, k: int, bytes_per_image: int) -> int:
+    """Images per evaluation chunk on CUDA for K models, each image costing
+    ``bytes_per_image`` of activations per model, with ``free_bytes`` of device memory free."""
+    fits = int(EVAL_MEMORY_SHARE * free_bytes) // (k * bytes_per_image)
+    return max(EVAL_MIN_CHUNK, min(EVAL_MAX_IMAGES // k, fits))
+
+
+def eval_bytes_per_image(width: int, pixels: int) -> int:
+    """Peak activation bytes of one image through one model in evaluation (no autograd),
+    twice over for the allocator's rounding and cuDNN's workspace: while the first (widest)
+    layer runs, the fp32 input (3 channels), its convolution's output and the normalization's
+    output (``width`` channels each) are alive; every later layer is at most as large."""
+    return 2 * 4 * pixels * (3 + 2 * width)
 
 
 class Task(Protocol):
@@ -33,6 +52,9 @@ class Task(Protocol):
     steps_per_epoch: int
     chance_error: float  # reported for a diverged run
     bf16: bool  # whether bf16 autocast may be used (the tracking toy: never)
+    # Whether the step can be one CUDA graph (engine.py): batches are tuples of device tensors
+    # of fixed shapes and losses() keeps no host state.
+    graphable: bool
 
     def batches(self, epoch: int) -> Iterator[Any]:
         """The epoch's batches, in order; nothing here may sync with the host."""
@@ -56,6 +78,7 @@ class ImageTask:
 
     chance_error = 0.9
     bf16 = True
+    graphable = True
 
     def __init__(
         self, configs: Sequence[TrainConfig], device: torch.device, download: bool = False
@@ -72,6 +95,8 @@ class ImageTask:
             )
         self.k = len(configs)
         self.per_batch, self.augment = base.batch_size, base.augment
+        self.width = base.width
+        self.chunk: int | None = None  # images per evaluation chunk on CUDA (_cuda_chunk)
         # Drop the last partial batch: a fixed step count per epoch, and no tiny BN batches.
         self.steps_per_epoch = len(self.data.train) // base.batch_size
         self.model = ConvNets(
@@ -124,6 +149,16 @@ class ImageTask:
     def batch_size(self, batch: tuple[torch.Tensor, torch.Tensor]) -> int:
         return int(batch[1].shape[1])
 
+    def _cuda_chunk(self) -> int:
+        """eval_chunk for this device, fixed at the first evaluation (after the first epoch has
+        allocated what training needs): every later one sums in the same chunks and cuDNN
+        autotunes their shapes once."""
+        if self.chunk is None:
+            free, _ = torch.cuda.mem_get_info(self.data.val.y.device)
+            per_image = eval_bytes_per_image(self.width, self.data.train.x[0, 0].numel())
+            self.chunk = eval_chunk(free, self.k, per_image)
+        return self.chunk
+
     @torch.no_grad()
     def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Misclassified images and summed cross-entropy (NLL, nats) per model."""
@@ -131,7 +166,7 @@ class ImageTask:
         self.model.training = False  # BN: the running statistics
         wrong = torch.zeros(self.k, dtype=torch.long, device=s.y.device)
         nll = torch.zeros(self.k, device=s.y.device)
-        chunk = max(64, EVAL_IMAGES // self.k) if s.y.is_cuda else CPU_EVAL_CHUNK
+        chunk = self._cuda_chunk() if s.y.is_cuda else CPU_EVAL_CHUNK
         for i in range(0, len(s), chunk):
             xs, ys = s.x[i : i + chunk], s.y[i : i + chunk]
             logits = self.model(self._prepare(xs.expand(self.k, *xs.shape)))  # K × B × 10
@@ -160,6 +195,7 @@ class TrackingTask:
 
     chance_error = 1.0
     bf16 = False
+    graphable = False  # the target is computed and the noise drawn on the host, per step
     UNITS = 16
     DIM = 32
     OMEGA = 5e-3  # rad/step: fast enough that the best η settles within ~300 steps

@@ -82,7 +82,7 @@ def test_history_parsing_tolerates_gaps_and_foreign_encodings() -> None:
 
 def test_identity_is_every_training_field_but_the_grid_seed_and_location() -> None:
     assert set(IDENTITY_FIELDS) == {f for f in TrainConfig().to_dict()} - {
-        "lr", "weight_decay", "seed", "data_dir", "device",
+        "lr", "weight_decay", "seed", "data_dir", "device", "graph",
     }  # fmt: skip
     identity, from_config = training_identity(sweep_attrs("adam", affine=False, epochs=7))
     assert from_config and set(identity) == {*IDENTITY_FIELDS, "init_scale_exponent"}

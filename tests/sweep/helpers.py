@@ -29,6 +29,7 @@ ATTRS = {
     "steps_per_epoch",
     "device",
     "precision",
+    "graph",
     "history",
 }
 TESTS = REPO / "tests"

@@ -136,7 +136,7 @@ def test_where_a_node_keeps_its_data_is_not_part_of_the_stored_sweep(tmp_path: P
     path = tiny_sweep(tmp_path, n=2)
     (here,) = sweep_from_cli(path, [], {"data_dir": "/node1/data", "device": "cpu"}).select([])
     (there,) = sweep_from_cli(path, [], {"data_dir": "/node2/data", "device": "auto"}).select([])
-    assert set(LOCATION_FIELDS) == {"data_dir", "device"}
+    assert set(LOCATION_FIELDS) == {"data_dir", "device", "graph"}
     assert here.to_json() == there.to_json()
     stored = json.loads(here.to_json())["train"]
     assert not set(stored) & set(LOCATION_FIELDS)

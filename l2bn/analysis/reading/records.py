@@ -23,8 +23,8 @@ from l2bn.registration import Registration
 from l2bn.train.config import TrainConfig  # torch-free: the defaults of fields old studies lack
 
 # TrainConfig fields that do not make two runs different experiments: the grid's own axes
-# (η, λ), the seed, and where the data sits or what ran it.
-NOT_IDENTITY = ("lr", "weight_decay", "seed", "data_dir", "device")
+# (η, λ), the seed, and where the data sits, what ran it and how it launched a step.
+NOT_IDENTITY = ("lr", "weight_decay", "seed", "data_dir", "device", "graph")
 IDENTITY_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in NOT_IDENTITY)
 # What a study without a ``config`` attr tells of its training (docs/study-layout.md).
 ATTR_FIELDS = ("optimizer", "norm", "dataset", "epochs", "width")
