@@ -73,7 +73,7 @@ def test_the_json_shape_is_the_documented_one() -> None:
         val_loss=2.1,
     )  # fmt: skip
     assert set(result.to_dict()) == {
-        "l2bn_version", "config", "device", "precision", "steps_per_epoch", "val_error",
+        "l2bn_version", "config", "device", "precision", "graph", "steps_per_epoch", "val_error",
         "val_loss", "test_error", "test_loss", "train_loss", "diverged", "seconds", "history",
     }  # fmt: skip
     assert result.to_dict()["val_loss"] == 2.1 and result.to_dict()["test_loss"] is None
