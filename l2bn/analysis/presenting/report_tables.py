@@ -246,13 +246,13 @@ def _record_cell(key: str, value: Any) -> str:
         moving = value.get("moving_layer")
         memory = _sub(value, "memory").get(moving) if moving else None
         balance = _sub(value, "balance").get(moving) if moving else None
-        if moving is not None and not isinstance(memory, int | float):
+        if moving is not None and isinstance(memory, int | float):
+            shown = f"{balance:.3g}" if isinstance(balance, int | float) else "–"
+            detail += f" {_e(moving)}: ‖w‖² {expm1(memory):+.0%}, growth ÷ shrink {shown}"
+        elif moving is not None:
             # JSON has no ∞: an unpulled layer's memory is null and its sign is lost; the
             # balance (also null) says no more. The words, without the direction.
             detail += f" {_e(moving)}: no pull toward equilibrium measured"
-        elif moving is not None:
-            shown = f"{balance:.3g}" if isinstance(balance, int | float) else "–"
-            detail += f" {_e(moving)}: ‖w‖² {expm1(memory):+.0%}, growth ÷ shrink {shown}"
         seeds = value.get("n_seeds")
         if isinstance(seeds, int) and seeds > 1:
             detail += f" · {_e(value.get('n_in'))}/{_e(seeds)} seeds in"
