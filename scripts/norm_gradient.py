@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-SGD_FAMILY = ("sgd", "momentum", "nesterov")  # the law below is theirs
-K = {"adam": 0.5, "rmsprop": 0.5}  # the collapse coordinate η·λ^k; 1 for the others
+from l2bn.analysis.estimating.stats import ols
+from l2bn.theory import theory_of
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,10 @@ class NormGradientFit:
     spread_sd: float  # of log‖w‖ across cells
 
 
-def ols(x: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
+def _slopes(x: np.ndarray, y: np.ndarray) -> list[tuple[float, float]]:
     """(estimate, stderr) per slope of y on the columns of x, with an intercept."""
-    design = np.column_stack([np.ones(len(y)), x])
-    beta, *_ = np.linalg.lstsq(design, y, rcond=None)
-    resid = y - design @ beta
-    cov = np.linalg.inv(design.T @ design) * (resid @ resid) / (len(y) - design.shape[1])
-    return [
-        (float(e), float(se)) for e, se in zip(beta[1:], np.sqrt(np.diag(cov))[1:], strict=True)
-    ]
+    r = ols(np.column_stack([np.ones(len(y)), x]), y)
+    return [(float(e), float(se)) for e, se in zip(r.coef[1:], r.stderr[1:], strict=True)]
 
 
 def fit(path: Path, layer: str = "conv1") -> NormGradientFit:
@@ -77,13 +72,14 @@ def fit(path: Path, layer: str = "conv1") -> NormGradientFit:
     if len(cells) < 4:
         raise ValueError(f"{path} has {len(cells)} cells with {layer}'s norm and gradient (≥ 4)")
     optimizer = rows[0]["optimizer"]
-    k = K.get(optimizer, 1.0)
+    theory = theory_of(optimizer)
+    k = 1.0 if theory is None else theory.k  # the collapse coordinate η·λ^k
     lr = np.log([c[0] for c in cells])
     wd = np.log([c[1] for c in cells])
     log_norm = np.array([np.mean([n for n, _ in v]) for v in cells.values()])
     log_grad = np.array([np.mean([g for _, g in v]) for v in cells.values()])
-    a, minus_b = ols(np.column_stack([lr, wd]), log_norm)
-    s, t = ols(np.column_stack([lr + k * wd, wd]), log_grad)
+    a, minus_b = _slopes(np.column_stack([lr, wd]), log_norm)
+    s, t = _slopes(np.column_stack([lr + k * wd, wd]), log_grad)
     resid = log_norm - ((lr - wd) / 4 + log_grad / 2)
     return NormGradientFit(
         optimizer, layer, len(cells), a, (-minus_b[0], minus_b[1]), s, t,
@@ -96,13 +92,14 @@ def _pm(x: tuple[float, float]) -> str:
 
 
 def report(f: NormGradientFit, path: Path) -> str:
-    k = K.get(f.optimizer, 1.0)
+    theory = theory_of(f.optimizer)
+    k = 1.0 if theory is None else theory.k
     lines = [
         f"{path}: {f.optimizer}, {f.layer}, {f.n_cells} cells, norm at the end of phase 1",
         f"  ‖w‖ ∝ η^a λ^-b:         a = {_pm(f.a)}, b = {_pm(f.b)}",
         f"  G ∝ (η·λ^{k:g})^s · λ^t:  s = {_pm(f.s)}, t = {_pm(f.t)}",
     ]
-    if f.optimizer in SGD_FAMILY:
+    if theory is not None and theory.eff_lr_power == 2:  # the SGD family's law, above
         lines += [
             f"  ¼ + ½·s = {0.25 + f.s[0] / 2:.3f}: the η exponent the law predicts with G measured",
             f"  log[‖w‖ ÷ ((η/λ)^¼·G^½)] across cells: sd {f.residual_sd:.3f}"
